@@ -1,0 +1,62 @@
+"""Exceptions shared by every layer of vlpi."""
+
+from __future__ import annotations
+
+import errno as _errno
+from typing import Any
+
+
+class GuestMemoryFault(OSError):
+    """A guest-memory access hit no memslot, or a write hit a read-only one (KVM: ``-EFAULT``).
+
+    Attributes
+    ----------
+    errno : int
+        Always ``errno.EFAULT``.
+    gpa : int
+        Guest physical address of the faulting 1-byte access (or the first bad byte of a range).
+    intid : int or None
+        The LPI being processed when the fault happened (engine calls), else None.
+    vcpu : int or None
+        Its target vCPU (save/restore) or the scanned vCPU (EnableLPIs scan).
+    write : bool
+        True for a faulting write, False for a faulting read.
+    report : SaveReport, SyncReport or None
+        What was done up to the fault. With ``atomic=True`` nothing was written and the
+        report's write counts are 0; with ``atomic=False`` it is the kernel's partial result.
+    """
+
+    def __init__(
+        self,
+        gpa: int,
+        *,
+        write: bool = False,
+        intid: int | None = None,
+        vcpu: int | None = None,
+        report: Any = None,
+        detail: str = "",
+    ) -> None:
+        what = "write to" if write else "read from"
+        msg = f"guest memory fault: 1-byte {what} GPA {gpa:#x}"
+        if intid is not None:
+            msg += f" for INTID {intid}"
+        if vcpu is not None:
+            msg += f" (vCPU {vcpu})"
+        if detail:
+            msg += f": {detail}"
+        super().__init__(_errno.EFAULT, msg)
+        self.gpa = int(gpa)
+        self.write = bool(write)
+        self.intid = None if intid is None else int(intid)
+        self.vcpu = None if vcpu is None else int(vcpu)
+        self.report = report
+
+    def __reduce__(self):  # keep picklable despite keyword-only construction
+        return (
+            _rebuild_fault,
+            (self.gpa, self.write, self.intid, self.vcpu, self.report),
+        )
+
+
+def _rebuild_fault(gpa, write, intid, vcpu, report):
+    return GuestMemoryFault(gpa, write=write, intid=intid, vcpu=vcpu, report=report)

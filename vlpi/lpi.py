@@ -1,0 +1,223 @@
+"""The LPIs of one VM as a struct of arrays.
+
+One row per LPI (KVM: one ``struct vgic_irq`` per INTID per VM). Row order is the LPIs'
+*creation order* (KVM before 6.9 kept LPIs on a list in that order, and ``order="insertion"``
+walks it); the engine walks INTID order by default, as Linux >= 6.9 does with its xarray.
+
+Resident state is compact: ``intid`` uint32, ``target_vcpu`` int16 (int32 only if some target
+needs it), ``pending_latch`` and ``hw`` one byte each: 8 bytes per LPI.
+
+``intid`` and ``target_vcpu`` are read-only arrays: the engine caches derived orderings keyed on
+them (and on the PENDBASERs it is called with), so they change only through
+:meth:`LPITable.set_targets`, which invalidates those caches. ``pending_latch`` and ``hw`` are
+ordinary writable arrays; restore updates ``pending_latch`` in place.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["LPITable", "LPI_MIN_INTID", "LPI_INTID_LIMIT"]
+
+LPI_MIN_INTID = 8192
+LPI_INTID_LIMIT = 1 << 24
+
+
+def _int_array(x, name: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
+    if a.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
+        raise TypeError(f"{name} must be an integer array, got dtype {a.dtype}")
+    return a
+
+
+def _flag_array(x, name: str, n: int) -> np.ndarray:
+    """bool/uint8 flags; a contiguous writeable bool or 0/1 uint8 array is used in place."""
+    if x is None:
+        return np.zeros(n, dtype=bool)
+    a = np.asarray(x)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
+    if a.shape[0] != n:
+        raise ValueError(f"{name} has {a.shape[0]} entries but intid has {n}")
+    if a.dtype == np.bool_:
+        pass
+    elif np.issubdtype(a.dtype, np.integer):
+        bad = np.flatnonzero((a != 0) & (a != 1))
+        if bad.size:
+            raise ValueError(f"{name}[{bad[0]}] = {a[bad[0]]}: flags must be 0 or 1")
+        if a.dtype != np.uint8:
+            a = a.astype(bool)
+    else:
+        raise TypeError(f"{name} must be bool or 0/1 integers, got dtype {a.dtype}")
+    if not (a.flags.c_contiguous and a.flags.writeable):
+        a = np.ascontiguousarray(a).copy()
+    return a
+
+
+class LPITable:
+    """The LPIs of one VM.
+
+    Parameters
+    ----------
+    intid : array-like of int
+        Unique INTIDs, ``8192 <= intid < 2**24``.
+    target_vcpu : array-like of int
+        Target vCPU index per LPI, or -1 for none (an LPI mapped through an unmapped collection).
+    pending_latch : array-like of bool, optional
+        Software pending state (default all False). A writeable, C-contiguous bool or uint8
+        ndarray is used in place (restore then updates *your* array).
+    hw : array-like of bool, optional
+        True where the LPI is forwarded to the GIC as a VLPI (default all False). Used in place
+        like ``pending_latch``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the argument and the first offending index; nothing is created.
+    """
+
+    def __init__(self, intid, target_vcpu, pending_latch=None, hw=None) -> None:
+        ia = _int_array(intid, "intid")
+        n = ia.shape[0]
+        ta = _int_array(target_vcpu, "target_vcpu")
+        if ta.shape[0] != n:
+            raise ValueError(f"target_vcpu has {ta.shape[0]} entries but intid has {n}")
+        if n:
+            bad = np.flatnonzero((ia < LPI_MIN_INTID) | (ia >= LPI_INTID_LIMIT))
+            if bad.size:
+                raise ValueError(
+                    f"intid[{bad[0]}] = {ia[bad[0]]} is not an LPI INTID "
+                    f"(need {LPI_MIN_INTID} <= intid < 2**24)"
+                )
+            bad = np.flatnonzero(ta < -1)
+            if bad.size:
+                raise ValueError(f"target_vcpu[{bad[0]}] = {ta[bad[0]]}: must be -1 (no target) or a vCPU index")
+        self._intid = ia.astype(np.uint32, copy=True)
+        if n:
+            order = np.argsort(self._intid, kind="stable")
+            s = self._intid[order]
+            dup = np.flatnonzero(s[1:] == s[:-1])
+            if dup.size:
+                # report the later row of the first duplicated value in array order
+                val = s[dup[0]]
+                rows = np.flatnonzero(self._intid == val)
+                raise ValueError(f"intid[{rows[1]}] = {val} duplicates intid[{rows[0]}]: INTIDs must be unique")
+        tmax = int(ta.max()) if n else -1
+        tdt = np.int16 if tmax < np.iinfo(np.int16).max else np.int32
+        self._target = ta.astype(tdt, copy=True)
+        self._pending_latch = _flag_array(pending_latch, "pending_latch", n)
+        self._hw = _flag_array(hw, "hw", n)
+        self._intid.flags.writeable = False
+        self._target.flags.writeable = False
+        self._max_target = tmax
+        self._max_intid = int(self._intid.max()) if n else 0
+        self._cache: dict = {}
+        self.version = 0  # bumped whenever intid/target change
+
+    # ------------------------------------------------------------ accessors
+    @property
+    def intid(self) -> np.ndarray:
+        """uint32 INTIDs (read-only view)."""
+        return self._intid
+
+    @property
+    def target_vcpu(self) -> np.ndarray:
+        """int16/int32 target vCPU per LPI, -1 = none (read-only; see :meth:`set_targets`)."""
+        return self._target
+
+    @property
+    def pending_latch(self) -> np.ndarray:
+        """Writable bool/uint8 software pending state per LPI."""
+        return self._pending_latch
+
+    @pending_latch.setter
+    def pending_latch(self, value) -> None:
+        self._pending_latch = _flag_array(value, "pending_latch", len(self))
+
+    @property
+    def hw(self) -> np.ndarray:
+        """Writable bool/uint8: forwarded to the GIC as a VLPI."""
+        return self._hw
+
+    @hw.setter
+    def hw(self, value) -> None:
+        self._hw = _flag_array(value, "hw", len(self))
+
+    @property
+    def max_target(self) -> int:
+        """Largest target vCPU index (-1 if none)."""
+        return self._max_target
+
+    @property
+    def max_intid(self) -> int:
+        return self._max_intid
+
+    def __len__(self) -> int:
+        return int(self._intid.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Resident bytes of the four per-LPI arrays (caches excluded)."""
+        return self._intid.nbytes + self._target.nbytes + self._pending_latch.nbytes + self._hw.nbytes
+
+    @property
+    def cache_nbytes(self) -> int:
+        """Bytes held by cached derived orderings (engine plans)."""
+        total = 0
+        for v in self._cache.values():
+            total += getattr(v, "nbytes", 0)
+        return total
+
+    # ------------------------------------------------------------- mutation
+    def set_targets(self, index, vcpu) -> None:
+        """Retarget LPIs (MOVI, MOVALL, MAPC remap). ``index``: row indices (or a bool mask);
+        ``vcpu``: new target(s), -1 for none. Invalidates cached orderings."""
+        n = len(self)
+        idx = np.asarray(index)
+        if idx.dtype == np.bool_:
+            if idx.shape != (n,):
+                raise ValueError(f"set_targets: mask has shape {idx.shape}, expected ({n},)")
+            idx = np.flatnonzero(idx)
+        idx = _int_array(np.atleast_1d(idx), "index").astype(np.int64)
+        bad = np.flatnonzero((idx < 0) | (idx >= n))
+        if bad.size:
+            raise IndexError(f"set_targets: index[{bad[0]}] = {idx[bad[0]]} out of range for {n} LPIs")
+        v = np.broadcast_to(np.asarray(vcpu), idx.shape)
+        if v.size and (v.dtype == np.bool_ or not np.issubdtype(v.dtype, np.integer)):
+            raise TypeError(f"set_targets: vcpu must be integers, got dtype {v.dtype}")
+        bad = np.flatnonzero(v < -1)
+        if bad.size:
+            raise ValueError(f"set_targets: vcpu[{bad[0]}] = {v[bad[0]]}: must be -1 or a vCPU index")
+        vmax = int(v.max()) if v.size else -1
+        if vmax >= np.iinfo(self._target.dtype).max:
+            self._target = self._target.astype(np.int32)
+        t = self._target.copy()
+        t[idx] = v
+        t.flags.writeable = False
+        self._target = t
+        self._max_target = int(t.max()) if n else -1
+        self._invalidate()
+
+    def _invalidate(self) -> None:
+        self._cache.clear()
+        self.version += 1
+
+    def copy(self) -> LPITable:
+        """A deep copy (fresh pending_latch/hw arrays, no caches)."""
+        return LPITable(self._intid, self._target, self._pending_latch.copy(), self._hw.copy())
+
+    def __repr__(self) -> str:
+        n = len(self)
+        if n == 0:
+            return "LPITable(0 LPIs)"
+        tgt = int(np.count_nonzero(self._target >= 0))
+        return (
+            f"LPITable({n} LPIs, INTID {int(self._intid.min())}..{self._max_intid}, "
+            f"{tgt} targeted on vCPUs 0..{self._max_target}, "
+            f"{int(np.count_nonzero(self._pending_latch))} pending_latch, "
+            f"{int(np.count_nonzero(self._hw))} hw)"
+        )
