@@ -7,6 +7,24 @@ from vlpi import _config  # noqa: F401  (must precede any numba import)
 from vlpi.errors import GuestMemoryFault
 from vlpi.lpi import LPITable
 from vlpi.memory import GuestMemory
+from vlpi.pending import (
+    SaveReport,
+    SyncReport,
+    save_pending_tables,
+    save_pending_tables_many,
+    sync_pending_status,
+    sync_pending_table,
+)
 
-__all__ = ["GuestMemory", "GuestMemoryFault", "LPITable"]
+__all__ = [
+    "GuestMemory",
+    "GuestMemoryFault",
+    "LPITable",
+    "SaveReport",
+    "SyncReport",
+    "save_pending_tables",
+    "save_pending_tables_many",
+    "sync_pending_status",
+    "sync_pending_table",
+]
 __version__ = "0.1.0"

@@ -115,6 +115,7 @@ class LPITable:
         self._target.flags.writeable = False
         self._max_target = tmax
         self._max_intid = int(self._intid.max()) if n else 0
+        self._min_intid = int(self._intid.min()) if n else 0
         self._cache: dict = {}
         self.version = 0  # bumped whenever intid/target change
 
@@ -154,7 +155,13 @@ class LPITable:
 
     @property
     def max_intid(self) -> int:
+        """Largest INTID (0 for an empty table)."""
         return self._max_intid
+
+    @property
+    def min_intid(self) -> int:
+        """Smallest INTID (0 for an empty table)."""
+        return self._min_intid
 
     def __len__(self) -> int:
         return int(self._intid.shape[0])

@@ -1,0 +1,437 @@
+"""Private kernels of the pending-table engine (see :mod:`vlpi.pending` for the semantics).
+
+Memory-order plan
+-----------------
+A *plan* lists the targeted LPIs of one VM sorted by (guest byte address, bit, walk tie-break).
+It is stored compactly as *runs*: a run is a stretch of plan entries whose LPIs target one vCPU
+and whose row indices form an arithmetic progression (``first + k*stride``), or, where no such
+progression exists, an explicit list of row indices (``stride == 0``, indices in ``perm_x``).
+For the usual layouts (rows in INTID order, targets round-robin or blocked) a vCPU's whole table
+is one run, so the plan costs a few bytes per vCPU, not per LPI.
+
+Work units are contiguous ranges of runs that never share a guest byte with another unit, so the
+units of all VMs of a host can be processed in one ``prange`` without races.
+
+Kernels reach the arrays of many VMs through a uint64 "VM table" of raw addresses (see
+``_jit.view_*``); the Python side keeps every owning ndarray alive during the call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from vlpi._kernels._jit import jit, pjit, view_i32, view_i64, view_u8, view_u32, view_u64
+
+# ------------------------------------------------------------------ VM table columns
+P_INTID = 0
+P_LATCH = 1
+P_HW = 2
+P_VPT = 3
+VPT_BYTES = 4
+P_BASE = 5
+P_RUNS = 6
+N_RUNS = 7
+P_PERMX = 8
+N_PERMX = 9
+N_LPIS = 10
+P_SSTART = 11
+P_SEND = 12
+P_SPTR = 13
+N_SLOTS = 14
+N_VCPUS = 15
+USE_VPT = 16
+NCOL = 17
+
+NO_ADDR = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
+
+
+# ------------------------------------------------------------------ plan building
+@jit
+def build_runs(perm, v_s, addr_s, max_run, min_strided):
+    """Compress a sorted plan (row index ``perm`` and target ``v_s`` per entry, nondecreasing
+    ``addr_s``) into runs ``[v, first, stride, length]`` plus explicit indices.
+
+    Runs are split only where the guest byte changes, so a byte's entries stay in one run or in
+    consecutive runs."""
+    n = perm.shape[0]
+    runs = np.empty((max(n, 1), 4), np.int64)
+    perm_x = np.empty(n, np.int32)
+    nr = 0
+    nx = 0
+    k = 0
+    while k < n:
+        v = v_s[k]
+        j = k + 1
+        stride = 0
+        if j < n and v_s[j] == v:
+            stride = perm[j] - perm[k]
+            while (
+                j < n
+                and v_s[j] == v
+                and perm[j] - perm[j - 1] == stride
+                and (j - k < max_run or addr_s[j] == addr_s[j - 1])
+            ):
+                j += 1
+        if stride != 0 and j - k >= min_strided:
+            runs[nr, 0] = v
+            runs[nr, 1] = perm[k]
+            runs[nr, 2] = stride
+            runs[nr, 3] = j - k
+            nr += 1
+            k = j
+            continue
+        # one explicit entry; extend the previous explicit run when possible
+        if (
+            nr > 0
+            and runs[nr - 1, 2] == 0
+            and runs[nr - 1, 0] == v
+            and (runs[nr - 1, 3] < max_run or addr_s[k] == addr_s[k - 1])
+        ):
+            runs[nr - 1, 3] += 1
+        else:
+            runs[nr, 0] = v
+            runs[nr, 1] = nx
+            runs[nr, 2] = 0
+            runs[nr, 3] = 1
+            nr += 1
+        perm_x[nx] = perm[k]
+        nx += 1
+        k += 1
+    return runs[:nr].copy(), perm_x[:nx].copy()
+
+
+# ------------------------------------------------------------------ helpers
+@jit(inline="always")
+def _find_slot(sstart, send, nslots, addr):
+    """Index of the slot containing ``addr`` or -1 (binary search over sorted starts)."""
+    lo = np.int64(0)
+    hi = np.int64(nslots)
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if sstart[mid] <= addr:
+            lo = mid + 1
+        else:
+            hi = mid
+    s = lo - 1
+    if s >= 0 and addr < send[s]:
+        return s
+    return -1
+
+
+# ------------------------------------------------------------------ fast save
+@pjit
+def save_units(vmt, units, out_pages, out_cnt):
+    """Merge wanted pending state into guest bytes, one pass per unit in memory order.
+
+    ``units[u] = (vm, run_lo, run_hi, page_offset)``; ``out_cnt[u] = (guest_writes, vpt_reads,
+    bytes_changed, n_pages)``. Every address is known to be in a slot and no write is needed in
+    a read-only slot (checked by the caller). Units never share a guest byte."""
+    for u in prange(units.shape[0]):
+        _save_unit(vmt, units, u, out_pages, out_cnt)
+
+
+@jit
+def _save_unit(vmt, units, u, out_pages, out_cnt):
+    # a plain (non-parfor) function: loop-carried arrays are safe here
+    if True:
+        j = units[u, 0]
+        n = np.int64(vmt[j, N_LPIS])
+        intid = view_u32(vmt[j, P_INTID], n)
+        latch = view_u8(vmt[j, P_LATCH], n)
+        hw = view_u8(vmt[j, P_HW], n)
+        vb = np.int64(vmt[j, VPT_BYTES])
+        use_vpt = vmt[j, USE_VPT] != 0
+        vpt = view_u8(vmt[j, P_VPT], np.int64(vmt[j, N_VCPUS]) * vb)
+        base = view_u64(vmt[j, P_BASE], np.int64(vmt[j, N_VCPUS]))
+        runs = view_i64(vmt[j, P_RUNS], 4 * np.int64(vmt[j, N_RUNS]))
+        permx = view_i32(vmt[j, P_PERMX], np.int64(vmt[j, N_PERMX]))
+        nslots = np.int64(vmt[j, N_SLOTS])
+        sstart = view_u64(vmt[j, P_SSTART], nslots)
+        send = view_u64(vmt[j, P_SEND], nslots)
+        sptr = view_u64(vmt[j, P_SPTR], nslots)
+        pg0 = units[u, 3]
+
+        writes = 0
+        vpt_reads = 0
+        changed = 0
+        npages = 0
+        last_page = NO_ADDR
+        cur = NO_ADDR
+        lo = np.uint64(1)
+        hi = np.uint64(0)
+        arr = np.empty(0, np.uint8)
+        off = np.int64(0)
+        old = 0
+        val = 0
+        wrote = False
+        for r in range(units[u, 1], units[u, 2]):
+            v = runs[4 * r]
+            first = runs[4 * r + 1]
+            stride = runs[4 * r + 2]
+            length = runs[4 * r + 3]
+            b = base[v]
+            vrow = v * vb
+            for k in range(length):
+                if stride != 0:
+                    i = first + k * stride
+                else:
+                    i = permx[first + k]
+                iid = intid[i]
+                addr = b + np.uint64(iid >> 3)
+                if addr != cur:
+                    if wrote:
+                        if val != old:
+                            arr[off] = val
+                            changed += 1
+                        page = cur >> np.uint64(12)
+                        if page != last_page:
+                            out_pages[pg0 + npages] = page
+                            npages += 1
+                            last_page = page
+                    cur = addr
+                    if not (lo <= addr and addr < hi):
+                        s = _find_slot(sstart, send, nslots, addr)
+                        lo = sstart[s]
+                        hi = send[s]
+                        arr = view_u8(sptr[s], hi - lo)
+                    off = np.int64(addr - lo)
+                    old = arr[off]
+                    val = old
+                    wrote = False
+                bit = iid & 7
+                want = latch[i]
+                if use_vpt and hw[i]:
+                    want = (vpt[vrow + (iid >> 3)] >> bit) & 1
+                    vpt_reads += 1
+                if ((val >> bit) & 1) != want:
+                    val ^= 1 << bit
+                    writes += 1
+                    wrote = True
+        if wrote:
+            if val != old:
+                arr[off] = val
+                changed += 1
+            page = cur >> np.uint64(12)
+            if page != last_page:
+                out_pages[pg0 + npages] = page
+                npages += 1
+        out_cnt[u, 0] = writes
+        out_cnt[u, 1] = vpt_reads
+        out_cnt[u, 2] = changed
+        out_cnt[u, 3] = npages
+
+
+# ------------------------------------------------------------------ fast restore
+@pjit
+def restore_units(vmt, units, out_pages, out_cnt):
+    """Consume pending bits into ``pending_latch`` (one pass per unit in memory order).
+
+    ``out_cnt[u] = (guest_writes, 0, 0, n_pages)``. Entries of one (byte, bit) are in row order,
+    so the first LPI in row order consumes a shared bit, as the kernel's sequential sync does."""
+    for u in prange(units.shape[0]):
+        _restore_unit(vmt, units, u, out_pages, out_cnt)
+
+
+@jit
+def _restore_unit(vmt, units, u, out_pages, out_cnt):
+    if True:
+        j = units[u, 0]
+        n = np.int64(vmt[j, N_LPIS])
+        intid = view_u32(vmt[j, P_INTID], n)
+        latch = view_u8(vmt[j, P_LATCH], n)
+        base = view_u64(vmt[j, P_BASE], np.int64(vmt[j, N_VCPUS]))
+        runs = view_i64(vmt[j, P_RUNS], 4 * np.int64(vmt[j, N_RUNS]))
+        permx = view_i32(vmt[j, P_PERMX], np.int64(vmt[j, N_PERMX]))
+        nslots = np.int64(vmt[j, N_SLOTS])
+        sstart = view_u64(vmt[j, P_SSTART], nslots)
+        send = view_u64(vmt[j, P_SEND], nslots)
+        sptr = view_u64(vmt[j, P_SPTR], nslots)
+        pg0 = units[u, 3]
+
+        writes = 0
+        npages = 0
+        last_page = NO_ADDR
+        cur = NO_ADDR
+        lo = np.uint64(1)
+        hi = np.uint64(0)
+        arr = np.empty(0, np.uint8)
+        off = np.int64(0)
+        old = 0
+        val = 0
+        for r in range(units[u, 1], units[u, 2]):
+            v = runs[4 * r]
+            first = runs[4 * r + 1]
+            stride = runs[4 * r + 2]
+            length = runs[4 * r + 3]
+            b = base[v]
+            for k in range(length):
+                if stride != 0:
+                    i = first + k * stride
+                else:
+                    i = permx[first + k]
+                iid = intid[i]
+                addr = b + np.uint64(iid >> 3)
+                if addr != cur:
+                    if val != old:
+                        arr[off] = val
+                        page = cur >> np.uint64(12)
+                        if page != last_page:
+                            out_pages[pg0 + npages] = page
+                            npages += 1
+                            last_page = page
+                    cur = addr
+                    if not (lo <= addr and addr < hi):
+                        s = _find_slot(sstart, send, nslots, addr)
+                        lo = sstart[s]
+                        hi = send[s]
+                        arr = view_u8(sptr[s], hi - lo)
+                    off = np.int64(addr - lo)
+                    old = arr[off]
+                    val = old
+                bit = iid & 7
+                st = (val >> bit) & 1
+                latch[i] = st
+                if st:
+                    val &= ~(1 << bit)
+                    writes += 1
+        if val != old:
+            arr[off] = val
+            page = cur >> np.uint64(12)
+            if page != last_page:
+                out_pages[pg0 + npages] = page
+                npages += 1
+        out_cnt[u, 0] = writes
+        out_cnt[u, 1] = 0
+        out_cnt[u, 2] = 0
+        out_cnt[u, 3] = npages
+
+
+# ------------------------------------------------------------------ fault scans
+@jit
+def first_fault(vmrow, run_lo, run_hi, mode, walk_key_is_intid, sro):
+    """Earliest faulting access of one VM's plan, in walk order, without changing anything.
+
+    mode 0 (save): a read faults for every entry at an unmapped address; a write faults for an
+    entry in a read-only slot whose wanted bit differs from the stored one (nothing in a
+    read-only slot ever changes before the first fault). mode 1 (restore, row order): a read
+    faults as for save; a write faults for an entry in a read-only slot whose stored bit is 1.
+
+    Returns (row index, is_write, gpa) of the earliest fault, or (-1, 0, 0)."""
+    n = vmrow[N_LPIS]
+    intid = view_u32(vmrow[P_INTID], n)
+    latch = view_u8(vmrow[P_LATCH], n)
+    hw = view_u8(vmrow[P_HW], n)
+    vb = np.int64(vmrow[VPT_BYTES])
+    use_vpt = vmrow[USE_VPT] != 0
+    vpt = view_u8(vmrow[P_VPT], np.int64(vmrow[N_VCPUS]) * vb)
+    base = view_u64(vmrow[P_BASE], np.int64(vmrow[N_VCPUS]))
+    runs = view_i64(vmrow[P_RUNS], 4 * np.int64(vmrow[N_RUNS]))
+    permx = view_i32(vmrow[P_PERMX], np.int64(vmrow[N_PERMX]))
+    nslots = np.int64(vmrow[N_SLOTS])
+    sstart = view_u64(vmrow[P_SSTART], nslots)
+    send = view_u64(vmrow[P_SEND], nslots)
+    sptr = view_u64(vmrow[P_SPTR], nslots)
+
+    best_key = np.int64(1) << 62
+    best_i = -1
+    best_w = 0
+    best_gpa = np.uint64(0)
+    for r in range(run_lo, run_hi):
+        v = runs[4 * r]
+        first = runs[4 * r + 1]
+        stride = runs[4 * r + 2]
+        length = runs[4 * r + 3]
+        b = base[v]
+        for k in range(length):
+            if stride != 0:
+                i = first + k * stride
+            else:
+                i = permx[first + k]
+            iid = intid[i]
+            addr = b + np.uint64(iid >> 3)
+            key = np.int64(iid) if walk_key_is_intid else np.int64(i)
+            if key >= best_key:
+                continue
+            s = _find_slot(sstart, send, nslots, addr)
+            if s < 0:
+                best_key = key
+                best_i = i
+                best_w = 0
+                best_gpa = addr
+                continue
+            if sro[s] == 0:
+                continue
+            bit = iid & 7
+            stored = (view_u8(sptr[s], send[s] - sstart[s])[addr - sstart[s]] >> bit) & 1
+            if mode == 0:
+                want = latch[i]
+                if use_vpt and hw[i]:
+                    want = (vpt[v * vb + (iid >> 3)] >> bit) & 1
+                fault = want != stored
+            else:
+                fault = stored == 1
+            if fault:
+                best_key = key
+                best_i = i
+                best_w = 1
+                best_gpa = addr
+    return best_i, best_w, best_gpa
+
+
+# ------------------------------------------------------------------ EnableLPIs scan
+@jit
+def scan_table(intid, target, latch, b, vcpu, sstart, send, sptr, limit_intid, apply):
+    """EnableLPIs 0->1 scan of one vCPU's table (row order; result does not depend on order).
+
+    First finds the smallest INTID whose byte ``b + intid//8`` is unmapped (every LPI's byte is
+    read, whatever its target). If ``apply``: assigns ``pending_latch`` of LPIs that target
+    ``vcpu`` and have ``intid < limit_intid``. Returns (fault row or -1, n_assigned)."""
+    n = intid.shape[0]
+    nslots = sstart.shape[0]
+    lo = np.uint64(1)
+    hi = np.uint64(0)
+    arr = np.empty(0, np.uint8)
+    fault_i = -1
+    fault_id = np.int64(1) << 40
+    assigned = 0
+    for i in range(n):
+        iid = intid[i]
+        addr = b + np.uint64(iid >> 3)
+        if not (lo <= addr and addr < hi):
+            s = _find_slot(sstart, send, nslots, addr)
+            if s < 0:
+                if np.int64(iid) < fault_id:
+                    fault_id = np.int64(iid)
+                    fault_i = i
+                continue
+            lo = sstart[s]
+            hi = send[s]
+            arr = view_u8(sptr[s], hi - lo)
+        if apply and target[i] == vcpu and np.int64(iid) < limit_intid:
+            latch[i] = (arr[addr - lo] >> (iid & 7)) & 1
+            assigned += 1
+    return fault_i, assigned
+
+
+@jit
+def count_distinct_bytes(intid, limit_intid):
+    """Number of distinct ``intid // 8`` among INTIDs <= limit_intid (reads of the EnableLPIs
+    scan, whose byte cache is keyed on the byte offset and walks INTID order)."""
+    n = intid.shape[0]
+    if n == 0:
+        return 0
+    mx = 0
+    for i in range(n):
+        if intid[i] > mx:
+            mx = intid[i]
+    seen = np.zeros((mx >> 3) + 1, np.uint8)
+    c = 0
+    for i in range(n):
+        iid = intid[i]
+        if np.int64(iid) <= limit_intid:
+            o = iid >> 3
+            if seen[o] == 0:
+                seen[o] = 1
+                c += 1
+    return c

@@ -1,0 +1,773 @@
+"""The pending-table engine: save, restore and scan LPI pending state in guest RAM.
+
+Public functions validate their arguments (raising ``TypeError``/``ValueError`` that name the
+argument and the first offending index, before anything changes), then hand cached, compact
+plans to private Numba kernels (:mod:`vlpi._kernels.pending`).
+
+How a save is computed
+----------------------
+The kernel's loop (spec §1.2) walks LPIs in INTID order, reads a guest byte whenever the address
+changes, and writes one byte per changed bit. Its final memory does not depend on how the work is
+scheduled: each (byte, bit) ends up holding the wanted state of the *last* LPI mapped to it in
+walk order, and bits with no LPI are untouched. Its access counts depend only on the static layout
+(reads) and on the wanted-versus-stored comparison (writes). vlpi therefore:
+
+1. builds once, per LPI table and PENDBASER set, a *plan*: the targeted LPIs sorted by
+   (guest address, bit, walk order), compressed into runs (see :mod:`vlpi._kernels.pending`);
+   the number of reads the kernel's GPA-keyed cache would issue is computed with it;
+2. on every call, walks the plan in memory order, reading each guest byte once, merging every
+   LPI's wanted bit (``pending_latch``, or the VPT bit for hw LPIs on GICv4.1), counting the
+   kernel's writes (one per changed bit, in order within a bit), and writing the byte once if it
+   changed; work units never share a byte, so all VMs of a host run in one parallel pass;
+3. if some access could fault (an address outside every memslot, a read-only slot), finds the
+   kernel's first faulting access in walk order first: with ``atomic=True`` (default) it raises
+   before writing anything; with ``atomic=False`` it runs the literal sequential walk
+   (:mod:`vlpi._kernels.kernel_loop`) so the partial result is the kernel's, byte for byte.
+
+Restore (``sync_pending_status``, §3.1) and the EnableLPIs scan (``sync_pending_table``, §3.3)
+follow the same pattern.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vlpi._kernels import kernel_loop as _kl
+from vlpi._kernels import pending as _k
+from vlpi.errors import GuestMemoryFault
+from vlpi.lpi import LPITable
+from vlpi.memory import PAGE_SHIFT, GuestMemory
+
+__all__ = [
+    "SaveReport",
+    "SyncReport",
+    "save_pending_tables",
+    "save_pending_tables_many",
+    "sync_pending_status",
+    "sync_pending_table",
+    "kernel_loop_save",
+    "kernel_loop_restore",
+    "PENDBASER_ADDRESS_MASK",
+    "ORDERS",
+]
+
+PENDBASER_ADDRESS_MASK = 0x000F_FFFF_FFFF_0000  # GICR_PENDBASER bits [51:16]
+ORDERS = ("intid", "insertion")
+
+_MAX_RUN = 8192  # entries per run before a split (at a byte boundary)
+_MIN_STRIDED = 4  # shortest arithmetic progression stored as a strided run
+_UNIT = 32768  # target entries per parallel work unit
+
+
+# ===================================================================== reports
+@dataclass(frozen=True)
+class SaveReport:
+    """What a pending-table save did (counts are the kernel loop's, see the contract).
+
+    Attributes
+    ----------
+    lpis_total, lpis_skipped : int
+        LPIs in the table; LPIs skipped because they have no target vCPU.
+    guest_reads, guest_writes, vpt_reads : int
+        1-byte guest reads (GPA-keyed cache), 1-byte guest writes (one per changed bit) and VPT
+        bit reads the kernel's loop issues, including a faulting access.
+    bytes_changed : int
+        Distinct guest bytes whose final value differs from their initial value.
+    vpes_unmapped, vpes_remapped : int
+        vPEs unmapped before the walk and mapped back after it (GICv4.1 only).
+    dirty_pages : numpy.ndarray
+        Sorted unique 4 KiB guest page numbers written.
+    elapsed_s : float
+        Wall time of the call.
+    """
+
+    lpis_total: int
+    lpis_skipped: int
+    guest_reads: int
+    guest_writes: int
+    vpt_reads: int
+    bytes_changed: int
+    vpes_unmapped: int
+    vpes_remapped: int
+    dirty_pages: np.ndarray = field(repr=False)
+    elapsed_s: float = 0.0
+
+    def __repr__(self) -> str:
+        return (
+            f"SaveReport(lpis={self.lpis_total}, skipped={self.lpis_skipped}, reads={self.guest_reads}, "
+            f"writes={self.guest_writes}, vpt_reads={self.vpt_reads}, bytes_changed={self.bytes_changed}, "
+            f"vpes={self.vpes_unmapped}/{self.vpes_remapped}, dirty_pages={len(self.dirty_pages)}, "
+            f"elapsed={self.elapsed_s * 1e3:.3f} ms)"
+        )
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What a restore sync (``sync_pending_status``) or EnableLPIs scan did.
+
+    Attributes
+    ----------
+    lpis_total : int
+        LPIs in the table.
+    lpis_synced : int
+        LPIs whose ``pending_latch`` was assigned from guest RAM without error.
+    guest_reads, guest_writes : int
+        1-byte guest accesses the kernel issues (including a faulting one).
+    lpi_errno : numpy.ndarray
+        int32 per LPI: 0 or ``errno.EFAULT``.
+    dirty_pages : numpy.ndarray
+        Sorted unique 4 KiB guest page numbers written (restore clears consumed bits).
+    elapsed_s : float
+        Wall time of the call.
+    """
+
+    lpis_total: int
+    lpis_synced: int
+    guest_reads: int
+    guest_writes: int
+    lpi_errno: np.ndarray = field(repr=False)
+    dirty_pages: np.ndarray = field(repr=False)
+    elapsed_s: float = 0.0
+
+    def __repr__(self) -> str:
+        return (
+            f"SyncReport(lpis={self.lpis_total}, synced={self.lpis_synced}, reads={self.guest_reads}, "
+            f"writes={self.guest_writes}, errors={int(np.count_nonzero(self.lpi_errno))}, "
+            f"dirty_pages={len(self.dirty_pages)}, elapsed={self.elapsed_s * 1e3:.3f} ms)"
+        )
+
+
+_NO_PAGES = np.zeros(0, dtype=np.int64)
+_NO_PAGES.flags.writeable = False
+
+
+# ===================================================================== plans
+class _Plan:
+    """Cached memory-order plan of one LPI table for one set of table bases."""
+
+    __slots__ = (
+        "runs", "perm_x", "run_lo", "run_hi", "units", "pages_cap", "n_entries", "has_bit_alias",
+        "reads", "_cov", "__weakref__",
+    )
+
+    def __init__(self, lpis: LPITable, base: np.ndarray, tie: str) -> None:
+        t = lpis.target_vcpu
+        idx = np.flatnonzero(t >= 0)
+        iid = lpis.intid[idx].astype(np.uint64)
+        v = t[idx].astype(np.int64)
+        addr = base[v] + (iid >> np.uint64(3))
+        n = idx.size
+        self.n_entries = n
+        # reads issued by the GPA-keyed cache in each walk order
+        self.reads = {"insertion": _count_changes(addr)}
+        self.reads["intid"] = _count_changes(addr[np.argsort(iid, kind="stable")]) if n else 0
+        key = (addr << np.uint64(3)) | (iid & np.uint64(7))
+        o = np.argsort(key, kind="stable")  # ties stay in row order
+        ks = key[o]
+        self.has_bit_alias = bool(n > 1 and np.any(ks[1:] == ks[:-1]))
+        if self.has_bit_alias and tie == "intid":
+            o = np.lexsort((iid, key))
+        perm = idx[o]
+        v_s = v[o].astype(np.int32)
+        addr_s = addr[o]
+        del key, ks, iid, v, addr, idx
+        self.runs, self.perm_x = _k.build_runs(perm, v_s, addr_s, _MAX_RUN, _MIN_STRIDED)
+        lens = self.runs[:, 3]
+        e0 = np.zeros(lens.size + 1, dtype=np.int64)
+        np.cumsum(lens, out=e0[1:])
+        if n:
+            self.run_lo = addr_s[e0[:-1]]
+            self.run_hi = addr_s[e0[1:] - 1]
+        else:
+            self.run_lo = self.run_hi = np.zeros(0, np.uint64)
+        self.units, self.pages_cap = _make_units(e0, self.run_lo, self.run_hi, addr_s)
+        self._cov = None
+
+    @property
+    def nbytes(self) -> int:
+        return int(
+            self.runs.nbytes + self.perm_x.nbytes + self.run_lo.nbytes + self.run_hi.nbytes + self.units.nbytes
+        )
+
+    def covered(self, mem: GuestMemory) -> bool:
+        """True when every address of the plan lies in a writable extent of ``mem`` (then no
+        access can fault). Cached per memory generation."""
+        c = self._cov
+        if c is not None and c[0]() is mem and c[1] == mem.generation:
+            return c[2]
+        ok = bool(mem._covered(self.run_lo, self.run_hi, True).all()) if self.n_entries else True
+        self._cov = (weakref.ref(mem), mem.generation, ok)
+        return ok
+
+
+def _count_changes(a: np.ndarray) -> int:
+    if a.size == 0:
+        return 0
+    return int(1 + np.count_nonzero(a[1:] != a[:-1]))
+
+
+def _make_units(e0: np.ndarray, run_lo: np.ndarray, run_hi: np.ndarray, addr_s: np.ndarray):
+    """Split runs into work units of about ``_UNIT`` entries, never between two runs that share
+    a guest byte. Returns (units int64 [U, 4] = (0, run_lo, run_hi, page_offset), pages_cap)."""
+    nruns = run_lo.size
+    if nruns == 0:
+        return np.zeros((0, 4), np.int64), 0
+    can = np.flatnonzero(run_lo[1:] != run_hi[:-1]) + 1  # may split before these runs
+    targets = np.arange(_UNIT, int(e0[-1]), _UNIT, dtype=np.int64)
+    cuts = can[np.minimum(np.searchsorted(e0[can], targets), max(can.size - 1, 0))] if can.size else can
+    bounds = np.unique(np.concatenate(([0], cuts, [nruns]))).astype(np.int64)
+    units = np.zeros((bounds.size - 1, 4), np.int64)
+    units[:, 1] = bounds[:-1]
+    units[:, 2] = bounds[1:]
+    pages = addr_s >> np.uint64(PAGE_SHIFT)
+    newp = np.zeros(pages.size, np.int64)
+    newp[1:] = pages[1:] != pages[:-1]
+    cum = np.cumsum(newp)
+    ea = e0[units[:, 1]]
+    eb = e0[units[:, 2]] - 1
+    caps = cum[eb] - cum[ea] + 1
+    units[1:, 3] = np.cumsum(caps)[:-1]
+    return units, int(caps.sum())
+
+
+def _plan(lpis: LPITable, base: np.ndarray, tie: str) -> _Plan:
+    """The cached plan for (lpis, base, tie). A plan without aliased bits serves both ties."""
+    bkey = base.tobytes()
+    cache = lpis._cache
+    p = cache.get(("plan", tie, bkey))
+    if p is not None:
+        return p
+    other = cache.get(("plan", "intid" if tie == "insertion" else "insertion", bkey))
+    if other is not None and not other.has_bit_alias:
+        cache[("plan", tie, bkey)] = other
+        return other
+    plans = [k for k in cache if k[0] == "plan"]
+    if len(plans) >= 4:  # keep a handful of PENDBASER sets
+        for k in plans[:2]:
+            del cache[k]
+    p = _Plan(lpis, base, tie)
+    cache[("plan", tie, bkey)] = p
+    return p
+
+
+def _walk_intid(lpis: LPITable) -> np.ndarray:
+    w = lpis._cache.get("walk_intid")
+    if w is None:
+        w = np.argsort(lpis.intid, kind="stable").astype(np.int32)
+        lpis._cache["walk_intid"] = w
+    return w
+
+
+# ===================================================================== validation
+def _addr(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def _check_mem(mem, where: str) -> None:
+    if not isinstance(mem, GuestMemory):
+        raise TypeError(f"{where}mem must be a vlpi.GuestMemory, got {type(mem).__name__}")
+
+
+def _check_lpis(lpis, where: str) -> None:
+    if not isinstance(lpis, LPITable):
+        raise TypeError(f"{where}lpis must be a vlpi.LPITable, got {type(lpis).__name__}")
+
+
+def _bases(pendbaser, lpis: LPITable, where: str) -> np.ndarray:
+    pb = np.asarray(pendbaser)
+    if pb.ndim != 1:
+        raise ValueError(f"{where}pendbaser must be 1-D (one GICR_PENDBASER per vCPU), got shape {pb.shape}")
+    if pb.size and (pb.dtype == np.bool_ or not np.issubdtype(pb.dtype, np.integer)):
+        raise TypeError(f"{where}pendbaser must be an unsigned 64-bit integer array, got dtype {pb.dtype}")
+    if pb.size and np.issubdtype(pb.dtype, np.signedinteger) and (pb < 0).any():
+        bad = int(np.flatnonzero(pb < 0)[0])
+        raise ValueError(f"{where}pendbaser[{bad}] = {pb[bad]} is negative; pass raw uint64 register values")
+    n = pb.shape[0]
+    if lpis.max_target >= n:
+        bad = int(np.flatnonzero(lpis.target_vcpu >= n)[0])
+        raise ValueError(
+            f"{where}lpis.target_vcpu[{bad}] = {int(lpis.target_vcpu[bad])} but pendbaser has only {n} "
+            f"vCPUs (target_vcpu must be -1 or < {n})"
+        )
+    return pb.astype(np.uint64) & np.uint64(PENDBASER_ADDRESS_MASK)
+
+
+def _check_vpt(vpt, lpis: LPITable, n_vcpus: int, has_gicv4_1: bool, where: str):
+    """Returns (flat uint8 VPT, vpt_bytes) or (empty, 0) when no VPT is read."""
+    if not has_gicv4_1:
+        return np.zeros(1, np.uint8), 0
+    if vpt is None:
+        hw = lpis.hw
+        if len(lpis) and hw.any():
+            bad = int(np.flatnonzero(hw)[0])
+            raise ValueError(
+                f"{where}vpt is required with has_gicv4_1=True: lpis.hw[{bad}] is set "
+                f"(INTID {int(lpis.intid[bad])}) and its pending state lives in the VPT"
+            )
+        return np.zeros(1, np.uint8), 0
+    if not isinstance(vpt, np.ndarray):
+        raise TypeError(f"{where}vpt must be a numpy uint8 array [n_vcpus, vpt_bytes], got {type(vpt).__name__}")
+    if vpt.dtype != np.uint8:
+        raise TypeError(f"{where}vpt must have dtype uint8, got {vpt.dtype}")
+    if vpt.ndim != 2 or vpt.shape[0] != n_vcpus:
+        raise ValueError(f"{where}vpt must have shape [{n_vcpus}, vpt_bytes] (one VPT per vPE), got {vpt.shape}")
+    vb = int(vpt.shape[1])
+    if (vb << 3) <= lpis.max_intid and len(lpis):
+        bad = np.flatnonzero(lpis.hw.astype(bool) & ((lpis.intid >> 3) >= vb))
+        if bad.size:
+            b = int(bad[0])
+            raise ValueError(
+                f"{where}vpt is too narrow: lpis.hw[{b}] is set for INTID {int(lpis.intid[b])}, whose VPT byte "
+                f"{int(lpis.intid[b]) >> 3} lies beyond vpt_bytes={vb}"
+            )
+    if vb == 0:
+        return np.zeros(1, np.uint8), 0
+    return np.ascontiguousarray(vpt).reshape(-1), vb
+
+
+def _check_order(order) -> None:
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+
+
+# ===================================================================== job context
+class _Job:
+    """One VM's validated arguments, its plan and its kernel VM-table row."""
+
+    __slots__ = ("mem", "lpis", "base", "vpt", "vb", "plan", "row", "n_vcpus", "use_vpt", "keep")
+
+    def __init__(self, mem, pendbaser, lpis, vpt, has_gicv4_1, tie, where=""):
+        _check_mem(mem, where)
+        _check_lpis(lpis, where)
+        self.mem = mem
+        self.lpis = lpis
+        self.base = _bases(pendbaser, lpis, where)
+        self.n_vcpus = int(self.base.shape[0])
+        self.vpt, self.vb = _check_vpt(vpt, lpis, self.n_vcpus, has_gicv4_1, where)
+        self.use_vpt = bool(has_gicv4_1 and self.vb > 0)
+        self.plan = _plan(lpis, self.base, tie) if tie is not None else None
+
+    def make_row(self) -> np.ndarray:
+        p = self.plan
+        lp = self.lpis
+        sstart, send, sptr, _, _, _ = self.mem._kernel_tables()
+        latch = lp.pending_latch
+        hw = lp.hw
+        self.keep = (latch, hw, sstart, send, sptr, p)  # alive for the kernel call
+        row = np.empty(_k.NCOL, dtype=np.uint64)
+        row[_k.P_INTID] = _addr(lp.intid)
+        row[_k.P_LATCH] = _addr(latch)
+        row[_k.P_HW] = _addr(hw)
+        row[_k.P_VPT] = _addr(self.vpt)
+        row[_k.VPT_BYTES] = self.vb
+        row[_k.P_BASE] = _addr(self.base)
+        row[_k.P_RUNS] = _addr(p.runs)
+        row[_k.N_RUNS] = p.runs.shape[0]
+        row[_k.P_PERMX] = _addr(p.perm_x)
+        row[_k.N_PERMX] = p.perm_x.shape[0]
+        row[_k.N_LPIS] = len(lp)
+        row[_k.P_SSTART] = _addr(sstart)
+        row[_k.P_SEND] = _addr(send)
+        row[_k.P_SPTR] = _addr(sptr)
+        row[_k.N_SLOTS] = sstart.shape[0]
+        row[_k.N_VCPUS] = self.n_vcpus
+        row[_k.USE_VPT] = 1 if self.use_vpt else 0
+        self.row = row
+        return row
+
+    def first_fault(self, mode: int, key_is_intid: bool):
+        """(row, is_write, gpa) of the first faulting access, or None. Cheap when covered."""
+        if self.plan.covered(self.mem):
+            return None
+        ro = self.mem._kernel_tables()[3]
+        i, w, gpa = _k.first_fault(self.make_row(), 0, self.plan.runs.shape[0], mode, key_is_intid, ro)
+        if i < 0:
+            return None
+        return int(i), bool(w), int(gpa)
+
+
+def _run_units(jobs: list[_Job], kernel) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Run a unit kernel over all jobs in one parallel pass. Returns per job (counts[4], pages)."""
+    if not jobs:
+        return []
+    vmt = np.empty((len(jobs), _k.NCOL), dtype=np.uint64)
+    parts = []
+    nunits = []
+    poff = 0
+    for j, jb in enumerate(jobs):
+        vmt[j] = jb.make_row()
+        u = jb.plan.units.copy()
+        u[:, 0] = j
+        u[:, 3] += poff
+        poff += jb.plan.pages_cap
+        parts.append(u)
+        nunits.append(u.shape[0])
+    units = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    out_pages = np.empty(max(poff, 1), dtype=np.uint64)
+    out_cnt = np.zeros((units.shape[0], 4), dtype=np.int64)
+    if units.shape[0]:
+        kernel(vmt, units, out_pages, out_cnt)
+    res = []
+    k = 0
+    for j, jb in enumerate(jobs):
+        nu = nunits[j]
+        cnt = out_cnt[k : k + nu].sum(axis=0)
+        if cnt[3]:
+            segs = [out_pages[units[q, 3] : units[q, 3] + out_cnt[q, 3]] for q in range(k, k + nu) if out_cnt[q, 3]]
+            pages = np.unique(np.concatenate(segs).astype(np.int64))
+            jb.mem._mark_dirty(pages)
+        else:
+            pages = _NO_PAGES
+        res.append((cnt, pages))
+        k += nu
+    return res
+
+
+def _changed_bytes(mem: GuestMemory, wr_addr: np.ndarray, wr_old: np.ndarray):
+    """(bytes_changed, dirty_pages) from the sequential path's write record."""
+    if wr_addr.size == 0:
+        return 0, _NO_PAGES
+    ua, first = np.unique(wr_addr, return_index=True)
+    now = mem.read_u8(ua)
+    pages = np.unique((ua >> np.uint64(PAGE_SHIFT)).astype(np.int64))
+    mem._mark_dirty(pages)
+    return int(np.count_nonzero(now != wr_old[first])), pages
+
+
+# ===================================================================== save
+def save_pending_tables(
+    mem: GuestMemory,
+    pendbaser,
+    lpis: LPITable,
+    *,
+    vpt: np.ndarray | None = None,
+    has_gicv4_1: bool = False,
+    order: str = "intid",
+    atomic: bool = True,
+) -> SaveReport:
+    """Merge every LPI's pending state into the guest's pending tables (``SAVE_PENDING_TABLES``).
+
+    Parameters
+    ----------
+    mem : GuestMemory
+        Guest RAM holding the pending tables.
+    pendbaser : array-like of uint64
+        Raw GICR_PENDBASER per vCPU; only bits [51:16] (the table base) are used.
+    lpis : LPITable
+        The VM's LPIs.
+    vpt : numpy.ndarray of uint8, shape [n_vcpus, vpt_bytes], optional
+        Each vPE's virtual pending table. Required when ``has_gicv4_1`` and any LPI is ``hw``.
+    has_gicv4_1 : bool
+        Host GIC is GICv4.1: vPEs are unmapped around the walk and hw LPIs save their VPT bit.
+        Without it, hw LPIs save ``pending_latch`` (normally False), as the kernel does.
+    order : {"intid", "insertion"}
+        Walk order of the kernel being modelled: INTID order (Linux >= 6.9) or row (creation)
+        order (5.13 - 6.8). Observable through read counts and through aliased bits.
+    atomic : bool
+        True (default): if any access of the kernel's walk would fault, raise
+        ``GuestMemoryFault`` before writing anything. False: kernel-exact partial save.
+
+    Returns
+    -------
+    SaveReport
+
+    Raises
+    ------
+    GuestMemoryFault
+        An access of the walk faults (``.report`` holds what was done: nothing with
+        ``atomic=True``, the kernel's partial save with ``atomic=False``).
+    TypeError, ValueError
+        Bad arguments (nothing is changed).
+    """
+    return save_pending_tables_many(
+        [(mem, pendbaser, lpis, vpt)], has_gicv4_1=has_gicv4_1, order=order, atomic=atomic, _single=True
+    )[0]
+
+
+def save_pending_tables_many(
+    jobs: Sequence,
+    *,
+    has_gicv4_1: bool = False,
+    order: str = "intid",
+    atomic: bool = True,
+    _single: bool = False,
+) -> list[SaveReport]:
+    """Save the pending tables of many VMs of one host in one parallel pass.
+
+    Parameters
+    ----------
+    jobs : sequence of (mem, pendbaser, lpis, vpt)
+        One tuple per VM (``vpt`` may be None); see :func:`save_pending_tables`. VMs must not
+        share guest memory.
+    has_gicv4_1, order, atomic
+        As for :func:`save_pending_tables`.
+
+    Returns
+    -------
+    list of SaveReport
+        One per job, identical to one :func:`save_pending_tables` call per VM in job order.
+
+    Raises
+    ------
+    GuestMemoryFault
+        With ``atomic=True`` raised before any VM is written if any VM's walk would fault.
+        With ``atomic=False`` the VMs before the first faulting one are saved, the faulting one
+        is saved up to its fault (kernel-exact), later VMs are untouched. The exception carries
+        ``.job`` (index) and ``.reports`` (reports of the VMs saved before it).
+    """
+    t0 = time.perf_counter()
+    _check_order(order)
+    if isinstance(jobs, (str, bytes)) or not isinstance(jobs, Sequence):
+        raise TypeError(f"jobs must be a sequence of (mem, pendbaser, lpis, vpt) tuples, got {type(jobs).__name__}")
+    ctx: list[_Job] = []
+    for j, job in enumerate(jobs):
+        where = "" if _single else f"jobs[{j}]: "
+        if not isinstance(job, (tuple, list)) or len(job) != 4:
+            raise TypeError(f"jobs[{j}] must be a (mem, pendbaser, lpis, vpt) tuple")
+        mem, pb, lp, vpt = job
+        ctx.append(_Job(mem, pb, lp, vpt, bool(has_gicv4_1), order, where))
+    mems = [id(c.mem) for c in ctx]
+    if len(set(mems)) != len(mems):
+        first = next(j for j, m in enumerate(mems) if mems.index(m) != j)
+        raise ValueError(f"jobs[{first}] shares its GuestMemory with jobs[{mems.index(mems[first])}]; one VM per memory")
+    key_intid = order == "intid"
+    faults = [c.first_fault(0, key_intid) for c in ctx]
+    bad = next((j for j, f in enumerate(faults) if f is not None), None)
+    if bad is not None and atomic:
+        c = ctx[bad]
+        row, w, gpa = faults[bad]
+        rep = _save_report(c, has_gicv4_1, order, 0, 0, 0, 0, _NO_PAGES, time.perf_counter() - t0)
+        exc = _fault(c, row, w, gpa, rep, "atomic save: nothing was written")
+        exc.job = bad
+        exc.reports = []
+        raise exc
+    ok = ctx if bad is None else ctx[:bad]
+    results = _run_units(ok, _k.save_units)
+    dt = time.perf_counter() - t0
+    reports = [
+        _save_report(c, has_gicv4_1, order, c.plan.reads[order], int(cnt[0]), int(cnt[1]), int(cnt[2]), pages, dt)
+        for c, (cnt, pages) in zip(ok, results)
+    ]
+    if bad is not None:
+        rep, f = _sequential_save(ctx[bad], has_gicv4_1, order, t0)
+        exc = _fault(ctx[bad], f[0], f[1], f[2], rep, "kernel-exact partial save (atomic=False)")
+        exc.job = bad
+        exc.reports = reports
+        raise exc
+    return reports
+
+
+def _save_report(c: _Job, has_gicv4_1, order, reads, writes, vpt_reads, changed, pages, dt) -> SaveReport:
+    n = len(c.lpis)
+    nv = c.n_vcpus if has_gicv4_1 else 0
+    return SaveReport(
+        lpis_total=n,
+        lpis_skipped=n - c.plan.n_entries,
+        guest_reads=reads,
+        guest_writes=writes,
+        vpt_reads=vpt_reads,
+        bytes_changed=changed,
+        vpes_unmapped=nv,
+        vpes_remapped=nv,
+        dirty_pages=pages,
+        elapsed_s=dt,
+    )
+
+
+def _fault(c: _Job, row: int, write: bool, gpa: int, report, detail: str) -> GuestMemoryFault:
+    return GuestMemoryFault(
+        gpa,
+        write=write,
+        intid=int(c.lpis.intid[row]),
+        vcpu=int(c.lpis.target_vcpu[row]),
+        report=report,
+        detail=detail,
+    )
+
+
+def _sequential_save(c: _Job, has_gicv4_1: bool, order: str, t0: float):
+    """The literal walk (kernel-exact, stops at the first fault). Returns (report, fault)."""
+    lp = c.lpis
+    sstart, send, sptr, sro, _, _ = c.mem._kernel_tables()
+    use_walk = order == "intid"
+    walk = _walk_intid(lp) if use_walk else np.zeros(1, np.int32)
+    n = max(c.plan.n_entries, 1)
+    wr_addr = np.empty(n, np.uint64)
+    wr_old = np.empty(n, np.uint8)
+    reads, writes, vreads, frow, fw, fgpa, nrec = _kl.walk_save(
+        walk, use_walk, lp.intid, lp.target_vcpu, lp.pending_latch.view(np.uint8), lp.hw.view(np.uint8),
+        c.base, c.vpt, c.vb, c.use_vpt, sstart, send, sptr, sro, wr_addr, wr_old,
+    )
+    changed, pages = _changed_bytes(c.mem, wr_addr[:nrec], wr_old[:nrec])
+    rep = _save_report(c, has_gicv4_1, order, int(reads), int(writes), int(vreads), changed, pages,
+                       time.perf_counter() - t0)
+    return rep, (None if frow < 0 else (int(frow), bool(fw), int(fgpa)))
+
+
+def kernel_loop_save(
+    mem: GuestMemory,
+    pendbaser,
+    lpis: LPITable,
+    *,
+    vpt: np.ndarray | None = None,
+    has_gicv4_1: bool = False,
+    order: str = "intid",
+) -> SaveReport:
+    """Baseline: the kernel's save loop, literally, compiled (one LPI at a time in walk order,
+    GPA-keyed byte cache, one write per changed bit, memslot lookup per access). Kernel-exact on
+    faults (raises ``GuestMemoryFault`` with the partial report). The walk order is cached, as
+    the kernel's xarray is ordered. Used by the benchmarks; prefer :func:`save_pending_tables`."""
+    t0 = time.perf_counter()
+    _check_order(order)
+    c = _Job(mem, pendbaser, lpis, vpt, bool(has_gicv4_1), order)
+    rep, f = _sequential_save(c, has_gicv4_1, order, t0)
+    if f is not None:
+        raise _fault(c, f[0], f[1], f[2], rep, "kernel loop")
+    return rep
+
+
+# ===================================================================== restore
+def sync_pending_status(
+    mem: GuestMemory,
+    pendbaser,
+    lpis: LPITable,
+    *,
+    atomic: bool = True,
+    stop_on_error: bool = True,
+) -> SyncReport:
+    """Restore: set every targeted LPI's ``pending_latch`` from its guest bit and clear consumed bits.
+
+    Models ``vgic_v3_lpi_sync_pending_status`` (spec §3.1) for each LPI in row order: read the
+    byte (no cache), assign ``pending_latch``, and when the bit was 1 write the byte back with
+    it cleared. LPIs without a target are left alone.
+
+    Parameters
+    ----------
+    mem, pendbaser, lpis
+        As for :func:`save_pending_tables`. ``lpis.pending_latch`` is updated in place.
+    atomic : bool
+        With ``stop_on_error``: True (default) raises before changing anything if any access
+        would fault; False is kernel-exact (LPIs before the fault are synced; a faulting clearing
+        write leaves that LPI's latch set, as in the kernel).
+    stop_on_error : bool
+        False: record ``errno.EFAULT`` per faulting LPI in ``lpi_errno`` and carry on; never
+        raises for faults (``atomic`` is then irrelevant).
+
+    Returns
+    -------
+    SyncReport
+    """
+    t0 = time.perf_counter()
+    c = _Job(mem, pendbaser, lpis, None, False, None)
+    c.plan = _plan(lpis, c.base, "insertion")
+    n = len(lpis)
+    f = c.first_fault(1, False)
+    if f is None:
+        (cnt, pages), = _run_units([c], _k.restore_units)
+        return SyncReport(
+            lpis_total=n, lpis_synced=c.plan.n_entries, guest_reads=c.plan.n_entries, guest_writes=int(cnt[0]),
+            lpi_errno=np.zeros(n, np.int32), dirty_pages=pages, elapsed_s=time.perf_counter() - t0,
+        )
+    if stop_on_error and atomic:
+        rep = SyncReport(n, 0, 0, 0, np.zeros(n, np.int32), _NO_PAGES, time.perf_counter() - t0)
+        rep.lpi_errno[f[0]] = _errno.EFAULT
+        raise _fault(c, f[0], f[1], f[2], rep, "atomic restore: nothing was changed")
+    rep, fault = _sequential_restore(c, stop_on_error, t0)
+    if stop_on_error and fault is not None:
+        raise _fault(c, fault[0], fault[1], fault[2], rep, "kernel-exact partial restore (atomic=False)")
+    return rep
+
+
+def _sequential_restore(c: _Job, stop_on_error: bool, t0: float):
+    lp = c.lpis
+    sstart, send, sptr, sro, _, _ = c.mem._kernel_tables()
+    n = len(lp)
+    err = np.zeros(n, np.int32)
+    wr_addr = np.empty(max(n, 1), np.uint64)
+    wr_old = np.empty(max(n, 1), np.uint8)
+    reads, writes, synced, frow, fw, fgpa, nrec = _kl.walk_restore(
+        lp.intid, lp.target_vcpu, lp.pending_latch.view(np.uint8), c.base, sstart, send, sptr, sro,
+        bool(stop_on_error), err, wr_addr, wr_old,
+    )
+    _, pages = _changed_bytes(c.mem, wr_addr[:nrec], wr_old[:nrec])
+    rep = SyncReport(n, int(synced), int(reads), int(writes), err, pages, time.perf_counter() - t0)
+    return rep, (None if frow < 0 else (int(frow), bool(fw), int(fgpa)))
+
+
+def kernel_loop_restore(mem: GuestMemory, pendbaser, lpis: LPITable) -> SyncReport:
+    """Baseline: the kernel's per-LPI restore sync, literally, compiled (row order, a read per
+    LPI, a clearing write per set bit). Kernel-exact; raises ``GuestMemoryFault`` at the first
+    fault. Used by the benchmarks; prefer :func:`sync_pending_status`."""
+    t0 = time.perf_counter()
+    c = _Job(mem, pendbaser, lpis, None, False, None)
+    rep, f = _sequential_restore(c, True, t0)
+    if f is not None:
+        raise _fault(c, f[0], f[1], f[2], rep, "kernel loop")
+    return rep
+
+
+# ===================================================================== EnableLPIs scan
+def sync_pending_table(
+    mem: GuestMemory, pendbaser, lpis: LPITable, vcpu: int, *, atomic: bool = True
+) -> SyncReport:
+    """The GICR_CTLR.EnableLPIs 0->1 scan of one vCPU's pending table (spec §3.3).
+
+    Walks all LPIs in INTID order, reads ``vcpu``'s table at byte ``intid // 8`` for every LPI
+    (whatever its target; cache keyed on the byte offset), and assigns ``pending_latch`` only for
+    LPIs that target ``vcpu``. Never writes: bits loaded here are not cleared in RAM.
+
+    Parameters
+    ----------
+    vcpu : int
+        The redistributor whose EnableLPIs went 0 -> 1.
+    atomic : bool
+        True (default): if a read would fault, raise before assigning anything. False:
+        kernel-exact (LPIs with smaller INTIDs than the faulting one are assigned).
+    """
+    t0 = time.perf_counter()
+    c = _Job(mem, pendbaser, lpis, None, False, None)
+    if isinstance(vcpu, (bool, np.bool_)) or not isinstance(vcpu, (int, np.integer)):
+        raise TypeError(f"vcpu must be an integer, got {type(vcpu).__name__}")
+    if not 0 <= int(vcpu) < c.n_vcpus:
+        raise ValueError(f"vcpu = {vcpu} is not a vCPU of this VM (0 <= vcpu < {c.n_vcpus})")
+    vcpu = int(vcpu)
+    n = len(lpis)
+    b = np.uint64(c.base[vcpu])
+    sstart, send, sptr, _, _, _ = mem._kernel_tables()
+    latch = lpis.pending_latch.view(np.uint8)
+    inf = np.int64(1) << 40
+    covered = True
+    if n:
+        lo = np.array([int(b) + (lpis.min_intid >> 3)], np.uint64)
+        hi = np.array([int(b) + (lpis.max_intid >> 3)], np.uint64)
+        covered = bool(mem._covered(lo, hi, False)[0])
+    frow = -1
+    if not covered:
+        frow, _ = _k.scan_table(lpis.intid, lpis.target_vcpu, latch, b, vcpu, sstart, send, sptr, inf, False)
+    if frow < 0:
+        _, assigned = _k.scan_table(lpis.intid, lpis.target_vcpu, latch, b, vcpu, sstart, send, sptr, inf, True)
+        reads = lpis._cache.get("distinct_bytes")
+        if reads is None:
+            reads = int(_k.count_distinct_bytes(lpis.intid, inf))
+            lpis._cache["distinct_bytes"] = reads
+        return SyncReport(n, int(assigned), int(reads), 0, np.zeros(n, np.int32), _NO_PAGES, time.perf_counter() - t0)
+    fid = int(lpis.intid[frow])
+    gpa = int(b) + (fid >> 3)
+    err = np.zeros(n, np.int32)
+    err[frow] = _errno.EFAULT
+    if atomic:
+        rep = SyncReport(n, 0, 0, 0, err, _NO_PAGES, time.perf_counter() - t0)
+    else:
+        _, assigned = _k.scan_table(lpis.intid, lpis.target_vcpu, latch, b, vcpu, sstart, send, sptr, fid, True)
+        reads = int(_k.count_distinct_bytes(lpis.intid, fid))
+        rep = SyncReport(n, int(assigned), reads, 0, err, _NO_PAGES, time.perf_counter() - t0)
+    raise GuestMemoryFault(
+        gpa, write=False, intid=fid, vcpu=vcpu, report=rep,
+        detail="EnableLPIs scan" + (": nothing was assigned" if atomic else " (kernel-exact partial)"),
+    )
