@@ -535,7 +535,8 @@ def save_pending_tables_many(
     mems = [id(c.mem) for c in ctx]
     if len(set(mems)) != len(mems):
         first = next(j for j, m in enumerate(mems) if mems.index(m) != j)
-        raise ValueError(f"jobs[{first}] shares its GuestMemory with jobs[{mems.index(mems[first])}]; one VM per memory")
+        other = mems.index(mems[first])
+        raise ValueError(f"jobs[{first}] shares its GuestMemory with jobs[{other}]; one GuestMemory per VM")
     key_intid = order == "intid"
     faults = [c.first_fault(0, key_intid) for c in ctx]
     bad = next((j for j, f in enumerate(faults) if f is not None), None)
@@ -552,7 +553,7 @@ def save_pending_tables_many(
     dt = time.perf_counter() - t0
     reports = [
         _save_report(c, has_gicv4_1, order, c.plan.reads[order], int(cnt[0]), int(cnt[1]), int(cnt[2]), pages, dt)
-        for c, (cnt, pages) in zip(ok, results)
+        for c, (cnt, pages) in zip(ok, results, strict=True)
     ]
     if bad is not None:
         rep, f = _sequential_save(ctx[bad], has_gicv4_1, order, t0)
