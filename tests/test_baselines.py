@@ -1,0 +1,282 @@
+"""The benchmark baselines (benchmarks/baselines.py) give the engine's result on small scenarios.
+
+Every baseline runs on its own fresh copy of a scenario and is compared, bytes and counts, with
+the literal reference (tests/reference.py) and, when importable, with the engine. Scenarios cover
+what makes the vectorised baselines take different paths: disjoint and aliasing vCPU tables,
+LPIs sharing bytes, untargeted LPIs, hw LPIs with and without GICv4.1, tables split over two
+adjacent memslots, both walk orders, and faults (unmapped and read-only memory).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from vlpi import GuestMemory, GuestMemoryFault, LPITable
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import baselines as bl  # noqa: E402
+
+SAVE_FIELDS = (
+    "lpis_total",
+    "lpis_skipped",
+    "guest_reads",
+    "guest_writes",
+    "vpt_reads",
+    "bytes_changed",
+    "vpes_unmapped",
+    "vpes_remapped",
+)
+SYNC_FIELDS = ("lpis_total", "lpis_synced", "guest_reads", "guest_writes")
+
+
+@dataclass
+class Case:
+    """A scenario as plain data; :meth:`build` returns fresh, independent objects every call."""
+
+    slots: list  # (gpa, bytes, readonly)
+    pendbaser: np.ndarray
+    intid: np.ndarray
+    target: np.ndarray
+    pending: np.ndarray
+    hw: np.ndarray
+    vpt: np.ndarray
+
+    def build(self):
+        mem = GuestMemory()
+        for gpa, data, ro in self.slots:
+            mem.add_slot(gpa, data.size, readonly=ro, data=data.copy())
+        lpis = LPITable(self.intid, self.target, self.pending.copy(), self.hw.copy())
+        return mem, self.pendbaser.copy(), lpis, self.vpt.copy()
+
+
+def make_case(
+    seed: int,
+    *,
+    vcpus: int = 4,
+    id_bits: int = 14,
+    density: float = 0.5,
+    alias: bool = False,
+    split: bool = False,
+    untargeted: float = 0.1,
+) -> Case:
+    """Random VM: ``vcpus`` tables 64 KiB apart (or all on two shared bases when ``alias``),
+    a random subset of INTIDs ``8192..2**id_bits-1`` as LPIs in random creation order."""
+    rng = np.random.default_rng(seed)
+    if alias:
+        # vCPU 1's table starts 64 KiB after vCPU 0's: INTID j on vCPU 1 and INTID j + 2**19 on
+        # vCPU 0 are the same bit of the same byte; vCPUs 2, 3 share vCPU 0's base (shared bytes)
+        id_bits = 20
+        low = 8192 + np.flatnonzero(rng.random(8192) < density)
+        intid = np.concatenate([low, low[rng.random(low.size) < 0.7] + (1 << 19)])
+    else:
+        intid = 8192 + np.flatnonzero(rng.random((1 << id_bits) - 8192) < density)
+    rng.shuffle(intid)
+    n = intid.size
+    target = rng.integers(0, vcpus, n)
+    if alias:
+        hi = intid >= (1 << 19)
+        target[hi] = np.where(rng.random(int(hi.sum())) < 0.8, 0, 2)
+        target[~hi] = np.where(rng.random(int((~hi).sum())) < 0.8, 1, 3)
+    target[rng.random(n) < untargeted] = -1
+    ram_gpa = 0x4000_0000
+    pendbaser = (ram_gpa + 0x10000 * np.arange(vcpus)).astype(np.uint64) | np.uint64(0x380)
+    if alias:
+        pendbaser[2:] = pendbaser[0] | np.uint64(0x4000_0000_0000_0000)  # PTZ etc. are ignored
+    size = 0x10000 * (vcpus + 1)
+    data = rng.integers(0, 256, size, dtype=np.uint8)
+    if split:
+        cut = 0x10000 + 1024 + 3  # table of vCPU 1 straddles two adjacent slots
+        slots = [(ram_gpa, data[:cut].copy(), False), (ram_gpa + cut, data[cut:].copy(), False)]
+    else:
+        slots = [(ram_gpa, data, False)]
+    vpt = rng.integers(0, 256, (vcpus, (1 << id_bits) // 8), dtype=np.uint8)
+    return Case(slots, pendbaser, intid, target, rng.random(n) < 0.5, rng.random(n) < 0.5, vpt)
+
+
+def _mem_bytes(mem: GuestMemory) -> list:
+    return [(s.gpa, s.data.copy()) for s in mem.slots]
+
+
+def _check_same(a, b, fields, what: str) -> None:
+    for f in fields:
+        assert getattr(a, f) == getattr(b, f), f"{what}: {f} {getattr(a, f)} != {getattr(b, f)}"
+    np.testing.assert_array_equal(np.asarray(a.dirty_pages), np.asarray(b.dirty_pages), err_msg=what)
+
+
+def _assert_mem_equal(m1: GuestMemory, m2: GuestMemory, what: str) -> None:
+    for (g1, d1), (g2, d2) in zip(_mem_bytes(m1), _mem_bytes(m2)):
+        assert g1 == g2
+        diff = np.flatnonzero(d1 != d2)
+        assert diff.size == 0, f"{what}: {diff.size} bytes differ, first at GPA {g1 + int(diff[0]):#x}"
+    np.testing.assert_array_equal(m1.dirty_pages(), m2.dirty_pages(), err_msg=f"{what}: dirty log")
+
+
+CASES = {
+    "disjoint": dict(),
+    "dense-1vcpu": dict(vcpus=1, density=1.0, untargeted=0.0),
+    "sparse": dict(vcpus=8, id_bits=16, density=0.02),
+    "alias": dict(alias=True),
+    "split-slots": dict(split=True),
+    "no-lpis": dict(density=0.0),
+}
+
+
+def _saves():
+    out = [pytest.param(n, marks=pytest.mark.skipif(bool(r), reason=r or "")) for n, r in (
+        (n, bl.unavailable_reason(n)) for n in ("numpy", "bitarray", "kernel_loop")
+    )]
+    return out
+
+
+@pytest.mark.parametrize("impl", _saves())
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("gic", ["v3", "v4.1"])
+@pytest.mark.parametrize("order", ["intid", "insertion"])
+def test_save_baseline_matches_reference(impl, case, gic, order):
+    c = make_case(zlib.crc32(f"{case}/{gic}/{order}".encode()) % 1000, **CASES[case])
+    v41 = gic == "v4.1"
+    m_ref, pb, l_ref, vpt = c.build()
+    ref = bl.python_save(m_ref, pb, l_ref, vpt=vpt, has_gicv4_1=v41, order=order)
+    m_b, pb, l_b, vpt = c.build()
+    got = bl.SAVE_BASELINES[impl](m_b, pb, l_b, vpt=vpt, has_gicv4_1=v41, order=order)
+    _check_same(got, ref, SAVE_FIELDS, f"{impl} vs reference")
+    _assert_mem_equal(m_b, m_ref, f"{impl} vs reference")
+    assert ref.guest_writes > 0 or case == "no-lpis"  # the scenario exercises writes
+    # a second save (nothing to change, except bits that aliasing LPIs fight over) agrees too
+    ref2 = bl.python_save(m_ref, pb, l_ref, vpt=vpt, has_gicv4_1=v41, order=order)
+    again = bl.SAVE_BASELINES[impl](m_b, pb, l_b, vpt=vpt, has_gicv4_1=v41, order=order)
+    _check_same(again, ref2, SAVE_FIELDS, f"{impl} vs reference, second save")
+    _assert_mem_equal(m_b, m_ref, f"{impl} vs reference, second save")
+    if case != "alias":
+        assert again.guest_writes == 0 and again.bytes_changed == 0
+
+
+def test_alias_case_really_aliases():
+    """The alias scenario walks some (GPA, bit) more than once, so the replay path is exercised."""
+    c = make_case(3, alias=True)
+    m, pb, lpis, vpt = c.build()
+    w = bl._walk(lpis, "intid")
+    assert not bl._tables_disjoint(pb.astype(np.uint64), w)
+    gpa, bit = bl._gpa_bit(pb.astype(np.uint64), w)
+    key = (gpa << np.uint64(3)) | bit.astype(np.uint64)
+    assert np.unique(key).size < key.size
+
+
+@pytest.mark.parametrize("impl", ["engine", "engine_many"])
+@pytest.mark.parametrize("case", ["disjoint", "alias", "sparse"])
+def test_numpy_baseline_matches_engine(impl, case):
+    vlpi = pytest.importorskip("vlpi")
+    if not hasattr(vlpi, "save_pending_tables"):
+        pytest.skip("engine not importable yet (vlpi.save_pending_tables)")
+    c = make_case(11, **CASES[case])
+    m_e, pb, l_e, vpt = c.build()
+    if impl == "engine":
+        rep = vlpi.save_pending_tables(m_e, pb, l_e, vpt=vpt, has_gicv4_1=True)
+    else:
+        (rep,) = vlpi.save_pending_tables_many([(m_e, pb, l_e, vpt)], has_gicv4_1=True)
+    m_b, pb, l_b, vpt = c.build()
+    got = bl.numpy_save(m_b, pb, l_b, vpt=vpt, has_gicv4_1=True)
+    _check_same(got, rep, SAVE_FIELDS, f"numpy vs {impl}")
+    _assert_mem_equal(m_b, m_e, f"numpy vs {impl}")
+
+
+@pytest.mark.parametrize("impl", ["numpy", "bitarray"])
+def test_save_fault_unmapped_raises_before_writing(impl):
+    c = make_case(5)
+    m, pb, lpis, vpt = c.build()
+    pb[2] = np.uint64(0x7000_0000)  # vCPU 2's table is not backed by any memslot
+    before = _mem_bytes(m)
+    m_ref, _, l_ref, _ = c.build()
+    ref = bl._reference().ref_save(
+        m_ref, pb, l_ref.intid, l_ref.target_vcpu, l_ref.pending_latch, l_ref.hw, vpt, False, "intid"
+    )
+    assert ref.fault is not None
+    with pytest.raises(GuestMemoryFault) as ei:
+        bl.SAVE_BASELINES[impl](m, pb, lpis, vpt=vpt)
+    assert (ei.value.gpa, ei.value.intid, ei.value.vcpu, ei.value.write) == (
+        ref.fault.gpa, ref.fault.intid, ref.fault.vcpu, ref.fault.write
+    )
+    for (_, a), (_, b) in zip(before, _mem_bytes(m)):
+        np.testing.assert_array_equal(a, b)
+    assert m.dirty_pages().size == 0
+
+
+def test_save_fault_readonly_write():
+    c = make_case(6)
+    c.slots = [(c.slots[0][0], c.slots[0][1], True)]
+    m, pb, lpis, vpt = c.build()
+    m_ref, _, l_ref, _ = c.build()
+    ref = bl._reference().ref_save(
+        m_ref, pb, l_ref.intid, l_ref.target_vcpu, l_ref.pending_latch, l_ref.hw, vpt, False, "intid"
+    )
+    assert ref.fault is not None and ref.fault.write
+    with pytest.raises(GuestMemoryFault) as ei:
+        bl.numpy_save(m, pb, lpis, vpt=vpt)
+    assert (ei.value.gpa, ei.value.intid, ei.value.write) == (ref.fault.gpa, ref.fault.intid, True)
+
+
+def test_missing_vpt_and_short_vpt_are_value_errors():
+    c = make_case(7)
+    m, pb, lpis, vpt = c.build()
+    with pytest.raises(ValueError, match="vpt"):
+        bl.numpy_save(m, pb, lpis, vpt=None, has_gicv4_1=True)
+    with pytest.raises(ValueError, match="VPT byte"):
+        bl.numpy_save(m, pb, lpis, vpt=vpt[:, :1000], has_gicv4_1=True)
+    assert m.dirty_pages().size == 0
+
+
+def _restores():
+    return [pytest.param(n, marks=pytest.mark.skipif(bool(r), reason=r or "")) for n, r in (
+        (n, bl.unavailable_reason(n)) for n in ("numpy", "kernel_loop")
+    )]
+
+
+@pytest.mark.parametrize("impl", _restores())
+@pytest.mark.parametrize("case", ["disjoint", "alias", "split-slots", "dense-1vcpu"])
+def test_restore_baseline_matches_reference(impl, case):
+    c = make_case(21, **CASES[case])
+    m_ref, pb, l_ref, _ = c.build()
+    ref = bl.python_restore(m_ref, pb, l_ref)
+    m_b, pb, l_b, _ = c.build()
+    got = bl.RESTORE_BASELINES[impl](m_b, pb, l_b)
+    _check_same(got, ref, SYNC_FIELDS, f"{impl} restore vs reference")
+    np.testing.assert_array_equal(np.asarray(got.lpi_errno), np.asarray(ref.lpi_errno))
+    _assert_mem_equal(m_b, m_ref, f"{impl} restore vs reference")
+    np.testing.assert_array_equal(l_b.pending_latch.astype(bool), l_ref.pending_latch.astype(bool))
+    assert ref.guest_writes > 0
+
+
+@pytest.mark.parametrize("case", ["disjoint", "alias", "sparse"])
+@pytest.mark.parametrize("vcpu", [0, 1])
+def test_scan_baseline_matches_reference(case, vcpu):
+    c = make_case(31, **CASES[case])
+    m_ref, pb, l_ref, _ = c.build()
+    ref = bl.python_scan(m_ref, pb, l_ref, vcpu)
+    m_b, pb, l_b, _ = c.build()
+    got = bl.numpy_scan(m_b, pb, l_b, vcpu)
+    _check_same(got, ref, SYNC_FIELDS, "numpy scan vs reference")
+    np.testing.assert_array_equal(l_b.pending_latch.astype(bool), l_ref.pending_latch.astype(bool))
+    assert ref.lpis_synced > 0
+
+
+def test_scan_fault_keeps_earlier_updates():
+    c = make_case(41, vcpus=2, split=True)
+    c.slots = c.slots[:1]  # drop the second slot: vCPU 1's table ends in unmapped space
+    m_ref, pb, l_ref, _ = c.build()
+    res = bl._reference().ref_sync_pending_table(
+        m_ref, pb, l_ref.intid, l_ref.target_vcpu, l_ref.pending_latch, 1
+    )
+    assert res.fault is not None
+    m_b, pb, l_b, _ = c.build()
+    with pytest.raises(GuestMemoryFault) as ei:
+        bl.numpy_scan(m_b, pb, l_b, 1)
+    assert ei.value.gpa == res.fault.gpa and ei.value.intid == res.fault.intid
+    assert ei.value.report.guest_reads == res.guest_reads
+    assert ei.value.report.lpis_synced == res.lpis_synced
+    np.testing.assert_array_equal(l_b.pending_latch.astype(bool), l_ref.pending_latch.astype(bool))
