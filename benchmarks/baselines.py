@@ -163,9 +163,7 @@ def _pendbaser(pendbaser) -> np.ndarray:
 def _check_targets(lpis: LPITable, pb: np.ndarray) -> None:
     if lpis.max_target >= pb.size:
         row = int(np.flatnonzero(np.asarray(lpis.target_vcpu) >= pb.size)[0])
-        raise ValueError(
-            f"target_vcpu[{row}] = {int(lpis.target_vcpu[row])} but pendbaser has only {pb.size} vCPUs"
-        )
+        raise ValueError(f"target_vcpu[{row}] = {int(lpis.target_vcpu[row])} but pendbaser has only {pb.size} vCPUs")
 
 
 # ------------------------------------------------------------------ guest memory access
@@ -446,7 +444,7 @@ def bitarray_save(
     # locate every table range first: any problem -> the NumPy path raises/handles it exactly
     slots = _Slots(mem)
     ranges = []
-    for v, part, lo, nbytes, pos in walk.by_vcpu:
+    for v, _part, lo, nbytes, _pos in walk.by_vcpu:
         start = int(pb[v] & PENDBASER_ADDRESS_MASK) + lo
         si, o, okk = slots.resolve(np.array([start, start + nbytes - 1], dtype=np.uint64))
         if not (okk.all() and si[0] == si[1]) or slots.ro[si[0]]:
@@ -456,7 +454,7 @@ def bitarray_save(
     writes = 0
     bytes_changed = 0
     dirty_parts = []
-    for (v, part, lo, nbytes, pos), (slot, o0) in zip(walk.by_vcpu, ranges):
+    for (_v, part, _lo, nbytes, pos), (slot, o0) in zip(walk.by_vcpu, ranges, strict=True):
         raw = slot.data[o0 : o0 + nbytes]
         table = bitarray(endian="little")
         table.frombytes(raw.tobytes())
@@ -556,9 +554,7 @@ def python_scan(mem: GuestMemory, pendbaser, lpis: LPITable, vcpu: int):
     """``tests/reference.py:ref_sync_pending_table`` behind the engine's signature."""
     t0 = time.perf_counter()
     _, SyncReport = report_types()
-    res = _reference().ref_sync_pending_table(
-        mem, pendbaser, lpis.intid, lpis.target_vcpu, lpis.pending_latch, vcpu
-    )
+    res = _reference().ref_sync_pending_table(mem, pendbaser, lpis.intid, lpis.target_vcpu, lpis.pending_latch, vcpu)
     _ref_fault(res, len(pendbaser))
     return _make(
         SyncReport,
@@ -715,4 +711,3 @@ def unavailable_reason(name: str) -> str | None:
     except ImportError as e:
         return f"baseline {name!r} not importable yet: {e}"
     return None
-

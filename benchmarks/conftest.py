@@ -190,9 +190,7 @@ def run_bench(
     Returns the last result of ``fn``.
     """
     benchmark.group = f"{op} {scenario} [{tier}]"
-    benchmark.extra_info.update(
-        impl=impl, scenario=scenario, op=op, tier=tier, n_lpis=int(n_lpis), note=note
-    )
+    benchmark.extra_info.update(impl=impl, scenario=scenario, op=op, tier=tier, n_lpis=int(n_lpis), note=note)
     if not benchmark.disabled:
         if setup is not None:
             setup()

@@ -110,7 +110,7 @@ def _check_same(a, b, fields, what: str) -> None:
 
 
 def _assert_mem_equal(m1: GuestMemory, m2: GuestMemory, what: str) -> None:
-    for (g1, d1), (g2, d2) in zip(_mem_bytes(m1), _mem_bytes(m2)):
+    for (g1, d1), (g2, d2) in zip(_mem_bytes(m1), _mem_bytes(m2), strict=True):
         assert g1 == g2
         diff = np.flatnonzero(d1 != d2)
         assert diff.size == 0, f"{what}: {diff.size} bytes differ, first at GPA {g1 + int(diff[0]):#x}"
@@ -128,9 +128,10 @@ CASES = {
 
 
 def _saves():
-    out = [pytest.param(n, marks=pytest.mark.skipif(bool(r), reason=r or "")) for n, r in (
-        (n, bl.unavailable_reason(n)) for n in ("numpy", "bitarray", "kernel_loop")
-    )]
+    out = [
+        pytest.param(n, marks=pytest.mark.skipif(bool(r), reason=r or ""))
+        for n, r in ((n, bl.unavailable_reason(n)) for n in ("numpy", "bitarray", "kernel_loop"))
+    ]
     return out
 
 
@@ -200,9 +201,12 @@ def test_save_fault_unmapped_raises_before_writing(impl):
     with pytest.raises(GuestMemoryFault) as ei:
         bl.SAVE_BASELINES[impl](m, pb, lpis, vpt=vpt)
     assert (ei.value.gpa, ei.value.intid, ei.value.vcpu, ei.value.write) == (
-        ref.fault.gpa, ref.fault.intid, ref.fault.vcpu, ref.fault.write
+        ref.fault.gpa,
+        ref.fault.intid,
+        ref.fault.vcpu,
+        ref.fault.write,
     )
-    for (_, a), (_, b) in zip(before, _mem_bytes(m)):
+    for (_, a), (_, b) in zip(before, _mem_bytes(m), strict=True):
         np.testing.assert_array_equal(a, b)
     assert m.dirty_pages().size == 0
 
@@ -232,9 +236,10 @@ def test_missing_vpt_and_short_vpt_are_value_errors():
 
 
 def _restores():
-    return [pytest.param(n, marks=pytest.mark.skipif(bool(r), reason=r or "")) for n, r in (
-        (n, bl.unavailable_reason(n)) for n in ("numpy", "kernel_loop")
-    )]
+    return [
+        pytest.param(n, marks=pytest.mark.skipif(bool(r), reason=r or ""))
+        for n, r in ((n, bl.unavailable_reason(n)) for n in ("numpy", "kernel_loop"))
+    ]
 
 
 @pytest.mark.parametrize("impl", _restores())
@@ -269,9 +274,7 @@ def test_scan_fault_keeps_earlier_updates():
     c = make_case(41, vcpus=2, split=True)
     c.slots = c.slots[:1]  # drop the second slot: vCPU 1's table ends in unmapped space
     m_ref, pb, l_ref, _ = c.build()
-    res = bl._reference().ref_sync_pending_table(
-        m_ref, pb, l_ref.intid, l_ref.target_vcpu, l_ref.pending_latch, 1
-    )
+    res = bl._reference().ref_sync_pending_table(m_ref, pb, l_ref.intid, l_ref.target_vcpu, l_ref.pending_latch, 1)
     assert res.fault is not None
     m_b, pb, l_b, _ = c.build()
     with pytest.raises(GuestMemoryFault) as ei:
