@@ -163,7 +163,7 @@ class Scenario:
         for s in self.slots:
             nz = np.flatnonzero(s.data)
             out.append(
-                f"        _slot({s.gpa:#x}, {s.data.size}, readonly={s.readonly}, "
+                f"        slot({s.gpa:#x}, {s.data.size}, readonly={s.readonly}, "
                 f"nonzero={{{', '.join(f'{int(k)}: {int(s.data[k])}' for k in nz[:64])}}}),"
             )
         out.append("    ],")
@@ -194,8 +194,8 @@ def _run_engine_sync_status(mem, pendbaser, lpis, vpt, **kw):
     return _engine("sync_pending_status")(mem, pendbaser, lpis, **kw)
 
 
-def _run_engine_sync_table(mem, pendbaser, lpis, vpt, *, vcpu):
-    return _engine("sync_pending_table")(mem, pendbaser, lpis, vcpu)
+def _run_engine_sync_table(mem, pendbaser, lpis, vpt, *, vcpu, **kw):
+    return _engine("sync_pending_table")(mem, pendbaser, lpis, vcpu, **kw)
 
 
 def _run_ref_save(mem, scn: Scenario, *, order="intid", has_gicv4_1=False, atomic=True):
@@ -210,7 +210,7 @@ def _run_ref_sync_status(mem, scn: Scenario, *, stop_on_error=True, atomic=True)
     return ref.ref_sync_pending_status(mem, scn.pendbaser, scn.intid, scn.target_vcpu, latch, stop_on_error)
 
 
-def _run_ref_sync_table(mem, scn: Scenario, *, vcpu):
+def _run_ref_sync_table(mem, scn: Scenario, *, vcpu, atomic=True):
     latch = scn.pending_latch.copy()
     return ref.ref_sync_pending_table(mem, scn.pendbaser, scn.intid, scn.target_vcpu, latch, vcpu)
 
@@ -233,7 +233,7 @@ OPERATIONS: dict[str, dict[str, Any]] = {
     "sync_pending_table": {
         "engine": _run_engine_sync_table,
         "reference": _run_ref_sync_table,
-        "fields": ("lpis_total", "lpis_synced", "guest_reads", "guest_writes", "dirty_pages"),
+        "fields": ("lpis_total", "lpis_synced", "guest_reads", "guest_writes", "lpi_errno", "dirty_pages"),
         "mutates_latch": True,
     },
 }
@@ -315,7 +315,8 @@ def assert_engine_matches(op: str, scn: Scenario, **kw) -> tuple[ref.RefResult, 
     scn : Scenario
     **kw
         Keyword arguments of the engine call (``order``, ``atomic``, ``has_gicv4_1``,
-        ``stop_on_error``, ``vcpu``); the reference takes the ones that apply.
+        ``stop_on_error``, ``vcpu``); the reference takes the ones that apply. ``atomic``
+        defaults to True, as in the engine.
 
     Returns
     -------
@@ -328,7 +329,7 @@ def assert_engine_matches(op: str, scn: Scenario, **kw) -> tuple[ref.RefResult, 
         With a readable diff and a dump of the scenario.
     """
     spec = OPERATIONS[op]
-    atomic = kw.get("atomic", True) if op != "sync_pending_table" else False
+    atomic = kw.get("atomic", True)
     stop = kw.get("stop_on_error", True)
     slots_sorted = sorted(scn.slots, key=lambda s: s.gpa)
 

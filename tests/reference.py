@@ -84,10 +84,13 @@ class RefResult:
     vpes_unmapped, vpes_remapped : int
         vPEs unmapped before / remapped after the save walk (``has_gicv4_1`` only).
     lpis_total, lpis_skipped, lpis_synced : int
-        LPIs in the table; LPIs walked past because ``target_vcpu == -1`` (save, up to the
-        fault); LPIs whose ``pending_latch`` was assigned (restore functions).
+        LPIs in the table; LPIs walked past because ``target_vcpu == -1`` (up to the fault);
+        LPIs whose ``pending_latch`` was assigned from guest RAM without error (restore
+        functions; an LPI whose clearing write faulted has its latch assigned but is not
+        counted).
     lpi_errno : numpy.ndarray or None
-        int32 per LPI (array order), 0 or ``errno.EFAULT`` (sync_pending_status only).
+        int32 per LPI (array order), 0 or ``errno.EFAULT`` at each LPI whose access faulted
+        (restore functions).
     bytes_changed : int
         Distinct guest bytes whose value after the call differs from before it.
     dirty_pages : numpy.ndarray
@@ -323,13 +326,14 @@ def ref_sync_pending_status(
             continue
         status = bool(val & (1 << bit))
         pending_latch[i] = status  # assignment: may also clear (§3.1)
-        res.lpis_synced += 1
         if status:
             val &= ~(1 << bit) & 0xFF  # "clear consumed data" (§3.1)
             if not io.write_u8(ptr, val):
                 fail(i, ptr, lpi, v, True)  # latch already assigned before the write
                 if stop_on_error:
                     break
+                continue
+        res.lpis_synced += 1  # synced without error
     return io.finish()
 
 
@@ -365,6 +369,7 @@ def ref_sync_pending_table(
     intid = np.asarray(intid)
     target_vcpu = np.asarray(target_vcpu)
     res = RefResult(lpis_total=len(intid), pending_latch=pending_latch)
+    res.lpi_errno = np.zeros(len(intid), dtype=np.int32)
     io = _Tracer(mem, res)
     base = pendbase(pendbaser[vcpu])  # this vCPU's table for every LPI (§3.3)
     last_byte_offset = ALL_ONES  # cache keyed on the byte offset, not the GPA (§3.3)
@@ -377,6 +382,7 @@ def ref_sync_pending_table(
             if got is None:  # a fault, even for an unrelated LPI, aborts the scan (§3.3)
                 res.fault = RefFault(base + byte_offset, lpi, vcpu, False)
                 res.ret = -errno.EFAULT
+                res.lpi_errno[i] = errno.EFAULT
                 break
             val = got
             last_byte_offset = byte_offset

@@ -257,6 +257,7 @@ def test_sync_status_write_fault_leaves_latch_set():
     assert r.ret == -errno.EFAULT and r.fault.write and r.fault.intid == 8192
     assert latch.tolist() == [True, False]  # assigned before the faulting write; 8200 never reached
     assert r.lpi_errno.tolist() == [errno.EFAULT, 0]
+    assert r.lpis_synced == 0  # assigned, but not synced without error
     r, mem, latch = run_status(s, stop_on_error=False)
     assert latch.tolist() == [True, True]
     assert r.lpi_errno.tolist() == [errno.EFAULT, errno.EFAULT]
