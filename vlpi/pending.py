@@ -153,7 +153,7 @@ class _Plan:
 
     __slots__ = (
         "runs", "perm_x", "run_lo", "run_hi", "units", "pages_cap", "n_entries", "has_bit_alias",
-        "reads", "_cov", "__weakref__",
+        "reads", "_cov", "one_per_byte", "addr_min", "addr_max", "_direct", "__weakref__",
     )
 
     def __init__(self, lpis: LPITable, base: np.ndarray, tie: str) -> None:
@@ -187,7 +187,12 @@ class _Plan:
         else:
             self.run_lo = self.run_hi = np.zeros(0, np.uint64)
         self.units, self.pages_cap = _make_units(e0, self.run_lo, self.run_hi, addr_s)
+        # no two targeted LPIs share a guest byte: the row-order direct path applies
+        self.one_per_byte = bool(n < 2 or np.all(addr_s[1:] != addr_s[:-1]))
+        self.addr_min = int(addr_s[0]) if n else 0
+        self.addr_max = int(addr_s[-1]) if n else 0
         self._cov = None
+        self._direct = None
 
     @property
     def nbytes(self) -> int:
@@ -204,6 +209,21 @@ class _Plan:
         ok = bool(mem._covered(self.run_lo, self.run_hi, True).all()) if self.n_entries else True
         self._cov = (weakref.ref(mem), mem.generation, ok)
         return ok
+
+    def direct_slot(self, mem: GuestMemory) -> int:
+        """Index of the one writable slot holding every address of the plan, when the row-order
+        direct path applies (``one_per_byte``), else -1. Cached per memory generation."""
+        c = self._direct
+        if c is not None and c[0]() is mem and c[1] == mem.generation:
+            return c[2]
+        s = -1
+        if self.one_per_byte and self.n_entries:
+            for k, sl in enumerate(mem.slots):
+                if sl.gpa <= self.addr_min and self.addr_max < sl.end and not sl.readonly:
+                    s = k
+                    break
+        self._direct = (weakref.ref(mem), mem.generation, s)
+        return s
 
 
 def _count_changes(a: np.ndarray) -> int:
@@ -381,6 +401,40 @@ class _Job:
         self.row = row
         return row
 
+    def direct_row(self) -> np.ndarray | None:
+        """Kernel row for the row-order direct path, or None when it does not apply."""
+        p = self.plan
+        if p.n_entries == 0:
+            return None
+        si = p.direct_slot(self.mem)
+        if si < 0:
+            return None
+        sl = self.mem.slots[si]
+        lp = self.lpis
+        voff = (self.base.astype(np.int64) - np.int64(sl.gpa)).astype(np.int64)
+        latch, hw, tgt = lp.pending_latch, lp.hw, lp.target_vcpu
+        self.keep = (latch, hw, tgt, voff, sl.data, p)
+        pg_lo = p.addr_min >> PAGE_SHIFT
+        row = np.empty(_k.D_NCOL, dtype=np.uint64)
+        row[_k.D_P_INTID] = _addr(lp.intid)
+        row[_k.D_P_TARGET] = _addr(tgt)
+        row[_k.D_P_LATCH] = _addr(latch)
+        row[_k.D_P_HW] = _addr(hw)
+        row[_k.D_P_VPT] = _addr(self.vpt)
+        row[_k.D_VPT_BYTES] = self.vb
+        row[_k.D_P_VOFF] = _addr(voff)
+        row[_k.D_N_VCPUS] = self.n_vcpus
+        row[_k.D_N_LPIS] = len(lp)
+        row[_k.D_P_SLOT] = _addr(sl.data)
+        row[_k.D_SLOT_START] = sl.gpa
+        row[_k.D_SLOT_SIZE] = sl.size
+        row[_k.D_PAGE0] = pg_lo
+        row[_k.D_NPAGES] = (p.addr_max >> PAGE_SHIFT) - pg_lo + 1
+        row[_k.D_USE_VPT] = 1 if self.use_vpt else 0
+        row[_k.D_TARGET_WIDE] = 1 if tgt.dtype == np.int32 else 0
+        self.row = row
+        return row
+
     def first_fault(self, mode: int, key_is_intid: bool):
         """(row, is_write, gpa) of the first faulting access, or None. Cheap when covered."""
         if self.plan.covered(self.mem):
@@ -392,8 +446,71 @@ class _Job:
         return int(i), bool(w), int(gpa)
 
 
-def _run_units(jobs: list[_Job], kernel) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Run a unit kernel over all jobs in one parallel pass. Returns per job (counts[4], pages)."""
+_DUNIT = 32768  # rows per work unit of the direct path
+
+
+def _run(jobs: list[_Job], restore: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Run jobs through the direct path where it applies and the memory-order path otherwise
+    (one parallel pass each). Returns per job (counts[4], pages), counts = (writes, vpt_reads,
+    bytes_changed, -)."""
+    rows = [jb.direct_row() for jb in jobs]
+    direct = [j for j, r in enumerate(rows) if r is not None]
+    other = [j for j, r in enumerate(rows) if r is None]
+    res: list = [None] * len(jobs)
+    if direct:
+        for j, r in zip(direct, _run_direct([jobs[j] for j in direct], [rows[j] for j in direct], restore),
+                        strict=True):
+            res[j] = r
+    if other:
+        kernel = _k.restore_units if restore else _k.save_units
+        for j, r in zip(other, _run_units([jobs[j] for j in other], kernel, whole_vm=restore), strict=True):
+            res[j] = r
+    return res
+
+
+def _run_direct(jobs: list[_Job], rows: list[np.ndarray], restore: bool):
+    vmt = np.stack(rows)
+    units = []
+    spans = []
+    boff = 0
+    u0 = 0
+    for j, jb in enumerate(jobs):
+        n = len(jb.lpis)
+        npg = int(rows[j][_k.D_NPAGES]) + 1
+        lo = np.arange(0, n, _DUNIT, dtype=np.int64)
+        u = np.empty((lo.size, 4), np.int64)
+        u[:, 0] = j
+        u[:, 1] = lo
+        u[:, 2] = np.minimum(lo + _DUNIT, n)
+        u[:, 3] = boff + np.arange(lo.size, dtype=np.int64) * npg
+        spans.append((u0, lo.size, boff, npg))
+        boff += lo.size * npg
+        u0 += lo.size
+        units.append(u)
+    units = np.concatenate(units)
+    bitmaps = np.zeros(boff, dtype=np.uint8)
+    scratch = np.zeros(units.shape[0] * 64, dtype=np.uint8)
+    out_cnt = np.zeros((units.shape[0], 3), dtype=np.int64)
+    _k.direct_units(vmt, units, bitmaps, scratch, out_cnt, restore)
+    res = []
+    for j, jb in enumerate(jobs):
+        u0, nu, b0, npg = spans[j]
+        cnt = out_cnt[u0 : u0 + nu].sum(axis=0)
+        bm = bitmaps[b0 : b0 + nu * npg].reshape(nu, npg)[:, : npg - 1].any(axis=0)
+        pages = np.flatnonzero(bm).astype(np.int64) + int(rows[j][_k.D_PAGE0])
+        if pages.size:
+            jb.mem._mark_dirty(pages)
+        else:
+            pages = _NO_PAGES
+        writes = int(cnt[0])
+        res.append((np.array([writes, cnt[1], writes, pages.size], np.int64), pages))
+    return res
+
+
+def _run_units(jobs: list[_Job], kernel, whole_vm: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Run a memory-order unit kernel over all jobs in one parallel pass. ``whole_vm``: one unit
+    per VM (restore writes ``pending_latch`` rows in plan order; two threads on one VM would
+    share its cache lines). Returns per job (counts[4], pages)."""
     if not jobs:
         return []
     vmt = np.empty((len(jobs), _k.NCOL), dtype=np.uint64)
@@ -402,7 +519,11 @@ def _run_units(jobs: list[_Job], kernel) -> list[tuple[np.ndarray, np.ndarray]]:
     poff = 0
     for j, jb in enumerate(jobs):
         vmt[j] = jb.make_row()
-        u = jb.plan.units.copy()
+        pu = jb.plan.units
+        if whole_vm and pu.shape[0] > 1:
+            u = np.array([[0, 0, jb.plan.runs.shape[0], 0]], np.int64)
+        else:
+            u = pu.copy()
         u[:, 0] = j
         u[:, 3] += poff
         poff += jb.plan.pages_cap
@@ -549,7 +670,7 @@ def save_pending_tables_many(
         exc.reports = []
         raise exc
     ok = ctx if bad is None else ctx[:bad]
-    results = _run_units(ok, _k.save_units)
+    results = _run(ok, restore=False)
     dt = time.perf_counter() - t0
     reports = [
         _save_report(c, has_gicv4_1, order, c.plan.reads[order], int(cnt[0]), int(cnt[1]), int(cnt[2]), pages, dt)
@@ -670,7 +791,7 @@ def sync_pending_status(
     n = len(lpis)
     f = c.first_fault(1, False)
     if f is None:
-        (cnt, pages), = _run_units([c], _k.restore_units)
+        ((cnt, pages),) = _run([c], restore=True)
         return SyncReport(
             lpis_total=n, lpis_synced=c.plan.n_entries, guest_reads=c.plan.n_entries, guest_writes=int(cnt[0]),
             lpi_errno=np.zeros(n, np.int32), dirty_pages=pages, elapsed_s=time.perf_counter() - t0,

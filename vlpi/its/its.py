@@ -1,0 +1,770 @@
+"""The virtual ITS that a guest programs (KVM's emulated ITS, ``vgic-its.c``).
+
+State: devices (DeviceID -> ITT address, EventID bits), collections (ICID -> target vCPU or
+not mapped, in creation order; a collection is an *object*: ``MAPC V=0`` frees it and the ITEs
+that pointed to it point to none, and a later ``MAPC V=1`` of the same ICID makes a new object
+that they do not rejoin), and ITEs ((DeviceID, EventID) -> pINTID, collection) kept as numpy
+arrays in creation order. LPIs live in the VM (:class:`vlpi.VM`); each ITE holds a reference
+on its LPI, and an LPI goes away with its last ITE.
+
+Each command has one handler (``mapd``, ``mapc``, ``mapti``, ``mapi``, ``movi``, ``movall``,
+``discard``, ``int_``, ``clear``, ``inv``, ``invall``, ``sync``) that checks what KVM checks, in
+KVM's order, and raises :class:`~vlpi.its.commands.ItsCommandError` with the architected code;
+a rejected command changes nothing. :meth:`VirtualITS.execute` dispatches a decoded
+:class:`~vlpi.its.commands.ItsCommand`; the command queue (:mod:`vlpi.its.queue`) calls it and
+drops the error, as KVM does. :meth:`VirtualITS.map_events` is the vectorised MAPTI for
+millions of mappings.
+
+``kernel="new"`` (default) models the xarray-era KVM: ``MAPD V=0`` and ``DISCARD`` write a zero
+DTE/ITE into guest memory, MAPTI checks that the ITE's address is in a memslot, ``MOVALL``
+moves every LPI of the VM. ``kernel="old"`` models the list-era KVM: ``MAPC`` checks RDbase
+even for V=0, ``MOVALL`` moves only the LPIs targeting RDbase1, and nothing is zeroed.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from vlpi.errors import GuestMemoryFault
+from vlpi.its import commands as C
+from vlpi.its.commands import ItsCommand, ItsCommandError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vlpi.vm import VM
+
+__all__ = [
+    "VirtualITS",
+    "ItsStateError",
+    "COLLECTION_NOT_MAPPED",
+    "GITS_BASER0_INIT",
+    "GITS_BASER1_INIT",
+    "GITS_TYPER",
+    "GITS_IIDR",
+]
+
+COLLECTION_NOT_MAPPED = 0xFFFF_FFFF
+GITS_BASER0_INIT = 0x1907_0000_0000_0600
+GITS_BASER1_INIT = 0x1C07_0000_0000_0600
+GITS_TYPER = 0x0000_0000_0001_EF71
+GITS_IIDR = 0x4B00_043B
+VITS_MAX_DEVID = 0xFFFF
+VITS_EVENTID_BITS = 16
+INTERRUPT_ID_BITS_ITS = 16
+LPI_OFFSET = 8192
+_TABLE_PAGE = 1 << 16
+_ESZ = 8
+_NOT_MAPPED = -1  # collection target: exists but not mapped
+_FREED = -2  # collection object freed
+
+
+class ItsStateError(OSError):
+    """The ITS is in a state the modelled kernel cannot handle (e.g. ``SAVE_TABLES`` with an ITE
+    whose collection was unmapped: KVM dereferences NULL there; spec §6.6)."""
+
+
+@dataclass
+class _Grow:
+    """Growable struct of arrays (capacity doubling; rows are never reordered)."""
+
+    n: int
+    arrays: dict
+
+    @classmethod
+    def make(cls, **dtypes) -> _Grow:
+        return cls(0, {k: np.zeros(16, dtype=dt) for k, dt in dtypes.items()})
+
+    def reserve(self, extra: int) -> None:
+        need = self.n + extra
+        cap = next(iter(self.arrays.values())).shape[0]
+        if need <= cap:
+            return
+        cap = max(need, 2 * cap)
+        for k, a in self.arrays.items():
+            b = np.zeros(cap, dtype=a.dtype)
+            b[: self.n] = a[: self.n]
+            self.arrays[k] = b
+
+    def __getitem__(self, k: str) -> np.ndarray:
+        return self.arrays[k][: self.n]
+
+    def append(self, **cols) -> np.ndarray:
+        m = int(np.size(next(iter(cols.values()))))
+        self.reserve(m)
+        for k, v in cols.items():
+            self.arrays[k][self.n : self.n + m] = v
+        rows = np.arange(self.n, self.n + m)
+        self.n += m
+        return rows
+
+    def compact(self, keep: np.ndarray) -> None:
+        m = int(np.count_nonzero(keep))
+        for k, a in self.arrays.items():
+            a[:m] = a[: self.n][keep]
+        self.n = m
+
+
+def _u(x, name: str, hi: int | None = None) -> int:
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(x).__name__}")
+    x = int(x)
+    if x < 0 or (hi is not None and x >= hi):
+        raise ValueError(f"{name} = {x} out of range [0, {hi if hi is not None else 'inf'})")
+    return x
+
+
+class VirtualITS:
+    """KVM's emulated ITS for one VM.
+
+    Usually created by :class:`vlpi.VM` (``vm.its``). Registers: ``ctlr_enabled``,
+    ``baser`` (BASER0/1), ``cbaser``/``cwriter``/``creadr`` (see :mod:`vlpi.its.queue`).
+
+    Parameters
+    ----------
+    vm : VM
+        The VM whose LPIs, redistributors and memory the ITS uses.
+    kernel : {"new", "old"}
+        Which KVM generation to model (see the module docstring).
+    """
+
+    def __init__(self, vm: VM, *, kernel: str = "new") -> None:
+        if kernel not in ("new", "old"):
+            raise ValueError(f"kernel must be 'new' or 'old', got {kernel!r}")
+        self.vm = vm
+        self.kernel = kernel
+        self.ctlr_enabled = False
+        self.baser = [GITS_BASER0_INIT, GITS_BASER1_INIT]
+        self.cbaser = 0
+        self.cwriter = 0
+        self.creadr = 0
+        self.abi_revision = 0
+        self.devices: dict[int, tuple[int, int]] = {}  # DeviceID -> (itt_addr, eventid_bits)
+        self._coll: dict[int, int] = {}  # ICID -> collection serial (insertion = creation order)
+        self._cobj = _Grow.make(icid=np.int64, target=np.int64)  # by serial
+        self._ite = _Grow.make(dev=np.uint32, event=np.uint32, intid=np.uint32, coll=np.int64, live=bool)
+        self._ite_dict: dict[int, int] | None = {}
+        self._ite_sorted: tuple[np.ndarray, np.ndarray] | None = None
+        self._n_dead = 0
+        from vlpi.its.queue import CommandLog
+
+        self.command_log = CommandLog()
+
+    # ================================================================ queries
+    @property
+    def collections(self) -> list[tuple[int, int]]:
+        """(ICID, target vCPU or COLLECTION_NOT_MAPPED) in creation order."""
+        t = self._cobj["target"]
+        return [(icid, COLLECTION_NOT_MAPPED if t[s] < 0 else int(t[s])) for icid, s in self._coll.items()]
+
+    @property
+    def n_ites(self) -> int:
+        return self._ite.n - self._n_dead
+
+    def ites(self) -> dict[str, np.ndarray]:
+        """Live ITEs in creation order: ``device_id``, ``event_id``, ``intid``, ``icid``
+        (-1 where the ITE's collection was unmapped) and ``collection_mapped``."""
+        live = self._ite["live"]
+        coll = self._ite["coll"][live]
+        icid = np.where(coll >= 0, self._cobj["icid"][np.maximum(coll, 0)], -1) if coll.size else coll
+        tgt = self._coll_target(coll)
+        return {
+            "device_id": self._ite["dev"][live].copy(),
+            "event_id": self._ite["event"][live].copy(),
+            "intid": self._ite["intid"][live].copy(),
+            "icid": icid,
+            "collection_mapped": tgt >= 0,
+        }
+
+    def translate(self, device_id: int, event_id: int) -> tuple[int, int] | None:
+        """(pINTID, target vCPU of the ITE's collection or -1) for a mapped event, else None."""
+        r = self._find_ite(int(device_id), int(event_id))
+        if r < 0:
+            return None
+        return int(self._ite.arrays["intid"][r]), int(self._coll_target(self._ite.arrays["coll"][r : r + 1])[0])
+
+    def _coll_target(self, serials: np.ndarray) -> np.ndarray:
+        """Target vCPU per collection serial; -1 where NULL, unmapped or freed."""
+        s = np.asarray(serials, dtype=np.int64)
+        if s.size == 0:
+            return np.zeros(0, np.int64)
+        t = self._cobj["target"][np.maximum(s, 0)] if self._cobj.n else np.full(s.shape, -1)
+        return np.where(s >= 0, np.maximum(t, -1), -1)
+
+    # ------------------------------------------------------------ ITE index
+    @staticmethod
+    def _key(dev, ev):
+        return (np.asarray(dev, dtype=np.uint64) << np.uint64(32)) | np.asarray(ev, dtype=np.uint64)
+
+    def _dict(self) -> dict[int, int]:
+        if self._ite_dict is None:
+            live = np.flatnonzero(self._ite["live"])
+            keys = self._key(self._ite["dev"][live], self._ite["event"][live])
+            self._ite_dict = dict(zip(keys.tolist(), live.tolist()))
+        return self._ite_dict
+
+    def _find_ite(self, dev: int, ev: int) -> int:
+        return self._dict().get((dev << 32) | ev, -1)
+
+    def _lookup(self, dev: np.ndarray, ev: np.ndarray) -> np.ndarray:
+        """Vectorised ITE row per (DeviceID, EventID), -1 where none."""
+        if self._ite_sorted is None:
+            live = np.flatnonzero(self._ite["live"])
+            keys = self._key(self._ite["dev"][live], self._ite["event"][live])
+            o = np.argsort(keys, kind="stable")
+            self._ite_sorted = (keys[o], live[o])
+        keys, rows = self._ite_sorted
+        q = self._key(dev, ev)
+        if keys.size == 0:
+            return np.full(q.shape, -1, np.int64)
+        i = np.searchsorted(keys, q)
+        ic = np.minimum(i, keys.size - 1)
+        return np.where(keys[ic] == q, rows[ic], -1)
+
+    def _ites_changed(self) -> None:
+        self._ite_sorted = None
+
+    def _add_ites(self, dev, ev, intid, coll) -> np.ndarray:
+        rows = self._ite.append(dev=dev, event=ev, intid=intid, coll=coll, live=True)
+        if self._ite_dict is not None:
+            if rows.size == 1:
+                self._ite_dict[(int(np.asarray(dev).reshape(-1)[0]) << 32) | int(np.asarray(ev).reshape(-1)[0])] = int(
+                    rows[0]
+                )
+            else:
+                self._ite_dict = None
+        self._ites_changed()
+        return rows
+
+    def _free_ites(self, rows: np.ndarray, source: int) -> None:
+        """its_free_ite for each row: drop the ITE and its LPI reference (the LPI goes away
+        with its last reference; a forwarded one is unmapped from the GIC)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return
+        a = self._ite.arrays
+        intids = a["intid"][rows].copy()
+        devs = a["dev"][rows].copy()
+        evs = a["event"][rows].copy()
+        a["live"][rows] = False
+        self._n_dead += int(rows.size)
+        if self._ite_dict is not None:
+            if rows.size < 64:
+                for d, e in zip(devs.tolist(), evs.tolist()):
+                    self._ite_dict.pop((d << 32) | e, None)
+            else:
+                self._ite_dict = None
+        self._ites_changed()
+        self.vm._put_lpis(intids, devs, evs, source)
+        if self._n_dead > 1024 and self._n_dead * 2 > self._ite.n:
+            self._ite.compact(self._ite["live"].copy())
+            self._n_dead = 0
+            self._ite_dict = None
+
+    # ----------------------------------------------------------- table checks
+    def _check_id(self, which: int, ident: int) -> tuple[bool, int]:
+        """vgic_its_check_id: (ok, entry GPA)."""
+        baser = self.baser[which]
+        if which == 0 and ident > VITS_MAX_DEVID:
+            return False, 0
+        if which == 1 and ident >= 1 << 16:
+            return False, 0
+        base = (baser & 0x0000_FFFF_FFFF_0000) | (((baser >> 12) & 0xF) << 48)
+        tbl = ((baser & 0xFF) + 1) * _TABLE_PAGE
+        mem = self.vm.mem
+        if which == 1 or not (baser >> 62) & 1:
+            if ident >= tbl // _ESZ:
+                return False, 0
+            addr = base + ident * _ESZ
+            return mem.slot_at(addr) is not None, addr
+        index = ident // (_TABLE_PAGE // _ESZ)
+        if index >= tbl // 8:
+            return False, 0
+        try:
+            l1 = int(mem.read(base + index * 8, 8).view("<u8")[0])
+        except GuestMemoryFault:
+            return False, 0
+        if not l1 >> 63:
+            return False, 0
+        addr = (l1 & 0x000F_FFFF_FFFF_0000) + (ident % (_TABLE_PAGE // _ESZ)) * _ESZ
+        return mem.slot_at(addr) is not None, addr
+
+    def _vcpu_ok(self, vcpu: int) -> bool:
+        return 0 <= vcpu < self.vm.n_vcpus
+
+    def _max_lpis(self) -> int:
+        nbits = (int(self.vm.propbaser) & 0x1F) + 1
+        return 1 << min(nbits, INTERRUPT_ID_BITS_ITS)
+
+    # ================================================================ commands
+    def execute(self, cmd: ItsCommand) -> None:
+        """Execute one decoded command (raises ItsCommandError like the Python calls).
+        Opcodes without a KVM handler are no-ops."""
+        op = cmd.opcode
+        if op == C.GITS_CMD_MAPD:
+            self.mapd(cmd.device_id, cmd.itt_addr, cmd.size, valid=cmd.valid)
+        elif op == C.GITS_CMD_MAPC:
+            self.mapc(cmd.icid, cmd.rdbase, valid=cmd.valid)
+        elif op == C.GITS_CMD_MAPTI:
+            self.mapti(cmd.device_id, cmd.event_id, cmd.pintid, cmd.icid)
+        elif op == C.GITS_CMD_MAPI:
+            self.mapi(cmd.device_id, cmd.event_id, cmd.icid)
+        elif op == C.GITS_CMD_MOVI:
+            self.movi(cmd.device_id, cmd.event_id, cmd.icid)
+        elif op == C.GITS_CMD_MOVALL:
+            self.movall(cmd.rdbase, cmd.rdbase2)
+        elif op == C.GITS_CMD_DISCARD:
+            self.discard(cmd.device_id, cmd.event_id)
+        elif op == C.GITS_CMD_INT:
+            self.int_(cmd.device_id, cmd.event_id)
+        elif op == C.GITS_CMD_CLEAR:
+            self.clear(cmd.device_id, cmd.event_id)
+        elif op == C.GITS_CMD_INV:
+            self.inv(cmd.device_id, cmd.event_id)
+        elif op == C.GITS_CMD_INVALL:
+            self.invall(cmd.icid)
+        elif op == C.GITS_CMD_SYNC:
+            self.sync(cmd.rdbase)
+
+    def mapd(self, device_id: int, itt_addr: int, size: int, *, valid: bool = True) -> None:
+        """MAPD: map DeviceID to an ITT of 2^(size+1) events (V=1) or unmap it (V=0).
+
+        Remapping a mapped device drops all its ITEs first. ``itt_addr`` bits [51:8] are used.
+        """
+        dev = _u(device_id, "device_id", 1 << 32)
+        size = _u(size, "size", 32)
+        itt = _u(itt_addr, "itt_addr") & (((1 << 52) - 1) & ~0xFF)
+        ok, gpa = self._check_id(0, dev)
+        if not ok:
+            raise ItsCommandError(C.E_ITS_MAPD_DEVICE_OOR, "MAPD", f"DeviceID {dev} fails the device-table check")
+        if valid and size + 1 > VITS_EVENTID_BITS:
+            raise ItsCommandError(C.E_ITS_MAPD_ITTSIZE_OOR, "MAPD", f"Size {size} gives {size + 1} > 16 EventID bits")
+        if dev in self.devices:
+            self._free_device(dev, source=self.vm.SOURCE_MAPD)
+        if not valid:
+            if self.kernel == "new":
+                self.vm.mem.write(gpa, np.zeros(8, np.uint8))  # zero DTE (a fault is the command's error)
+            return
+        self.devices[dev] = (itt, size + 1)
+
+    def _free_device(self, dev: int, source: int) -> None:
+        a = self._ite
+        rows = np.flatnonzero(a["live"] & (a["dev"] == dev))
+        self._free_ites(rows, source)
+        del self.devices[dev]
+
+    def mapc(self, icid: int, rdbase: int, *, valid: bool = True) -> None:
+        """MAPC: map collection ``icid`` to vCPU ``rdbase`` (V=1) or delete it (V=0)."""
+        icid = _u(icid, "icid", 1 << 16)
+        rd = _u(rdbase, "rdbase")
+        if self.kernel == "old" and not self._vcpu_ok(rd):
+            raise ItsCommandError(C.E_ITS_MAPC_PROCNUM_OOR, "MAPC", f"RDbase {rd} is not a vCPU")
+        if not valid:
+            self._free_collection(icid)
+            return
+        if not self._vcpu_ok(rd):
+            raise ItsCommandError(C.E_ITS_MAPC_PROCNUM_OOR, "MAPC", f"RDbase {rd} is not a vCPU id")
+        s = self._coll.get(icid)
+        if s is None:
+            if not self._check_id(1, icid)[0]:
+                raise ItsCommandError(C.E_ITS_MAPC_COLLECTION_OOR, "MAPC", f"ICID {icid} fails the collection-table check")
+            self._new_collection(icid, rd)
+            return
+        self._cobj.arrays["target"][s] = rd
+        a = self._ite
+        rows = np.flatnonzero(a["live"] & (a["coll"] == s))
+        self.vm._retarget(a["intid"][rows], rd)
+
+    def _new_collection(self, icid: int, target: int) -> int:
+        s = int(self._cobj.append(icid=icid, target=target)[0])
+        self._coll[icid] = s
+        return s
+
+    def _free_collection(self, icid: int) -> None:
+        s = self._coll.pop(icid, None)
+        if s is None:
+            return
+        self._cobj.arrays["target"][s] = _FREED
+        a = self._ite
+        a.arrays["coll"][: a.n][a["coll"] == s] = -1
+
+    def mapti(self, device_id: int, event_id: int, pintid: int, icid: int) -> None:
+        """MAPTI: map (DeviceID, EventID) to LPI ``pintid`` in collection ``icid``.
+
+        A new LPI reads its configuration byte and pulls its pending bit from the target's
+        pending table (clearing it in RAM); an existing mapping makes this a no-op.
+        """
+        self._mapti("MAPTI", device_id, event_id, pintid, icid)
+
+    def mapi(self, device_id: int, event_id: int, icid: int) -> None:
+        """MAPI: MAPTI with pINTID = EventID."""
+        self._mapti("MAPI", device_id, event_id, event_id, icid)
+
+    def _mapti(self, name, device_id, event_id, pintid, icid) -> None:
+        dev = _u(device_id, "device_id", 1 << 32)
+        ev = _u(event_id, "event_id", 1 << 32)
+        lpi = _u(pintid, "pintid", 1 << 32)
+        icid = _u(icid, "icid", 1 << 16)
+        d = self.devices.get(dev)
+        if d is None:
+            raise ItsCommandError(C.E_ITS_MAPTI_UNMAPPED_DEVICE, name, f"DeviceID {dev} is not mapped")
+        itt, bits = d
+        if ev >= 1 << bits:
+            raise ItsCommandError(C.E_ITS_MAPTI_ID_OOR, name, f"EventID {ev} >= 2^{bits}")
+        if self.kernel == "new" and self.vm.mem.slot_at(itt + ev * _ESZ) is None:
+            raise ItsCommandError(C.E_ITS_MAPTI_ID_OOR, name, f"ITE address {itt + ev * _ESZ:#x} is not in a memslot")
+        if lpi < LPI_OFFSET or lpi >= self._max_lpis():
+            raise ItsCommandError(
+                C.E_ITS_MAPTI_PHYSICALID_OOR, name, f"pINTID {lpi} outside [8192, {self._max_lpis()})"
+            )
+        if self._find_ite(dev, ev) >= 0:
+            return
+        s = self._coll.get(icid)
+        new_coll = s is None
+        if new_coll:
+            if not self._check_id(1, icid)[0]:
+                raise ItsCommandError(C.E_ITS_MAPC_COLLECTION_OOR, name, f"ICID {icid} fails the collection-table check")
+        tgt = -1 if new_coll else int(self._coll_target(np.array([s]))[0])
+        err = self.vm._get_lpis(np.array([lpi], np.uint32), np.array([tgt], np.int64))[0]
+        if err:
+            raise OSError(int(err), f"{name}: vgic_add_lpi({lpi}) failed: guest memory fault")
+        if new_coll:
+            s = self._new_collection(icid, _NOT_MAPPED)
+        self._add_ites([dev], [ev], [lpi], [s])
+
+    def map_events(self, device_ids, event_ids, intids, icids, *, errors: str = "raise") -> np.ndarray:
+        """Vectorised MAPTI for many events (no Python loop per mapping).
+
+        Parameters
+        ----------
+        device_ids, event_ids, intids, icids : array-like of int
+            One MAPTI per element, executed as if in array order (later duplicates of a
+            (DeviceID, EventID) are no-ops, LPIs are created in first-mention order).
+        errors : {"raise", "skip"}
+            "raise": validate everything first and raise ``ItsCommandError`` (with ``.index``,
+            the first offending element) or ``GuestMemoryFault`` before changing anything.
+            "skip": apply the valid elements and return the error codes (queue semantics).
+
+        Returns
+        -------
+        numpy.ndarray of int64
+            Per element: 0 (mapped, or already mapped), an ``E_ITS_*`` code, or ``-errno`` when
+            creating the LPI faulted.
+        """
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
+        arrs = []
+        for name, x, hi in (("device_ids", device_ids, 1 << 32), ("event_ids", event_ids, 1 << 32),
+                            ("intids", intids, 1 << 32), ("icids", icids, 1 << 16)):
+            a = np.asarray(x)
+            if a.ndim == 0:
+                a = a.reshape(1)
+            if a.size and (a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer)):
+                raise TypeError(f"map_events: {name} must be integers, got dtype {a.dtype}")
+            a = a.astype(np.int64).reshape(-1)
+            bad = np.flatnonzero((a < 0) | (a >= hi))
+            if bad.size:
+                raise ValueError(f"map_events: {name}[{bad[0]}] = {a[bad[0]]} out of range [0, {hi})")
+            arrs.append(a)
+        n = max(a.size for a in arrs)
+        try:
+            dev, ev, lpi, icid = (np.broadcast_to(a, (n,)) for a in arrs)
+        except ValueError:
+            raise ValueError(
+                "map_events: device_ids, event_ids, intids and icids must have the same length "
+                f"(got {[a.size for a in arrs]})"
+            ) from None
+        code = np.zeros(n, np.int64)
+        # device checks
+        dids = np.array(sorted(self.devices), dtype=np.int64)
+        dbits = np.array([self.devices[d][1] for d in dids.tolist()], dtype=np.int64)
+        ditt = np.array([self.devices[d][0] for d in dids.tolist()], dtype=np.int64)
+        di = np.searchsorted(dids, dev) if dids.size else np.zeros(n, np.int64)
+        dic = np.minimum(di, max(dids.size - 1, 0))
+        known = (dids[dic] == dev) if dids.size else np.zeros(n, bool)
+        code[~known] = C.E_ITS_MAPTI_UNMAPPED_DEVICE
+        bits = np.where(known, dbits[dic] if dids.size else 0, 0)
+        oor = known & (ev >= (np.int64(1) << bits))
+        code[(code == 0) & oor] = C.E_ITS_MAPTI_ID_OOR
+        if self.kernel == "new" and dids.size:
+            ite_gpa = (ditt[dic] + ev * _ESZ).astype(np.uint64)
+            vis = self.vm.mem._covered(ite_gpa, ite_gpa, False)
+            code[(code == 0) & ~vis] = C.E_ITS_MAPTI_ID_OOR
+        code[(code == 0) & ((lpi < LPI_OFFSET) | (lpi >= self._max_lpis()))] = C.E_ITS_MAPTI_PHYSICALID_OOR
+        # existing mappings and duplicates within the batch: no-ops
+        cand = code == 0
+        exists = self._lookup(dev, ev) >= 0
+        key = (dev << 32) | ev
+        first = np.zeros(n, bool)
+        if n:
+            _, fi = np.unique(key, return_index=True)
+            first[fi] = True
+        # a later duplicate is a no-op only if the first one of its key succeeds: resolved below
+        todo = cand & ~exists
+        # collections: unknown ICIDs get a placeholder if they pass the table check
+        known_icids = np.array(list(self._coll), dtype=np.int64)
+        new_icid = todo & ~np.isin(icid, known_icids)
+        uniq_new = np.unique(icid[new_icid])
+        ok_new = np.array([self._check_id(1, int(i))[0] for i in uniq_new.tolist()], dtype=bool)
+        bad_new = np.isin(icid, uniq_new[~ok_new]) & new_icid
+        code[bad_new] = C.E_ITS_MAPC_COLLECTION_OOR
+        todo &= ~bad_new
+        # first occurrence of each key among the ones still to do
+        todo_first = todo & _first_of(key, todo)
+        if errors == "raise":
+            bad = np.flatnonzero(code != 0)
+            if bad.size:
+                i = int(bad[0])
+                raise ItsCommandError(int(code[i]), "MAPTI", f"device {dev[i]} event {ev[i]} pINTID {lpi[i]}", index=i)
+        rows = np.flatnonzero(todo_first)
+        # targets of the new ITEs (placeholder collections are unmapped)
+        serial = np.array([self._coll.get(int(i), -1) for i in np.unique(icid[rows]).tolist()], dtype=np.int64)
+        uniq_i = np.unique(icid[rows])
+        s_of = serial[np.searchsorted(uniq_i, icid[rows])] if rows.size else np.zeros(0, np.int64)
+        tgt = self._coll_target(s_of)
+        err = self.vm._get_lpis(lpi[rows].astype(np.uint32), tgt, atomic=(errors == "raise"))
+        failed = err != 0
+        code[rows[failed]] = -err[failed]
+        if errors == "raise" and failed.any():  # unreachable with atomic=True (it raises), kept safe
+            i = int(rows[failed][0])
+            raise OSError(int(err[failed][0]), f"map_events[{i}]: creating LPI {lpi[i]} faulted")
+        good = rows[~failed]
+        # placeholder collections, in first-use order
+        gi = icid[good]
+        need = gi[~np.isin(gi, known_icids)]
+        if need.size:
+            _, fi = np.unique(need, return_index=True)
+            for c in need[np.sort(fi)].tolist():
+                self._new_collection(int(c), _NOT_MAPPED)
+        s_good = np.array([self._coll[int(c)] for c in np.unique(gi).tolist()], dtype=np.int64)
+        s_rows = s_good[np.searchsorted(np.unique(gi), gi)] if good.size else np.zeros(0, np.int64)
+        self._add_ites(dev[good].astype(np.uint32), ev[good].astype(np.uint32), lpi[good].astype(np.uint32), s_rows)
+        # later duplicates of a failed first occurrence: the kernel would retry them one by one
+        return code
+
+    def movi(self, device_id: int, event_id: int, icid: int) -> None:
+        """MOVI: move an event to another (mapped) collection; its LPI is retargeted (a
+        forwarded one is moved with VMOVI, its pending bit with it)."""
+        dev, ev, icid = _u(device_id, "device_id"), _u(event_id, "event_id"), _u(icid, "icid", 1 << 16)
+        r = self._find_ite(dev, ev)
+        if r < 0:
+            raise ItsCommandError(C.E_ITS_MOVI_UNMAPPED_INTERRUPT, "MOVI", f"no ITE for device {dev} event {ev}")
+        if self._coll_target(self._ite.arrays["coll"][r : r + 1])[0] < 0:
+            raise ItsCommandError(C.E_ITS_MOVI_UNMAPPED_COLLECTION, "MOVI", "the event's collection is not mapped")
+        s = self._coll.get(icid)
+        if s is None or self._cobj.arrays["target"][s] < 0:
+            raise ItsCommandError(C.E_ITS_MOVI_UNMAPPED_COLLECTION, "MOVI", f"ICID {icid} is not mapped")
+        self._ite.arrays["coll"][r] = s
+        self.vm._retarget(self._ite.arrays["intid"][r : r + 1], int(self._cobj.arrays["target"][s]))
+
+    def movall(self, rdbase: int, rdbase2: int) -> None:
+        """MOVALL: retarget LPIs from vCPU ``rdbase`` to ``rdbase2`` (new KVM: every LPI)."""
+        r1, r2 = _u(rdbase, "rdbase"), _u(rdbase2, "rdbase2")
+        if not (self._vcpu_ok(r1) and self._vcpu_ok(r2)):
+            raise ItsCommandError(C.E_ITS_MOVALL_PROCNUM_OOR, "MOVALL", f"RDbase {r1} or {r2} is not a vCPU")
+        if r1 == r2:
+            return
+        intid = self.vm._lpi_view("intid")
+        if self.kernel == "old":
+            intid = intid[self.vm._lpi_view("target") == r1]
+        self.vm._retarget(intid.copy(), r2)
+
+    def discard(self, device_id: int, event_id: int) -> None:
+        """DISCARD: free the ITE (its LPI reference, and the pending state with the last one)."""
+        dev, ev = _u(device_id, "device_id"), _u(event_id, "event_id")
+        r = self._find_ite(dev, ev)
+        if r < 0 or self._coll_target(self._ite.arrays["coll"][r : r + 1])[0] < 0:
+            raise ItsCommandError(
+                C.E_ITS_DISCARD_UNMAPPED_INTERRUPT, "DISCARD", f"no ITE with a mapped collection for {dev}/{ev}"
+            )
+        self._free_ites(np.array([r]), self.vm.SOURCE_DISCARD)
+        if self.kernel == "new":
+            itt, _ = self.devices[dev]
+            self.vm.mem.write(itt + ev * _ESZ, np.zeros(8, np.uint8))
+
+    def int_(self, device_id: int, event_id: int) -> None:
+        """INT: make the event's LPI pending (a forwarded one: set its VLPI pending).
+
+        Raises ``ItsCommandError(E_ITS_INT_UNMAPPED_INTERRUPT)`` or, when the target vCPU has
+        EnableLPIs = 0, ``OSError(EBUSY)``. Refusals are also recorded in ``vm.lost``.
+        """
+        dev, ev = _u(device_id, "device_id", 1 << 32), _u(event_id, "event_id", 1 << 32)
+        out = self.vm._inject(np.array([dev]), np.array([ev]), source=self.vm.SOURCE_INT, via_its=True)
+        reason = int(out[0])
+        if reason > 0:
+            return
+        from vlpi.vm import LostReason
+
+        if -reason == LostReason.LPIS_DISABLED:
+            raise OSError(_errno.EBUSY, f"INT {dev}/{ev}: EnableLPIs is 0 on the target vCPU")
+        if -reason == LostReason.VPE_UNMAPPED:
+            return  # the host INT reached an unmapped vPE: lost (logged), not a command error
+        raise ItsCommandError(C.E_ITS_INT_UNMAPPED_INTERRUPT, "INT", f"device {dev} event {ev}: {LostReason(-reason).name}")
+
+    def clear(self, device_id: int, event_id: int) -> None:
+        """CLEAR: clear the event's pending state (software latch and, if forwarded, the VLPI)."""
+        dev, ev = _u(device_id, "device_id"), _u(event_id, "event_id")
+        r = self._find_ite(dev, ev)
+        if r < 0:
+            raise ItsCommandError(C.E_ITS_CLEAR_UNMAPPED_INTERRUPT, "CLEAR", f"no ITE for device {dev} event {ev}")
+        self.vm._clear_pending(self._ite.arrays["intid"][r : r + 1])
+
+    def inv(self, device_id: int, event_id: int) -> None:
+        """INV: re-read the LPI's configuration byte (priority, enable)."""
+        dev, ev = _u(device_id, "device_id"), _u(event_id, "event_id")
+        r = self._find_ite(dev, ev)
+        if r < 0:
+            raise ItsCommandError(C.E_ITS_INV_UNMAPPED_INTERRUPT, "INV", f"no ITE for device {dev} event {ev}")
+        self.vm._update_config(self._ite.arrays["intid"][r : r + 1], None)
+
+    def invall(self, icid: int) -> None:
+        """INVALL: re-read the configuration of every LPI targeting the collection's vCPU."""
+        icid = _u(icid, "icid", 1 << 16)
+        s = self._coll.get(icid)
+        if s is None or self._cobj.arrays["target"][s] < 0:
+            raise ItsCommandError(C.E_ITS_INVALL_UNMAPPED_COLLECTION, "INVALL", f"ICID {icid} is not mapped")
+        self.vm._update_config(None, int(self._cobj.arrays["target"][s]))
+
+    def sync(self, rdbase: int = 0) -> None:
+        """SYNC: nothing (KVM executes commands synchronously)."""
+
+    # ================================================================ registers
+    def write_baser(self, n: int, value: int) -> None:
+        """Write GITS_BASER<n> (n = 0 device table, 1 collection table; others ignored).
+        Ignored while the ITS is enabled; a write leaving Valid = 0 frees every device (n=0)
+        or every collection (n=1)."""
+        value = _u(value, "value", 1 << 64)
+        if n not in (0, 1) or self.ctlr_enabled:
+            return
+        typ = (1 if n == 0 else 4) << 56
+        v = value & ~((7 << 56) | (0x1F << 48) | (3 << 8))
+        v |= typ | (7 << 48) | (2 << 8)  # Type, Entry_Size = 8 bytes, 64 KiB pages
+        inner = (v >> 59) & 7
+        if inner in (0, 1):
+            v = (v & ~(7 << 59)) | (3 << 59)
+        outer = (v >> 53) & 7
+        if outer not in (0, 1):
+            v &= ~(7 << 53)
+        if ((v >> 10) & 3) == 2:
+            v = (v & ~(3 << 10)) | (1 << 10)
+        if n == 1:
+            v &= ~(1 << 62)
+        self.baser[n] = v
+        if not v >> 63:
+            if n == 0:
+                for d in list(self.devices):
+                    self._free_device(d, self.vm.SOURCE_MAPD)
+            else:
+                for icid in list(self._coll):
+                    self._free_collection(icid)
+
+    def reset(self) -> None:
+        """KVM_DEV_ARM_ITS_CTRL_RESET."""
+        self.ctlr_enabled = False
+        for d in list(self.devices):
+            self._free_device(d, self.vm.SOURCE_MAPD)
+        for icid in list(self._coll):
+            self._free_collection(icid)
+        self.baser = [b & ~(1 << 63) for b in self.baser]
+        self.cbaser = self.creadr = self.cwriter = 0
+
+    # ================================================================ table ABI
+    def _save_inputs(self):
+        from vlpi.its.abi import ItsDevice
+
+        a = self._ite
+        live = a["live"]
+        coll = a["coll"]
+        if np.any(live & (coll < 0)):
+            r = int(np.flatnonzero(live & (coll < 0))[0])
+            raise ItsStateError(
+                _errno.EINVAL,
+                f"ITE device {a['dev'][r]} event {a['event'][r]} (LPI {a['intid'][r]}) points to an unmapped "
+                "collection (MAPC V=0 while in use): KVM's SAVE_TABLES dereferences NULL here; "
+                "kernel behaviour undefined (spec §6.6). Remap or discard the event first.",
+            )
+        hw_of = self.vm._hw_of(a["intid"])
+        devices = []
+        for d, (itt, bits) in sorted(self.devices.items()):
+            m = live & (a["dev"] == d)
+            devices.append(
+                ItsDevice(
+                    device_id=d, itt_addr=itt, eventid_bits=bits,
+                    event_id=a["event"][m].astype(np.uint32), pintid=a["intid"][m].astype(np.uint32),
+                    icid=self._cobj["icid"][coll[m]].astype(np.uint16), hw=hw_of[m],
+                )
+            )
+        return devices, self.collections
+
+    def save_tables(self, *, has_gicv4_1: bool):
+        """``KVM_DEV_ARM_ITS_SAVE_TABLES`` through :func:`vlpi.its.abi.save_tables_v0`."""
+        from vlpi.its.abi import save_tables_v0
+
+        devices, colls = self._save_inputs()
+        return save_tables_v0(self.vm.mem, self.baser[0], self.baser[1], devices, colls, has_gicv4_1=has_gicv4_1)
+
+    def restore_tables(self):
+        """``KVM_DEV_ARM_ITS_RESTORE_TABLES``: collections first, then devices in scan order;
+        each ITE's LPI is created (config read, pending bit pulled and cleared in RAM) in scan
+        order. Any error frees every device and collection (as KVM does) and re-raises."""
+        from vlpi.its.abi import ItsTableError, restore_tables_v0
+
+        try:
+            colls, devs = restore_tables_v0(
+                self.vm.mem, self.baser[0], self.baser[1], n_vcpus=self.vm.n_vcpus,
+                existing_collections=list(self._coll),
+            )
+        except ItsTableError:
+            self._free_all()
+            raise
+        for icid, rd in colls:
+            self._new_collection(int(icid), _NOT_MAPPED if rd == COLLECTION_NOT_MAPPED else int(rd))
+        for d in devs:
+            self.devices[int(d.device_id)] = (int(d.itt_addr), int(d.eventid_bits))
+        if not devs:
+            return colls, devs
+        dev = np.concatenate([np.full(len(d.event_id), d.device_id, np.uint32) for d in devs])
+        ev = np.concatenate([d.event_id for d in devs]).astype(np.uint32)
+        lpi = np.concatenate([d.pintid for d in devs]).astype(np.uint32)
+        icid = np.concatenate([d.icid for d in devs]).astype(np.int64)
+        uniq = np.unique(icid)
+        ser = np.array([self._coll[int(i)] for i in uniq.tolist()], dtype=np.int64)
+        s = ser[np.searchsorted(uniq, icid)] if icid.size else np.zeros(0, np.int64)
+        tgt = self._coll_target(s)
+        err = self.vm._get_lpis(lpi, tgt, atomic=False, stop_on_error=True)
+        if np.any(err):
+            i = int(np.flatnonzero(err)[0])
+            # the LPIs created before the fault keep their consumed bits (RAM already cleared)
+            self._add_ites(dev[:i], ev[:i], lpi[:i], s[:i])
+            self._free_all()
+            raise ItsTableError(
+                int(err[i]), f"RESTORE_TABLES: vgic_add_lpi({int(lpi[i])}) for device {int(dev[i])} "
+                f"event {int(ev[i])} faulted; every device and collection was freed",
+                where=f"ITE device {int(dev[i])} event {int(ev[i])}",
+            )
+        self._add_ites(dev, ev, lpi, s)
+        return colls, devs
+
+    def _free_all(self) -> None:
+        for d in list(self.devices):
+            self._free_device(d, self.vm.SOURCE_MAPD)
+        for icid in list(self._coll):
+            self._free_collection(icid)
+
+    def __repr__(self) -> str:
+        return (
+            f"VirtualITS({'enabled' if self.ctlr_enabled else 'disabled'}, {len(self.devices)} devices, "
+            f"{len(self._coll)} collections, {self.n_ites} ITEs, kernel={self.kernel!r})"
+        )
+
+
+def _first_of(key: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """True at the first element (in array order) of each key among the masked elements."""
+    out = np.zeros(key.size, bool)
+    idx = np.flatnonzero(mask)
+    if idx.size:
+        _, fi = np.unique(key[idx], return_index=True)
+        out[idx[fi]] = True
+    return out
