@@ -34,7 +34,7 @@ import errno as _errno
 import time
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -729,7 +729,13 @@ def _sequential_save(c: _Job, has_gicv4_1: bool, order: str, t0: float):
     changed, pages = _changed_bytes(c.mem, wr_addr[:nrec], wr_old[:nrec])
     rep = _save_report(c, has_gicv4_1, order, int(reads), int(writes), int(vreads), changed, pages,
                        time.perf_counter() - t0)
-    return rep, (None if frow < 0 else (int(frow), bool(fw), int(fgpa)))
+    if frow < 0:
+        return rep, None
+    # the walk stopped at the fault: only LPIs walked before it were skipped
+    untargeted = lp.target_vcpu < 0
+    before = lp.intid < lp.intid[frow] if use_walk else np.arange(len(lp)) < frow
+    rep = replace(rep, lpis_skipped=int(np.count_nonzero(untargeted & before)))
+    return rep, (int(frow), bool(fw), int(fgpa))
 
 
 def kernel_loop_save(
