@@ -102,7 +102,7 @@ class _Grow:
 
     def compact(self, keep: np.ndarray) -> None:
         m = int(np.count_nonzero(keep))
-        for k, a in self.arrays.items():
+        for _k, a in self.arrays.items():
             a[:m] = a[: self.n][keep]
         self.n = m
 
@@ -202,7 +202,7 @@ class VirtualITS:
         if self._ite_dict is None:
             live = np.flatnonzero(self._ite["live"])
             keys = self._key(self._ite["dev"][live], self._ite["event"][live])
-            self._ite_dict = dict(zip(keys.tolist(), live.tolist()))
+            self._ite_dict = dict(zip(keys.tolist(), live.tolist(), strict=False))
         return self._ite_dict
 
     def _find_ite(self, dev: int, ev: int) -> int:
@@ -252,7 +252,7 @@ class VirtualITS:
         self._n_dead += int(rows.size)
         if self._ite_dict is not None:
             if rows.size < 64:
-                for d, e in zip(devs.tolist(), evs.tolist()):
+                for d, e in zip(devs.tolist(), evs.tolist(), strict=False):
                     self._ite_dict.pop((d << 32) | e, None)
             else:
                 self._ite_dict = None
@@ -369,7 +369,9 @@ class VirtualITS:
         s = self._coll.get(icid)
         if s is None:
             if not self._check_id(1, icid)[0]:
-                raise ItsCommandError(C.E_ITS_MAPC_COLLECTION_OOR, "MAPC", f"ICID {icid} fails the collection-table check")
+                raise ItsCommandError(
+                    C.E_ITS_MAPC_COLLECTION_OOR, "MAPC", f"ICID {icid} fails the collection-table check"
+                )
             self._new_collection(icid, rd)
             return
         self._cobj.arrays["target"][s] = rd
@@ -425,7 +427,9 @@ class VirtualITS:
         new_coll = s is None
         if new_coll:
             if not self._check_id(1, icid)[0]:
-                raise ItsCommandError(C.E_ITS_MAPC_COLLECTION_OOR, name, f"ICID {icid} fails the collection-table check")
+                raise ItsCommandError(
+                    C.E_ITS_MAPC_COLLECTION_OOR, name, f"ICID {icid} fails the collection-table check"
+                )
         tgt = -1 if new_coll else int(self._coll_target(np.array([s]))[0])
         err = self.vm._get_lpis(np.array([lpi], np.uint32), np.array([tgt], np.int64))[0]
         if err:
@@ -601,7 +605,9 @@ class VirtualITS:
             raise OSError(_errno.EBUSY, f"INT {dev}/{ev}: EnableLPIs is 0 on the target vCPU")
         if -reason == LostReason.VPE_UNMAPPED:
             return  # the host INT reached an unmapped vPE: lost (logged), not a command error
-        raise ItsCommandError(C.E_ITS_INT_UNMAPPED_INTERRUPT, "INT", f"device {dev} event {ev}: {LostReason(-reason).name}")
+        raise ItsCommandError(
+            C.E_ITS_INT_UNMAPPED_INTERRUPT, "INT", f"device {dev} event {ev}: {LostReason(-reason).name}"
+        )
 
     def clear(self, device_id: int, event_id: int) -> None:
         """CLEAR: clear the event's pending state (software latch and, if forwarded, the VLPI)."""

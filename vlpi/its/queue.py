@@ -1,0 +1,222 @@
+"""The ITS command queue in guest RAM: GITS_CBASER / GITS_CWRITER / GITS_CREADR / GITS_CTLR.
+
+KVM's mechanics (kernel-semantics §10.1, §10.7):
+
+* a CWRITER write keeps bits [19:5]; an offset beyond the queue is dropped; otherwise every
+  slot from CREADR up to the new CWRITER (wrapping at the queue size) runs, in order, before
+  the write returns; a slot never runs twice and never stalls;
+* a slot whose 32 bytes cannot be read is skipped;
+* the handler's result is thrown away: errors are invisible to the guest (no Stalled bit, no
+  SError). vlpi keeps them in ``its.command_log`` for users;
+* nothing runs while GITS_CTLR.Enabled = 0; enabling (which needs BASER0, BASER1 and CBASER
+  Valid) runs what was queued;
+* a CBASER write (only while disabled) resets CREADR and CWRITER to 0.
+
+:class:`GuestCommandWriter` is the guest's side (what kvm-unit-tests' ``its_send_cmd`` does):
+it writes encoded slots at CWRITER and then writes CWRITER.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vlpi.errors import GuestMemoryFault
+from vlpi.its.commands import ItsCommand, ItsCommandError, decode, encode, encode_many
+
+__all__ = [
+    "CommandLog",
+    "CommandRecord",
+    "GuestCommandWriter",
+    "write_cbaser",
+    "write_cwriter",
+    "write_ctlr",
+    "set_creadr",
+    "process_commands",
+    "queue_bytes",
+    "queue_gpa",
+]
+
+_OFFSET_MASK = 0xF_FFE0  # [19:5]
+
+
+@dataclass(frozen=True)
+class CommandRecord:
+    """One command that failed (KVM drops the error; vlpi records it)."""
+
+    offset: int  # byte offset of the slot in the queue
+    opcode: int
+    name: str
+    code: int  # E_ITS_* value, or -errno
+    message: str
+
+
+class CommandLog:
+    """Commands executed from the queue, and the ones that failed."""
+
+    def __init__(self) -> None:
+        self.executed = 0
+        self.skipped_unreadable = 0
+        self.errors: list[CommandRecord] = []
+
+    def __len__(self) -> int:
+        return len(self.errors)
+
+    def codes(self) -> list[int]:
+        return [r.code for r in self.errors]
+
+    def clear(self) -> None:
+        self.executed = 0
+        self.skipped_unreadable = 0
+        self.errors.clear()
+
+    def __repr__(self) -> str:
+        return f"CommandLog({self.executed} executed, {len(self.errors)} failed, {self.skipped_unreadable} unreadable)"
+
+
+def queue_bytes(cbaser: int) -> int:
+    """Queue size in bytes: (Size + 1) x 4 KiB."""
+    return ((cbaser & 0xFF) + 1) * 4096
+
+
+def queue_gpa(cbaser: int) -> int:
+    """Queue base GPA: CBASER[51:12] with [15:12] cleared (64 KiB aligned in KVM)."""
+    return cbaser & 0x000F_FFFF_FFFF_0000
+
+
+def write_cbaser(its, value: int) -> None:
+    """Write GITS_CBASER (ignored while enabled): sanitise cache/shareability fields, clear
+    PA[15:12], then CREADR := CWRITER := 0."""
+    if its.ctlr_enabled:
+        return
+    v = int(value) & ((1 << 64) - 1)
+    inner = (v >> 59) & 7
+    if inner in (0, 1):
+        v = (v & ~(7 << 59)) | (3 << 59)
+    if ((v >> 53) & 7) not in (0, 1):
+        v &= ~(7 << 53)
+    if ((v >> 10) & 3) == 2:
+        v = (v & ~(3 << 10)) | (1 << 10)
+    v &= ~(0xF << 12)
+    its.cbaser = v
+    its.creadr = 0
+    its.cwriter = 0
+
+
+def set_creadr(its, value: int) -> None:
+    """Userspace write of GITS_CREADR (KVM_DEV_ARM_VGIC_GRP_ITS_REGS): only while disabled
+    (``EBUSY``) and below the queue size (``EINVAL``). Guest writes are ignored by KVM."""
+    import errno
+
+    if its.ctlr_enabled:
+        raise OSError(errno.EBUSY, "GITS_CREADR can only be restored while the ITS is disabled")
+    off = int(value) & _OFFSET_MASK
+    if off >= queue_bytes(its.cbaser):
+        raise OSError(errno.EINVAL, f"GITS_CREADR offset {off:#x} beyond the {queue_bytes(its.cbaser)}-byte queue")
+    its.creadr = off
+
+
+def write_cwriter(its, value: int) -> None:
+    """Guest write of GITS_CWRITER: keep [19:5]; drop an offset beyond the queue; run slots."""
+    off = int(value) & _OFFSET_MASK
+    if off >= queue_bytes(its.cbaser):
+        return
+    its.cwriter = off
+    process_commands(its)
+
+
+def write_ctlr(its, value: int) -> None:
+    """Guest write of GITS_CTLR: Enabled 0 -> 1 needs BASER0, BASER1 and CBASER Valid (else the
+    whole write is ignored); then the queue runs."""
+    en = bool(int(value) & 1)
+    if en and not its.ctlr_enabled:
+        if not (its.baser[0] >> 63 and its.baser[1] >> 63 and its.cbaser >> 63):
+            return
+    its.ctlr_enabled = en
+    process_commands(its)
+
+
+def read_ctlr(its) -> int:
+    """GITS_CTLR: Enabled [0], Quiescent [31] = (CREADR == CWRITER)."""
+    return int(its.ctlr_enabled) | ((its.creadr == its.cwriter) << 31)
+
+
+def process_commands(its) -> int:
+    """vgic_its_process_commands: run every slot from CREADR to CWRITER. Returns slots run."""
+    if not its.ctlr_enabled or not its.cbaser >> 63:
+        return 0
+    size = queue_bytes(its.cbaser)
+    base = queue_gpa(its.cbaser)
+    mem = its.vm.mem
+    log = its.command_log
+    n = 0
+    while its.creadr != its.cwriter:
+        off = its.creadr
+        try:
+            slot = mem.read(base + off, 32)
+        except GuestMemoryFault:
+            log.skipped_unreadable += 1
+            slot = None
+        if slot is not None:
+            cmd = decode(slot)
+            try:
+                its.execute(cmd)
+            except ItsCommandError as e:
+                log.errors.append(CommandRecord(off, cmd.opcode, cmd.name, e.code, str(e)))
+            except OSError as e:  # guest-memory faults, EBUSY from INT
+                log.errors.append(CommandRecord(off, cmd.opcode, cmd.name, -int(e.errno or 0), str(e)))
+            log.executed += 1
+        n += 1
+        its.creadr = (off + 32) % size
+    return n
+
+
+class GuestCommandWriter:
+    """The guest's command-queue driver: allocate the queue, write slots, bump CWRITER.
+
+    Parameters
+    ----------
+    its : VirtualITS
+    gpa : int
+        Queue GPA (64 KiB aligned; must be guest RAM).
+    size_pages : int
+        Queue size in 4 KiB pages (1..256). kvm-unit-tests uses 16 (64 KiB).
+
+    Examples
+    --------
+    ``w = GuestCommandWriter(vm.its, 0x4000_0000); w.send(ItsCommand.mapd(2, itt, 7))``
+    """
+
+    def __init__(self, its, gpa: int, size_pages: int = 16) -> None:
+        if not 1 <= size_pages <= 256:
+            raise ValueError(f"size_pages must be in [1, 256], got {size_pages}")
+        if gpa & 0xFFFF:
+            raise ValueError(f"gpa {gpa:#x} must be 64 KiB aligned")
+        self.its = its
+        write_cbaser(its, (1 << 63) | gpa | (size_pages - 1))
+        self.size = queue_bytes(its.cbaser)
+        self.base = queue_gpa(its.cbaser)
+
+    def send(self, *cmds: ItsCommand) -> None:
+        """Write the commands after CWRITER (waiting for nothing: KVM runs them synchronously)."""
+        for c in cmds:
+            self.send_slots(encode(c).reshape(1, 32))
+
+    def send_slots(self, slots: np.ndarray) -> None:
+        """Write pre-encoded ``[n, 32]`` slots and run them, in chunks that fit the queue."""
+        slots = np.ascontiguousarray(slots, dtype=np.uint8).reshape(-1, 32)
+        per = self.size // 32 - 1
+        mem = self.its.vm.mem
+        for i in range(0, slots.shape[0], per):
+            chunk = slots[i : i + per]
+            w = self.its.cwriter
+            first = min(chunk.shape[0], (self.size - w) // 32)
+            mem.write(self.base + w, chunk[:first].reshape(-1))
+            if first < chunk.shape[0]:
+                mem.write(self.base, chunk[first:].reshape(-1))
+            write_cwriter(self.its, (w + 32 * chunk.shape[0]) % self.size)
+
+    def send_many(self, opcode, **fields) -> None:
+        """Encode (vectorised) and send many commands of one opcode."""
+        self.send_slots(encode_many(opcode, **fields))
