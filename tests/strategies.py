@@ -25,7 +25,7 @@ import numpy as np
 from hypothesis import strategies as st
 from oracle import Scenario, SlotSpec
 
-__all__ = ["gen_scenario", "scenarios", "junk_pendbaser", "slot", "touched_gpas"]
+__all__ = ["gen_scenario", "hand_scenario", "scenarios", "junk_pendbaser", "slot", "touched_gpas"]
 
 GPA_LIMIT = 1 << 52
 SZ_64K = 1 << 16
@@ -265,3 +265,11 @@ def scenarios(draw, max_lpis: int = 48, max_vcpus: int = 8) -> Scenario:
     )
     seed = draw(st.integers(0, 2**32 - 1))
     return gen_scenario(np.random.default_rng(seed), **knobs, name=f"hyp seed={seed}")
+
+
+def hand_scenario(rows, pendbaser, slots, vpt=None, name: str = "hand") -> Scenario:
+    """A hand-written scenario. ``rows``: (intid, target_vcpu, pending_latch, hw) in creation
+    order; ``slots``: SlotSpecs (see :func:`slot`)."""
+    a = np.array(rows, dtype=np.int64).reshape(-1, 4)
+    return Scenario(list(slots), np.array(pendbaser, dtype=np.uint64), a[:, 0], a[:, 1],
+                    a[:, 2].astype(bool), a[:, 3].astype(bool), vpt, name)
