@@ -11,7 +11,7 @@ implementation, sorted fastest first per LPI::
   so an implementation run on a subset, e.g. pure Python at full size, stays comparable).
 * ``vs kernel loop``: speed-up per LPI relative to the ``kernel_loop`` row of the same group
   (``kernel loop ns/LPI / this ns/LPI``; > 1 is faster). Groups without a kernel-loop row
-  use ``numpy`` as the reference and say so in the header.
+  use ``numpy`` (else ``python``) as the reference and say so in the header.
 
 The machine is named from the JSON's ``machine_info`` (CPU brand, logical CPUs, Python) and the
 run's date and commit from ``datetime``/``commit_info``.
@@ -31,7 +31,7 @@ from collections.abc import Iterable
 
 __all__ = ["load", "machine_line", "rows_by_group", "render", "main"]
 
-REFERENCE_IMPLS = ("kernel_loop", "numpy")
+REFERENCE_IMPLS = ("kernel_loop", "numpy", "python")
 
 
 def load(paths: Iterable[str]) -> list[dict]:
