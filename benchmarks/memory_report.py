@@ -30,16 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vlpi  # noqa: E402
 from vlpi import scenarios  # noqa: E402
 
-#: same sizes as the benchmark suite (kept in sync with benchmarks/conftest.py SIZES)
-SIZES = {
-    "host-4096": {"ci": dict(vms=4, vcpus=16, id_bits=14), "big": dict(vms=64, vcpus=64, id_bits=16)},
-    "vm-512": {"ci": dict(vcpus=512, id_bits=14), "big": dict(vcpus=512, id_bits=16)},
-    "sparse": {
-        "ci": dict(vcpus=8, id_bits=20, lpis_per_vcpu=1024),
-        "big": dict(vcpus=64, id_bits=20, lpis_per_vcpu=1024),
-    },
-    "dense": {"ci": dict(vcpus=1, id_bits=15), "big": dict(vcpus=1, id_bits=20)},
-}
+from harness import SIZES  # noqa: E402  (the benchmark suite's size tiers)
 
 
 @dataclass

@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import run_bench
+from harness import run_bench
 
 abi = pytest.importorskip("vlpi.its.abi")
 

@@ -15,7 +15,7 @@ Groups (one per scenario, op and tier, so engine and baselines line up in the ta
 from __future__ import annotations
 
 import pytest
-from conftest import (
+from harness import (
     PYTHON_MAX_LPIS,
     RESTORE_IMPLS,
     SAVE_IMPLS,
