@@ -27,10 +27,10 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from harness import SIZES  # noqa: E402  (the benchmark suite's size tiers)
+
 import vlpi  # noqa: E402
 from vlpi import scenarios  # noqa: E402
-
-from harness import SIZES  # noqa: E402  (the benchmark suite's size tiers)
 
 
 @dataclass
