@@ -591,15 +591,7 @@ class VM:
             Per MSI: 1 = LPI pending (software), 2 = VLPI pending (hardware), or
             ``-LostReason`` (the MSI is recorded in ``vm.lost``).
         """
-        d = _ids(device_ids, "device_ids")
-        e = _ids(event_ids, "event_ids")
-        if d.size != e.size:
-            if d.size == 1:
-                d = np.broadcast_to(d, e.shape)
-            elif e.size == 1:
-                e = np.broadcast_to(e, d.shape)
-            else:
-                raise ValueError(f"device_ids has {d.size} entries but event_ids has {e.size}")
+        d, e = _pair_ids(device_ids, event_ids)
         return self._inject(d, e, source=LostSource.MSI, via_its=False)
 
     def _inject(self, d: np.ndarray, e: np.ndarray, *, source, via_its: bool) -> np.ndarray:
@@ -646,10 +638,7 @@ class VM:
 
     # ============================================================ forwarding (VFIO)
     def _event_rows(self, device_ids, event_ids):
-        d = _ids(device_ids, "device_ids")
-        e = _ids(event_ids, "event_ids")
-        if d.size != e.size:
-            raise ValueError(f"device_ids has {d.size} entries but event_ids has {e.size}")
+        d, e = _pair_ids(device_ids, event_ids)
         r = self.its._lookup(d, e)
         intid = np.where(r >= 0, self.its._ite.arrays["intid"][np.maximum(r, 0)] if self.its._ite.n else 0, 0)
         return d, e, self._l.rows(intid.astype(np.int64))
@@ -945,6 +934,20 @@ def _ids(x, name: str) -> np.ndarray:
     if bad.size:
         raise ValueError(f"{name}[{bad[0]}] = {a[bad[0]]} is not a 32-bit ID")
     return a
+
+
+def _pair_ids(device_ids, event_ids) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and broadcast (DeviceID, EventID) arrays (a scalar or 1-element side broadcasts)."""
+    d = _ids(device_ids, "device_ids")
+    e = _ids(event_ids, "event_ids")
+    if d.size != e.size:
+        if d.size == 1:
+            d = np.repeat(d, e.size)
+        elif e.size == 1:
+            e = np.repeat(e, d.size)
+        else:
+            raise ValueError(f"device_ids has {d.size} entries but event_ids has {e.size}")
+    return d, e
 
 
 def _first_of(key: np.ndarray, mask: np.ndarray) -> np.ndarray:

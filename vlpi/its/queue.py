@@ -198,6 +198,16 @@ class GuestCommandWriter:
         self.size = queue_bytes(its.cbaser)
         self.base = queue_gpa(its.cbaser)
 
+    @classmethod
+    def attach(cls, its) -> GuestCommandWriter:
+        """Bind to a queue that is already programmed (e.g. restored on a migration
+        destination), continuing at the current CWRITER."""
+        w = cls.__new__(cls)
+        w.its = its
+        w.size = queue_bytes(its.cbaser)
+        w.base = queue_gpa(its.cbaser)
+        return w
+
     def send(self, *cmds: ItsCommand) -> None:
         """Write the commands after CWRITER (waiting for nothing: KVM runs them synchronously)."""
         for c in cmds:

@@ -1,0 +1,315 @@
+"""vlpi.VM: redistributor registers, MSIs, forwarding, VM-level save/restore, lost-interrupt log."""
+
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+import pytest
+from scenarios.kvm_guest import PEND, PROP, Guest, migrate
+
+from vlpi.errors import GuestMemoryFault
+from vlpi.its.abi import ItsTableError
+from vlpi.vm import VM, LostReason, VMError
+
+DEV = 5
+N_EV = 64
+
+
+def build(gic="v4.1", n=4, n_ev=N_EV, forward=None):
+    """VM with device DEV, one collection per vCPU (ICID = vCPU), event i -> LPI 8192+i on
+    vCPU i % n, all enabled; vCPUs paused afterwards (non-resident)."""
+    vm = VM(n, gic=gic)
+    g = Guest(vm)
+    g.create_device(DEV, 8)
+    itt, bits = g.itts[DEV]
+    vm.its.mapd(DEV, itt, bits - 1)
+    for v in range(n):
+        vm.its.mapc(v, v)
+    vm.mem.write(PROP, np.full(n_ev, 0xA3, np.uint8))
+    ev = np.arange(n_ev)
+    vm.its.map_events(DEV, ev, 8192 + ev, ev % n)
+    if forward is not None:
+        assert vm.forward(DEV, forward).all()
+    vm.pause()
+    return vm, g
+
+
+def table_bits(vm, vcpu, intids):
+    base = PEND + vcpu * 0x10000
+    b = vm.mem.read(base, 0x2000)
+    it = np.asarray(intids)
+    return ((b[it >> 3] >> (it & 7)) & 1).astype(bool)
+
+
+# ----------------------------------------------------------------------------- registers
+def test_pendbaser_res0_ptz_and_enable_scan():
+    vm = VM(2, gic="v3")
+    vm.mem.add_slot(0, 1 << 22)
+    vm.write_pendbaser(0, (1 << 64) - 1)
+    res0 = (1 << 63) | (7 << 59) | (0xF << 52) | (0xF << 12) | 0x7F
+    assert int(vm.pendbaser[0]) == ((1 << 64) - 1) & ~res0  # PTZ stored
+    assert vm.read_pendbaser(0) == ((1 << 64) - 1) & ~res0 & ~(1 << 62)  # PTZ reads 0
+    # an LPI exists, its bit is set in RAM; EnableLPIs with PTZ=1 stored skips the scan
+    vm.write_propbaser(0x10000 | 13)
+    vm.mem.write(0x10000, np.full(16, 0xA3, np.uint8))
+    vm.its.write_baser(0, (1 << 63) | 0x20000)
+    vm.its.write_baser(1, (1 << 63) | 0x30000)
+    vm.its.mapd(1, 0x40000, 3)
+    vm.its.mapc(0, 0)
+    vm.write_pendbaser(0, 0x100000 | (1 << 62))
+    vm.its.mapti(1, 0, 8200, 0)
+    vm.mem.write(0x100000 + 8200 // 8, np.array([1 << (8200 % 8)], np.uint8))
+    vm.enable_lpis(0)
+    assert not vm.lpis.pending_latch[0]
+    vm.enable_lpis(0, False)
+    vm.write_pendbaser(0, 0x100000)
+    vm.enable_lpis(0)
+    assert vm.lpis.pending_latch[0]
+    # the scan does not clear RAM; PENDBASER writes are ignored while EnableLPIs = 1
+    assert vm.mem.read(0x100000 + 8200 // 8, 1)[0] == 1 << (8200 % 8)
+    vm.write_pendbaser(0, 0x200000)
+    assert vm.read_pendbaser(0) == 0x100000
+
+
+def test_propbaser_res0_and_ignored_while_enabled():
+    vm = VM(2, gic="v3")
+    vm.write_propbaser((1 << 64) - 1)
+    assert vm.read_propbaser() == ((1 << 64) - 1) & ~((0x1F << 59) | (0xF << 52) | (3 << 5))
+    vm.enable_lpis(1)
+    vm.write_propbaser(0x1234_0000, vcpu=1)
+    assert vm.read_propbaser() != 0x1234_0000
+
+
+def test_distinct_pendbaser_per_vcpu():
+    vm, g = build("v3")
+    vm.lpis.pending_latch[:] = True
+    vm.save_pending_tables()
+    intid = vm.lpis.intid
+    tgt = vm.lpis.target_vcpu
+    for v in range(4):
+        assert table_bits(vm, v, intid[tgt == v]).all()
+        assert not table_bits(vm, v, intid[tgt != v]).any()
+
+
+def test_two_lpis_one_byte_on_different_vcpus():
+    """INTIDs 8192 (vCPU 0) and 8193 (vCPU 1) share byte offset 1024 of two different tables:
+    each lands in its own vCPU's table (the ca185b260951 byte-cache bug)."""
+    vm, g = build("v3")
+    lp = vm.lpis
+    lp.pending_latch[:] = np.isin(lp.intid, [8192, 8193])
+    vm.save_pending_tables()
+    assert vm.mem.read(PEND + 1024, 1)[0] == 0b01
+    assert vm.mem.read(PEND + 0x10000 + 1024, 1)[0] == 0b10
+    dst, _ = migrate(vm)
+    d = Guest(dst, setup=False)
+    assert d.take_all() == {0: [8192], 1: [8193], 2: [], 3: []}
+    assert dst.mem.read(PEND + 1024, 1)[0] == 0 and dst.mem.read(PEND + 0x10000 + 1024, 1)[0] == 0
+
+
+# ----------------------------------------------------------------------------- save errors
+def test_save_enxio_when_not_initialised():
+    vm = VM(2, gic="v4.1")
+    with pytest.raises(VMError) as ei:
+        vm.save_pending_tables()
+    assert ei.value.errno == errno.ENXIO
+    assert vm.gicv4.counts["VMAPP"] == 0
+
+
+def test_save_ebusy_when_running_and_when_not_quiesced():
+    vm, g = build("v4.1")
+    vm.lpis.pending_latch[:] = True
+    vm.run([2])
+    before = vm.mem.read(PEND, 0x40000).copy()
+    vmapp = vm.gicv4.counts["VMAPP"]
+    with pytest.raises(VMError) as ei:
+        vm.save_pending_tables()
+    assert ei.value.errno == errno.EBUSY and "vCPU 2" in str(ei.value)
+    with pytest.raises(VMError) as ei:
+        vm.save_its_tables()
+    assert ei.value.errno == errno.EBUSY
+    vm.pause()
+    with pytest.raises(VMError) as ei:
+        vm.save_pending_tables(require_quiesced=True)
+    assert ei.value.errno == errno.EBUSY
+    assert (vm.mem.read(PEND, 0x40000) == before).all()
+    assert vm.gicv4.counts["VMAPP"] == vmapp
+    vm.quiesce_devices()
+    rep = vm.save_pending_tables(require_quiesced=True)
+    assert rep.engine.guest_writes == N_EV
+
+
+def test_remap_after_fault_and_after_exception():
+    vm, g = build("v4.1", forward=np.arange(0, N_EV, 2))
+    vm.enable_lpis(3, False)
+    vm.write_pendbaser(3, 0x7000_0000_0000)  # no RAM there
+    vm.enable_lpis(3)  # the EnableLPIs scan faults; KVM ignores that
+    assert vm.last_scan_error is not None and vm.last_scan_error.vcpu == 3
+    vm.lpis.pending_latch[:] = ~vm.lpis.hw
+    with pytest.raises(GuestMemoryFault) as ei:
+        vm.save_pending_tables()
+    assert ei.value.vcpu == 3
+    assert vm.gicv4.mapped.all()
+    assert vm.gicv4.counts["VMAPP"] == 4 + 4 + 4  # init map, unmap, remap
+    vm.enable_lpis(3, False)
+    vm.write_pendbaser(3, PEND + 3 * 0x10000)
+
+    def boom(vm):
+        raise RuntimeError("device model crashed")
+
+    with pytest.raises(RuntimeError):
+        vm.save_pending_tables(during=boom, during_at="before_walk")
+    assert vm.gicv4.mapped.all()
+
+
+# ----------------------------------------------------------------------------- GICv4.1
+def test_pending_vlpis_survive_save_restore_via_vpt():
+    fwd = np.arange(0, N_EV, 2)
+    vm, g = build("v4.1", forward=fwd)
+    rng = np.random.default_rng(1)
+    send = rng.choice(N_EV, 40, replace=False)
+    out = vm.signal_msi(DEV, send)
+    assert set(out.tolist()) <= {1, 2}
+    assert ((out == 2) == np.isin(send, fwd)).all()
+    # non-resident vPEs: a doorbell for each VLPI that became pending
+    assert int(vm.gicv4.doorbells.sum()) == int(np.isin(send, fwd).sum())
+    assert not vm.lpis.pending_latch[vm.lpis.hw].any()
+    dst, info = migrate(vm, forward_after=(DEV, fwd))
+    rep = info["pending"]
+    assert rep.vpes_unmapped == 4 and rep.vpes_remapped == 4 and rep.lost_in_window == 0
+    assert rep.engine.vpt_reads == fwd.size
+    # guest RAM of the source holds exactly the sent events' bits
+    intids = 8192 + np.arange(N_EV)
+    for v in range(4):
+        m = intids % 4 == v
+        assert (table_bits(vm, v, intids[m]) == np.isin(np.arange(N_EV)[m], send)).all()
+    # destination: restore pulled them into pending_latch, forwarding pushed hw ones to the VPT
+    assert dst.lpis.hw.sum() == fwd.size
+    assert not dst.lpis.pending_latch[dst.lpis.hw].any()
+    d = Guest(dst, setup=False)
+    taken = d.take_all()
+    got = sorted(i for x in taken.values() for i in x)
+    assert got == sorted((8192 + send).tolist())
+    for v, x in taken.items():
+        assert all((i - 8192) % 4 == v for i in x)
+    assert d.take_all() == {0: [], 1: [], 2: [], 3: []}
+
+
+def test_msi_during_unmapped_window_is_lost_and_named():
+    fwd = np.arange(0, N_EV, 2)
+    vm, g = build("v4.1", forward=fwd)
+
+    def devices_still_running(vm):
+        vm.signal_msi([DEV, DEV], [2, 3])  # event 2 forwarded (vCPU 2), event 3 software (vCPU 3)
+
+    rep = vm.save_pending_tables(during=devices_still_running)
+    assert rep.lost_in_window == 2
+    r = rep.lost
+    hwrec = r[r["reason"] == LostReason.VPE_UNMAPPED]
+    assert hwrec.size == 1 and (hwrec["device_id"][0], hwrec["event_id"][0], hwrec["intid"][0], hwrec["vcpu"][0]) == (
+        DEV, 2, 8194, 2
+    )
+    swrec = r[r["reason"] == LostReason.NOT_IN_SAVED_IMAGE]
+    assert swrec.size == 1 and swrec["intid"][0] == 8195 and swrec["vcpu"][0] == 3
+    assert not table_bits(vm, 2, [8194])[0] and not table_bits(vm, 3, [8195])[0]
+    assert vm.gicv4.mapped.all()
+    # the VLPI is gone for good; the software LPI is still pending on the source
+    vm.run()
+    assert Guest(vm, setup=False).take_all() == {0: [], 1: [], 2: [], 3: [8195]}
+    # before the walk: the software LPI makes it into the image, the VLPI still does not
+    vm.pause()
+    rep = vm.save_pending_tables(during=devices_still_running, during_at="before_walk")
+    assert rep.lost_in_window == 1 and rep.lost["reason"][0] == LostReason.VPE_UNMAPPED
+    assert table_bits(vm, 3, [8195])[0] and not table_bits(vm, 2, [8194])[0]
+
+
+def test_unforward_loses_pending_vlpi_and_says_so():
+    vm, g = build("v4.1", forward=[4, 5])
+    assert (vm.signal_msi(DEV, [4]) == 2).all()
+    lost = vm.unforward(DEV, [4, 5])
+    assert lost.tolist() == [True, False]
+    rec = vm.lost.select(reason=LostReason.UNFORWARDED_PENDING)
+    assert rec.size == 1 and rec["intid"][0] == 8196 and rec["event_id"][0] == 4 and rec["vcpu"][0] == 0
+    assert not vm.lpis.hw.any() and not vm.lpis.pending_latch.any()
+    vm.run()
+    assert Guest(vm, setup=False).take_all() == {0: [], 1: [], 2: [], 3: []}
+
+
+def test_forward_transfers_pending_latch_to_vpt():
+    vm, g = build("v4.1")
+    assert (vm.signal_msi(DEV, [6]) == 1).all()
+    assert vm.forward(DEV, [6]).all()
+    row = int(np.flatnonzero(vm.lpis.intid == 8198)[0])
+    assert vm.lpis.hw[row] and not vm.lpis.pending_latch[row]
+    assert vm.gicv4.vlpi_pending([2], [8198])[0]
+    vm.save_pending_tables()
+    assert table_bits(vm, 2, [8198])[0]
+
+
+def test_gicv40_its_save_eacces_and_pending_save_uses_latch():
+    vm, g = build("v4.0", forward=[1])
+    vm.signal_msi(DEV, [1])
+    with pytest.raises(ItsTableError) as ei:
+        vm.save_its_tables()
+    assert ei.value.errno == errno.EACCES
+    rep = vm.save_pending_tables()
+    assert rep.vpes_unmapped == 0 and rep.engine.vpt_reads == 0
+    assert not table_bits(vm, 1, [8193])[0]  # the VLPI's state is unknowable on v4.0
+
+
+def test_v3_cannot_forward():
+    vm, g = build("v3")
+    with pytest.raises(VMError) as ei:
+        vm.forward(DEV, [0])
+    assert ei.value.errno == errno.ENODEV
+
+
+# ----------------------------------------------------------------------------- MSIs
+def test_msi_refusals_are_named():
+    vm, g = build("v3")
+    vm.enable_lpis(1, False)
+    vm.its.mapc(3, 3, valid=False)  # event 3 -> orphaned ITE
+    out = vm.signal_msi([DEV, DEV, DEV, 99, DEV], [1, 3, 200, 0, 0])
+    assert out.tolist() == [-LostReason.LPIS_DISABLED, -LostReason.UNMAPPED_COLLECTION, -LostReason.NO_ITE,
+                            -LostReason.NO_DEVICE, 1]
+    r = vm.lost.records
+    assert r["reason"].tolist() == [5, 4, 3, 2]
+    assert r["intid"].tolist() == [8193, 8195, 0, 0]
+    assert r["vcpu"].tolist() == [1, -1, -1, -1]
+    vm.its.ctlr_enabled = False
+    assert vm.signal_msi(DEV, 0)[0] == -LostReason.ITS_DISABLED
+
+
+def test_signal_msi_bulk_equals_one_by_one():
+    fwd = np.arange(0, N_EV, 3)
+    a, _ = build("v4.1", forward=fwd)
+    b, _ = build("v4.1", forward=fwd)
+    for vm in (a, b):
+        vm.enable_lpis(2, False)
+        vm.run([1])
+    rng = np.random.default_rng(7)
+    d = np.where(rng.random(500) < 0.9, DEV, 6)
+    e = rng.integers(0, N_EV + 8, 500)
+    out_a = a.signal_msi(d, e)
+    out_b = np.array([b.signal_msi(int(x), int(y))[0] for x, y in zip(d, e, strict=True)])
+    assert (out_a == out_b).all()
+    assert (a.lpis.pending_latch == b.lpis.pending_latch).all()
+    assert (a.gicv4._live == b.gicv4._live).all()
+    assert (a.gicv4.doorbells == b.gicv4.doorbells).all()
+    ra, rb = a.lost.records, b.lost.records
+    for f in ("reason", "device_id", "event_id", "intid", "vcpu"):
+        assert (ra[f] == rb[f]).all()
+
+
+# ----------------------------------------------------------------------------- debug view
+def test_describe_lists_flags_and_summarises():
+    vm, g = build("v4.1", forward=[0])
+    vm.signal_msi(DEV, [0, 1])
+    s = vm.describe(max_rows=4)
+    lines = s.splitlines()
+    assert any(ln.split()[:3] == ["8192", "0", "PEH"] for ln in lines)
+    assert any(ln.split()[:3] == ["8193", "1", "PE-"] for ln in lines)
+    assert any(ln.split()[:3] == ["8194", "2", "-E-"] for ln in lines)
+    assert f"... {N_EV - 4} more LPIs" in s
+    assert f"LPIs: {N_EV} total, 2 pending" in s
+    assert "VM(4 vCPUs" in repr(vm)
