@@ -251,7 +251,8 @@ def _make_units(e0: np.ndarray, run_lo: np.ndarray, run_hi: np.ndarray, addr_s: 
     cum = np.cumsum(newp)
     ea = e0[units[:, 1]]
     eb = e0[units[:, 2]] - 1
-    caps = cum[eb] - cum[ea] + 1
+    # distinct pages, plus one per run: the byte-disjoint kernel logs a run's pages per run
+    caps = cum[eb] - cum[ea] + 1 + (units[:, 2] - units[:, 1])
     units[1:, 3] = np.cumsum(caps)[:-1]
     return units, int(caps.sum())
 
@@ -401,40 +402,6 @@ class _Job:
         self.row = row
         return row
 
-    def direct_row(self) -> np.ndarray | None:
-        """Kernel row for the row-order direct path, or None when it does not apply."""
-        p = self.plan
-        if p.n_entries == 0:
-            return None
-        si = p.direct_slot(self.mem)
-        if si < 0:
-            return None
-        sl = self.mem.slots[si]
-        lp = self.lpis
-        voff = (self.base.astype(np.int64) - np.int64(sl.gpa)).astype(np.int64)
-        latch, hw, tgt = lp.pending_latch, lp.hw, lp.target_vcpu
-        self.keep = (latch, hw, tgt, voff, sl.data, p)
-        pg_lo = p.addr_min >> PAGE_SHIFT
-        row = np.empty(_k.D_NCOL, dtype=np.uint64)
-        row[_k.D_P_INTID] = _addr(lp.intid)
-        row[_k.D_P_TARGET] = _addr(tgt)
-        row[_k.D_P_LATCH] = _addr(latch)
-        row[_k.D_P_HW] = _addr(hw)
-        row[_k.D_P_VPT] = _addr(self.vpt)
-        row[_k.D_VPT_BYTES] = self.vb
-        row[_k.D_P_VOFF] = _addr(voff)
-        row[_k.D_N_VCPUS] = self.n_vcpus
-        row[_k.D_N_LPIS] = len(lp)
-        row[_k.D_P_SLOT] = _addr(sl.data)
-        row[_k.D_SLOT_START] = sl.gpa
-        row[_k.D_SLOT_SIZE] = sl.size
-        row[_k.D_PAGE0] = pg_lo
-        row[_k.D_NPAGES] = (p.addr_max >> PAGE_SHIFT) - pg_lo + 1
-        row[_k.D_USE_VPT] = 1 if self.use_vpt else 0
-        row[_k.D_TARGET_WIDE] = 1 if tgt.dtype == np.int32 else 0
-        self.row = row
-        return row
-
     def first_fault(self, mode: int, key_is_intid: bool):
         """(row, is_write, gpa) of the first faulting access, or None. Cheap when covered."""
         if self.plan.covered(self.mem):
@@ -446,68 +413,31 @@ class _Job:
         return int(i), bool(w), int(gpa)
 
 
-_DUNIT = 32768  # rows per work unit of the direct path
-
-
 def _run(jobs: list[_Job], restore: bool) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Run jobs through the direct path where it applies and the memory-order path otherwise
-    (one parallel pass each). Returns per job (counts[4], pages), counts = (writes, vpt_reads,
-    bytes_changed, -)."""
-    rows = [jb.direct_row() for jb in jobs]
-    direct = [j for j, r in enumerate(rows) if r is not None]
-    other = [j for j, r in enumerate(rows) if r is None]
+    """Run jobs through the byte-disjoint kernel where it applies and the byte-merging kernel
+    otherwise (one parallel pass each). Returns per job (counts, pages), counts = (writes,
+    vpt_reads, bytes_changed, n_pages)."""
+    disjoint = [j for j, jb in enumerate(jobs) if jb.plan.direct_slot(jb.mem) >= 0]
+    other = [j for j, jb in enumerate(jobs) if jb.plan.direct_slot(jb.mem) < 0]
     res: list = [None] * len(jobs)
-    if direct:
-        for j, r in zip(direct, _run_direct([jobs[j] for j in direct], [rows[j] for j in direct], restore),
-                        strict=True):
+    if disjoint:
+        kern = _k.disjoint_units
+        out = _run_units([jobs[j] for j in disjoint], kern, whole_vm=restore, restore=restore)
+        for j, r in zip(disjoint, out, strict=True):
             res[j] = r
     if other:
-        kernel = _k.restore_units if restore else _k.save_units
-        for j, r in zip(other, _run_units([jobs[j] for j in other], kernel, whole_vm=restore), strict=True):
+        kern = _k.restore_units if restore else _k.save_units
+        for j, r in zip(other, _run_units([jobs[j] for j in other], kern, whole_vm=restore), strict=True):
             res[j] = r
     return res
 
 
-def _run_direct(jobs: list[_Job], rows: list[np.ndarray], restore: bool):
-    vmt = np.stack(rows)
-    units = []
-    spans = []
-    boff = 0
-    u0 = 0
-    for j, jb in enumerate(jobs):
-        n = len(jb.lpis)
-        npg = int(rows[j][_k.D_NPAGES]) + 1
-        lo = np.arange(0, n, _DUNIT, dtype=np.int64)
-        u = np.empty((lo.size, 4), np.int64)
-        u[:, 0] = j
-        u[:, 1] = lo
-        u[:, 2] = np.minimum(lo + _DUNIT, n)
-        u[:, 3] = boff + np.arange(lo.size, dtype=np.int64) * npg
-        spans.append((u0, lo.size, boff, npg))
-        boff += lo.size * npg
-        u0 += lo.size
-        units.append(u)
-    units = np.concatenate(units)
-    bitmaps = np.zeros(boff, dtype=np.uint8)
-    scratch = np.zeros(units.shape[0] * 64, dtype=np.uint8)
-    out_cnt = np.zeros((units.shape[0], 3), dtype=np.int64)
-    _k.direct_units(vmt, units, bitmaps, scratch, out_cnt, restore)
-    res = []
-    for j, jb in enumerate(jobs):
-        u0, nu, b0, npg = spans[j]
-        cnt = out_cnt[u0 : u0 + nu].sum(axis=0)
-        bm = bitmaps[b0 : b0 + nu * npg].reshape(nu, npg)[:, : npg - 1].any(axis=0)
-        pages = np.flatnonzero(bm).astype(np.int64) + int(rows[j][_k.D_PAGE0])
-        if pages.size:
-            jb.mem._mark_dirty(pages)
-        else:
-            pages = _NO_PAGES
-        writes = int(cnt[0])
-        res.append((np.array([writes, cnt[1], writes, pages.size], np.int64), pages))
-    return res
+_SERIAL = {_k.save_units: _k._save_unit, _k.restore_units: _k._restore_unit}
 
 
-def _run_units(jobs: list[_Job], kernel, whole_vm: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+def _run_units(
+    jobs: list[_Job], kernel, whole_vm: bool = False, restore: bool | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Run a memory-order unit kernel over all jobs in one parallel pass. ``whole_vm``: one unit
     per VM (restore writes ``pending_latch`` rows in plan order; two threads on one VM would
     share its cache lines). Returns per job (counts[4], pages)."""
@@ -533,7 +463,19 @@ def _run_units(jobs: list[_Job], kernel, whole_vm: bool = False) -> list[tuple[n
     out_pages = np.empty(max(poff, 1), dtype=np.uint64)
     out_cnt = np.zeros((units.shape[0], 4), dtype=np.int64)
     if units.shape[0]:
-        kernel(vmt, units, out_pages, out_cnt)
+        # one unit: call its serial body directly (waking the thread pool costs more than it
+        # saves, and badly so when the machine is oversubscribed)
+        if restore is None:
+            if units.shape[0] == 1:
+                _SERIAL[kernel](vmt, units, 0, out_pages, out_cnt)
+            else:
+                kernel(vmt, units, out_pages, out_cnt)
+        else:  # the byte-disjoint kernel (save or restore)
+            scratch = np.zeros(units.shape[0] * 64, np.uint8)
+            if units.shape[0] == 1:
+                _k._disjoint_unit(vmt, units, 0, out_pages, out_cnt, scratch, restore)
+            else:
+                kernel(vmt, units, out_pages, out_cnt, scratch, restore)
     res = []
     k = 0
     for j, jb in enumerate(jobs):

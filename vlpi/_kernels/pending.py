@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from vlpi._kernels._jit import jit, pjit, view_i16, view_i32, view_i64, view_u8, view_u32, view_u64
+from vlpi._kernels._jit import jit, pjit, view_i32, view_i64, view_u8, view_u32, view_u64
 
 # ------------------------------------------------------------------ VM table columns
 P_INTID = 0
@@ -460,141 +460,96 @@ def count_distinct_bytes(intid, limit_intid):
     return c
 
 
-# ------------------------------------------------------------------ direct (row-order) path
-# For plans where no two targeted LPIs share a guest byte (the usual layouts: each vCPU's
-# INTIDs spaced >= 8 apart, e.g. host-4096's round-robin), the wanted final bytes do not depend on
-# the walk order, so LPIs are processed in row order: the LPI arrays stream sequentially and each
-# guest byte is read and written once. All tables lie in one writable slot (checked per call);
-# vCPU v's byte for INTID x is slot[voff[v] + x // 8].
+# ------------------------------------------------------------------ byte-disjoint path
+# For plans where no two targeted LPIs share a guest byte (the usual layouts: each vCPU's INTIDs
+# spaced >= 8 apart, e.g. host-4096's round-robin), there is nothing to merge: each run walks one
+# vCPU's table in address order, reads each byte once and writes it at most once. Measured on
+# host-4096 (one thread, 16 VMs): 3.7-4.4 ns/LPI, against 7.6 for the same work in row order
+# (consecutive rows hit tables exactly 64 KiB apart, so every load follows a store with the same
+# low 12 address bits: 4K aliasing) and ~9 for the general byte-merging kernel above.
 #
-# Every store is unconditional: a byte that does not change is "stored" into a per-unit scratch
-# byte instead (address select), and a dirty-page mark for an unchanged byte goes to a dummy
-# bitmap entry. With half the bits changing, a branch here is a coin flip (measured: the branchy
-# memory-order kernel costs ~9 ns/LPI on one thread for host-4096).
-D_P_INTID = 0
-D_P_TARGET = 1
-D_P_LATCH = 2
-D_P_HW = 3
-D_P_VPT = 4
-D_VPT_BYTES = 5
-D_P_VOFF = 6
-D_N_VCPUS = 7
-D_N_LPIS = 8
-D_P_SLOT = 9
-D_SLOT_START = 10
-D_SLOT_SIZE = 11
-D_PAGE0 = 12
-D_NPAGES = 13
-D_USE_VPT = 14
-D_TARGET_WIDE = 15
-D_NCOL = 16
-
-
+# The store is branch-free: an unchanged byte is "stored" into a per-unit scratch byte instead
+# (address select). Same speed as an unconditional store (3.78 vs 3.67-4.12 ns/LPI measured),
+# but untouched guest pages stay uncommitted and clean cache lines stay clean. The dirty-page
+# test is a branch on a page change, which is rare and well predicted.
 @pjit
-def direct_units(vmt, units, bitmaps, scratch, out_cnt, restore):
-    """units[u] = (vm, row_lo, row_hi, bitmap_offset); bitmaps: one byte per page of the VM's
-    page span + 1 dummy, per unit; out_cnt[u] = (writes, vpt_reads, skipped)."""
+def disjoint_units(vmt, units, out_pages, out_cnt, scratch, restore):
+    """Byte-disjoint save (or restore). All of a run's addresses lie in one writable slot
+    (checked by the caller). ``out_cnt[u] = (writes, vpt_reads, bytes_changed, n_pages)``."""
     for u in prange(units.shape[0]):
-        if restore:
-            _direct_restore_unit(vmt, units, u, bitmaps, scratch, out_cnt)
-        else:
-            _direct_save_unit(vmt, units, u, bitmaps, scratch, out_cnt)
-
-
-@jit(inline="always")
-def _target(vmt, j, n, i):
-    if vmt[j, D_TARGET_WIDE]:
-        return np.int64(view_i32(vmt[j, D_P_TARGET], n)[i])
-    return np.int64(view_i16(vmt[j, D_P_TARGET], n)[i])
+        _disjoint_unit(vmt, units, u, out_pages, out_cnt, scratch, restore)
 
 
 @jit
-def _direct_save_unit(vmt, units, u, bitmaps, scratch, out_cnt):
+def _disjoint_unit(vmt, units, u, out_pages, out_cnt, scratch, restore):
     j = units[u, 0]
-    n = np.int64(vmt[j, D_N_LPIS])
-    intid = view_u32(vmt[j, D_P_INTID], n)
-    latch = view_u8(vmt[j, D_P_LATCH], n)
-    hw = view_u8(vmt[j, D_P_HW], n)
-    nv = np.int64(vmt[j, D_N_VCPUS])
-    vb = np.int64(vmt[j, D_VPT_BYTES])
-    use_vpt = np.int64(vmt[j, D_USE_VPT])
-    vpt = view_u8(vmt[j, D_P_VPT], max(nv * vb, 1))
-    voff = view_i64(vmt[j, D_P_VOFF], nv)
-    gbase = vmt[j, D_P_SLOT]
-    s0 = np.int64(vmt[j, D_SLOT_START])
-    pg0 = np.int64(vmt[j, D_PAGE0])
-    npg = np.int64(vmt[j, D_NPAGES])
-    bm = bitmaps[units[u, 3] : units[u, 3] + npg + 1]
+    n = np.int64(vmt[j, N_LPIS])
+    intid = view_u32(vmt[j, P_INTID], n)
+    latch = view_u8(vmt[j, P_LATCH], n)
+    hw = view_u8(vmt[j, P_HW], n)
+    vb = np.int64(vmt[j, VPT_BYTES])
+    use_vpt = np.int64(vmt[j, USE_VPT])
+    nv = np.int64(vmt[j, N_VCPUS])
+    vpt = view_u8(vmt[j, P_VPT], max(nv * vb, 1))
+    base = view_u64(vmt[j, P_BASE], nv)
+    runs = view_i64(vmt[j, P_RUNS], 4 * np.int64(vmt[j, N_RUNS]))
+    permx = view_i32(vmt[j, P_PERMX], np.int64(vmt[j, N_PERMX]))
+    nslots = np.int64(vmt[j, N_SLOTS])
+    sstart = view_u64(vmt[j, P_SSTART], nslots)
+    send = view_u64(vmt[j, P_SEND], nslots)
+    sptr = view_u64(vmt[j, P_SPTR], nslots)
+    pg0 = units[u, 3]
     sp = scratch.ctypes.data + np.uint64(u * 64)
-    wide = vmt[j, D_TARGET_WIDE] != 0
-    t16 = view_i16(vmt[j, D_P_TARGET], n)
-    t32 = view_i32(vmt[j, D_P_TARGET], n if wide else 0)
     writes = 0
     vpt_reads = 0
-    skipped = 0
-    for i in range(units[u, 1], units[u, 2]):
-        v = np.int64(t32[i]) if wide else np.int64(t16[i])
-        if v < 0:
-            skipped += 1
-            continue
-        iid = np.int64(intid[i])
-        byte = iid >> 3
-        bit = iid & 7
-        gp = voff[v] + byte
-        g = view_u8(gbase + np.uint64(gp), 1)
-        old = np.int64(g[0])
-        h = use_vpt & np.int64(hw[i])
-        vbit = (np.int64(vpt[(v * vb + byte) * h]) >> bit) & 1
-        lt = np.int64(latch[i])
-        want = lt ^ ((lt ^ vbit) & h)
-        diff = ((old >> bit) & 1) ^ want
-        dst = sp + np.uint64((gbase + np.uint64(gp) - sp) * np.uint64(diff))
-        view_u8(dst, 1)[0] = old ^ (diff << bit)
-        pidx = ((s0 + gp) >> 12) - pg0
-        bm[npg + (pidx - npg) * diff] = 1
-        writes += diff
-        vpt_reads += h
+    npages = 0
+    for r in range(units[u, 1], units[u, 2]):
+        v = runs[4 * r]
+        first = runs[4 * r + 1]
+        stride = runs[4 * r + 2]
+        length = runs[4 * r + 3]
+        b = base[v]
+        i0 = first if stride != 0 else permx[first]
+        s = _find_slot(sstart, send, nslots, b + np.uint64(intid[i0] >> 3))
+        gaddr = sptr[s] + (b - sstart[s])  # host address of this vCPU's table byte 0
+        vrow = v * vb
+        cur_pg = NO_ADDR
+        pdirty = np.int64(0)
+        for k in range(length):
+            if stride != 0:
+                i = first + k * stride
+            else:
+                i = permx[first + k]
+            iid = np.int64(intid[i])
+            byte = iid >> 3
+            bit = iid & 7
+            ga = gaddr + np.uint64(byte)
+            old = np.int64(view_u8(ga, 1)[0])
+            if restore:
+                diff = (old >> bit) & 1
+                latch[i] = diff
+            else:
+                h = use_vpt & np.int64(hw[i])
+                vbit = (np.int64(vpt[(vrow + byte) * h]) >> bit) & 1
+                lt = np.int64(latch[i])
+                want = lt ^ ((lt ^ vbit) & h)
+                diff = ((old >> bit) & 1) ^ want
+                vpt_reads += h
+            dst = sp + (ga - sp) * np.uint64(diff)
+            view_u8(dst, 1)[0] = old ^ (diff << bit)
+            writes += diff
+            pg = (b + np.uint64(byte)) >> np.uint64(12)
+            if pg != cur_pg:
+                if pdirty:
+                    out_pages[pg0 + npages] = cur_pg
+                    npages += 1
+                cur_pg = pg
+                pdirty = 0
+            pdirty |= diff
+        if pdirty:
+            out_pages[pg0 + npages] = cur_pg
+            npages += 1
     out_cnt[u, 0] = writes
     out_cnt[u, 1] = vpt_reads
-    out_cnt[u, 2] = skipped
-
-
-@jit
-def _direct_restore_unit(vmt, units, u, bitmaps, scratch, out_cnt):
-    j = units[u, 0]
-    n = np.int64(vmt[j, D_N_LPIS])
-    intid = view_u32(vmt[j, D_P_INTID], n)
-    latch = view_u8(vmt[j, D_P_LATCH], n)
-    nv = np.int64(vmt[j, D_N_VCPUS])
-    voff = view_i64(vmt[j, D_P_VOFF], nv)
-    gbase = vmt[j, D_P_SLOT]
-    s0 = np.int64(vmt[j, D_SLOT_START])
-    pg0 = np.int64(vmt[j, D_PAGE0])
-    npg = np.int64(vmt[j, D_NPAGES])
-    bm = bitmaps[units[u, 3] : units[u, 3] + npg + 1]
-    sp = scratch.ctypes.data + np.uint64(u * 64)
-    wide = vmt[j, D_TARGET_WIDE] != 0
-    t16 = view_i16(vmt[j, D_P_TARGET], n)
-    t32 = view_i32(vmt[j, D_P_TARGET], n if wide else 0)
-    writes = 0
-    skipped = 0
-    for i in range(units[u, 1], units[u, 2]):
-        v = np.int64(t32[i]) if wide else np.int64(t16[i])
-        if v < 0:
-            skipped += 1
-            continue
-        iid = np.int64(intid[i])
-        bit = iid & 7
-        gp = voff[v] + (iid >> 3)
-        g = view_u8(gbase + np.uint64(gp), 1)
-        old = np.int64(g[0])
-        st = (old >> bit) & 1
-        latch[i] = st
-        dst = sp + np.uint64((gbase + np.uint64(gp) - sp) * np.uint64(st))
-        view_u8(dst, 1)[0] = old & ~(st << bit)
-        pidx = ((s0 + gp) >> 12) - pg0
-        bm[npg + (pidx - npg) * st] = 1
-        writes += st
-    out_cnt[u, 0] = writes
-    out_cnt[u, 1] = 0
-    out_cnt[u, 2] = skipped
+    out_cnt[u, 2] = writes
+    out_cnt[u, 3] = npages
