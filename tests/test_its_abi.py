@@ -650,3 +650,122 @@ def test_round_trip_hypothesis(data, ids, indirect):
         for d in devices
     )
     assert plain(got_d) == want
+
+
+def _check_big_case(rnd):
+    """Many devices (the save's bulk-write path) and big sparse ITTs (the restore's chunked
+    numpy walk), poisoned or zeroed, sometimes corrupted, against the walker."""
+    mem = GuestMemory()
+    ram = mem.add_slot(RAM, 0x40_0000)
+    poison = rnd.choice([0, 0xA5, None])
+    ram[:] = np.frombuffer(rnd.randbytes(ram.size), np.uint8) if poison is None else poison
+    ids = rnd.sample(range(0, 3000), rnd.randrange(30, 60))
+    colls = [(c, c % 3) for c in range(4)]
+    devices = []
+    for k, i in enumerate(ids):
+        if k < 2:  # two big sparse ITTs (more than 1024 entries)
+            bits = rnd.choice([11, 12, 13])
+            itt = RAM + 0x20_0000 + k * 0x1_0000
+            eids = sorted(rnd.sample(range(1 << bits), rnd.randrange(1, 30)))
+        else:
+            bits = rnd.choice([1, 2, 3])
+            itt = ITTS + k * 0x100
+            eids = rnd.sample(range(1 << bits), rnd.randrange(0, 3))
+        ites = [(e, 8192 + 97 * k + e, rnd.randrange(0, 4)) for e in eids]
+        devices.append(dev(i, itt, bits, ites, [rnd.random() < 0.01 for _ in ites]))
+    b0, b1 = baser(DT), baser(CT, kind=4)
+    assert_save_matches(mem, b0, b1, devices, colls, rnd.random() < 0.5)
+    assert_restore_matches(mem, b0, b1, 3)
+    for _ in range(rnd.randrange(0, 4)):  # stale or corrupt words inside the big ITTs
+        gpa = RAM + 0x20_0000 + rnd.randrange(0, 2) * 0x1_0000 + 8 * rnd.randrange(0, 8192)
+        put(ram, gpa, rnd.choice([0, (8192 + rnd.randrange(100)) << 16 | rnd.randrange(4),
+                                  int.from_bytes(rnd.randbytes(8), "little")]))
+    assert_restore_matches(mem, b0, b1, 3)
+
+
+def test_differential_many_devices_and_big_itts():
+    import random
+
+    rnd = random.Random(7)
+    for _ in range(6):
+        _check_big_case(rnd)
+
+
+def test_tables_above_256_tib_use_pa_bits_51_48():
+    hi = 0xA_0000_0000_0000  # PA[51:48] = 0xA: BASER bits [15:12]
+    mem = GuestMemory()
+    ram = mem.add_slot(hi, 0x20_0000)
+    ram[: 0x10_0000] = 0xA5  # poisoned tables, zeroed ITTs
+    b0, b1 = baser(hi, indirect=False), baser(hi + 0x1_0000, kind=4)
+    assert (b0 >> 12) & 0xF == 0xA and baser_table(b0)[0] == hi
+    devices = [dev(3, hi + 0x10_0000, 4, [(0, 8192, 1)]), dev(4, hi + 0x10_0100, 4, [(1, 8193, 1)])]
+    got, _ = assert_save_matches(mem, b0, b1, devices, [(1, 0)], False)
+    assert got.dtes_written == 2
+    assert word(mem, hi + 3 * 8) == V | (1 << 49) | (((hi + 0x10_0000) >> 8) << 5) | 3
+    ram[:24] = 0  # DTEs 0..2 are poison: make them invalid
+    _, got_d, err = assert_restore_matches(mem, b0, b1, 1)
+    assert err is None and [d.itt_addr for d in got_d] == [hi + 0x10_0000, hi + 0x10_0100]
+
+
+def test_collection_baser_indirect_bit_is_ignored():
+    mem, ram = new_mem(poison=0)
+    devices, colls = its_setup1()
+    flat = save_tables_v0(mem, baser(DT), baser(CT, kind=4), devices, colls, has_gicv4_1=False)
+    snap = ram.copy()
+    ind = save_tables_v0(mem, baser(DT), baser(CT, kind=4, indirect=True), devices, colls, has_gicv4_1=False)
+    assert np.array_equal(ram, snap) and ind.ctes_written == flat.ctes_written
+    assert restore_tables_v0(mem, baser(DT), baser(CT, kind=4, indirect=True), n_vcpus=4)[0] == colls
+
+
+def test_restore_read_faults():
+    mem = GuestMemory()
+    ram = mem.add_slot(RAM, 0x3_0000 + 16)  # collection table: only CTEs 0 and 1 are mapped
+    b1 = baser(CT, kind=4)
+    put(ram, CT, V | (0 << 16) | 1)  # ICIDs must index a mapped CTE slot (check_id)
+    put(ram, CT + 8, V | (1 << 16) | 0)
+    _, _, err = assert_restore_matches(mem, 0, b1, 2)
+    assert err == errno.EFAULT
+    with pytest.raises(ItsTableError, match="CTE 2") as ei:
+        restore_tables_v0(mem, 0, b1, n_vcpus=2)
+    assert ei.value.collections == [(1, 0), (0, 1)] and ei.value.gpa == CT + 16
+    put(ram, CT + 8, V | (1 << 16) | 2)  # ICID 2's slot is unmapped: EINVAL before the fault
+    _, _, err = assert_restore_matches(mem, 0, b1, 2)
+    assert err == errno.EINVAL
+    # a two-level table whose level-1 table ends in the middle of an entry
+    mem2 = GuestMemory()
+    ram2 = mem2.add_slot(RAM, 20)
+    put(ram2, RAM, 0)
+    put(ram2, RAM + 8, 0)
+    _, _, err = assert_restore_matches(mem2, baser(DT, indirect=True), 0, 1)
+    assert err == errno.EFAULT
+
+
+def test_two_level_scan_deviceid_wraps_at_32_bits():
+    """L1 index 2^19 covers DeviceIDs 2^32 .. : the kernel computes them in 32 bits, so the
+    DTE found there is checked (through L1 entry 0) and restored as DeviceID 0."""
+    mem = GuestMemory()
+    l1 = mem.add_slot(RAM, 128 << 16)  # an 8 MiB level-1 table: 2^20 entries
+    pages = mem.add_slot(RAM + (128 << 16), 0x3_0000)
+    page0, page_w = RAM + (128 << 16), RAM + (128 << 16) + 0x1_0000
+    l1[:8] = np.frombuffer((V | page0).to_bytes(8, "little"), np.uint8)
+    l1[(1 << 19) * 8 : (1 << 19) * 8 + 8] = np.frombuffer((V | page_w).to_bytes(8, "little"), np.uint8)
+    itt = RAM + (128 << 16) + 0x2_0000
+    pages[0x1_0000:0x1_0008] = np.frombuffer((V | ((itt >> 8) << 5) | 1).to_bytes(8, "little"), np.uint8)
+    pages[0x2_0000:0x2_0008] = np.frombuffer(((8192 << 16) | 0).to_bytes(8, "little"), np.uint8)
+    cols, devs = restore_tables_v0(mem, baser(DT, 128, indirect=True), 0, n_vcpus=1, existing_collections=[0])
+    assert plain(devs) == [(0, itt, 2, [(0, 8192, 0)])]
+    l1[:8] = 0  # now the check of DeviceID 0 fails
+    with pytest.raises(ItsTableError, match="DeviceID 0") as ei:
+        restore_tables_v0(mem, baser(DT, 128, indirect=True), 0, n_vcpus=1, existing_collections=[0])
+    assert ei.value.errno == errno.EINVAL
+
+
+def test_restore_bad_arguments():
+    mem, _ = new_mem()
+    with pytest.raises(TypeError, match="n_vcpus"):
+        restore_tables_v0(mem, 0, 0, n_vcpus=1.5)
+    with pytest.raises(ValueError, match=r"existing_collections\[1\]"):
+        restore_tables_v0(mem, 0, 0, n_vcpus=1, existing_collections=[1, 1 << 16])
+    with pytest.raises(TypeError, match="mem"):
+        restore_tables_v0(bytearray(16), 0, 0, n_vcpus=1)
+    assert restore_tables_v0(mem, 0, 0, n_vcpus=1) == ([], [])  # both tables invalid: nothing
