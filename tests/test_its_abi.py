@@ -39,13 +39,7 @@ def baser(gpa: int, pages: int = 1, *, valid: bool = True, indirect: bool = Fals
     assert gpa % (1 << 16) == 0
     addr = (gpa & 0x0000_FFFF_FFFF_0000) | (((gpa >> 48) & 0xF) << 12)
     return (
-        (V if valid else 0)
-        | ((1 << 62) if indirect else 0)
-        | (kind << 56)
-        | (7 << 48)
-        | addr
-        | (2 << 8)
-        | (pages - 1)
+        (V if valid else 0) | ((1 << 62) if indirect else 0) | (kind << 56) | (7 << 48) | addr | (2 << 8) | (pages - 1)
     )
 
 
@@ -84,8 +78,12 @@ def dev(device_id, itt, bits, ites=(), hw=None) -> ItsDevice:
 
 def plain(devices):
     return [
-        (d.device_id, d.itt_addr, d.eventid_bits, list(zip(d.event_id.tolist(), d.pintid.tolist(), d.icid.tolist(),
-                                                            strict=True)))
+        (
+            d.device_id,
+            d.itt_addr,
+            d.eventid_bits,
+            list(zip(d.event_id.tolist(), d.pintid.tolist(), d.icid.tolist(), strict=True)),
+        )
         for d in devices
     ]
 
@@ -310,8 +308,10 @@ def test_next_fields_are_capped():
     # restore walks the capped step, then steps over invalid entries to the real next entry
     got_c, got_d, err = assert_restore_matches(mem, b0, baser(CT, kind=4), 1)
     assert err is None
-    assert plain(got_d) == [(0, ITTS, 17, [(0, 8192, 0), (70_000, 8193, 0)]), (20_000, ITTS + (1 << 20), 1,
-                                                                                [(1, 8194, 0)])]
+    assert plain(got_d) == [
+        (0, ITTS, 17, [(0, 8192, 0), (70_000, 8193, 0)]),
+        (20_000, ITTS + (1 << 20), 1, [(1, 8194, 0)]),
+    ]
 
 
 def test_invalid_baser_skips_table_and_full_collection_table_has_no_terminator():
@@ -390,8 +390,9 @@ def test_bad_arguments_write_nothing():
         args = dict(mem=mem, baser0=baser(DT), baser1=baser(CT, kind=4), devices=[good], collections=[(0, 0)])
         args.update(kw)
         with pytest.raises(exc, match=match):
-            save_tables_v0(args["mem"], args["baser0"], args["baser1"], args["devices"], args["collections"],
-                           has_gicv4_1=False)
+            save_tables_v0(
+                args["mem"], args["baser0"], args["baser1"], args["devices"], args["collections"], has_gicv4_1=False
+            )
     assert np.array_equal(ram, before) and mem.dirty_pages().size == 0
 
 
@@ -592,7 +593,7 @@ def _check_random_case(rnd):
         for _ in range(3):
             off = rnd.randrange(0, min(slot.size, 0x12_0000) // 8) * 8
             if rnd.random() < 0.5:
-                off = (rnd.choice([DT, CT, ITTS, ITTS + 0x1000]) - RAM + 8 * rnd.randrange(0, 40))
+                off = rnd.choice([DT, CT, ITTS, ITTS + 0x1000]) - RAM + 8 * rnd.randrange(0, 40)
             if off + 8 <= slot.size:
                 slot.data[off : off + 8] = np.frombuffer(rnd.randbytes(8), np.uint8)
         assert_restore_matches(mem, b0, b1, rnd.choice([1, 3, 6]))
@@ -645,8 +646,12 @@ def test_round_trip_hypothesis(data, ids, indirect):
     got_c, got_d = restore_tables_v0(mem, b0, b1, n_vcpus=4)
     assert got_c == colls
     want = sorted(
-        (d.device_id, d.itt_addr, d.eventid_bits, sorted(zip(d.event_id.tolist(), d.pintid.tolist(),
-                                                              d.icid.tolist(), strict=True)))
+        (
+            d.device_id,
+            d.itt_addr,
+            d.eventid_bits,
+            sorted(zip(d.event_id.tolist(), d.pintid.tolist(), d.icid.tolist(), strict=True)),
+        )
         for d in devices
     )
     assert plain(got_d) == want
@@ -678,8 +683,13 @@ def _check_big_case(rnd):
     assert_restore_matches(mem, b0, b1, 3)
     for _ in range(rnd.randrange(0, 4)):  # stale or corrupt words inside the big ITTs
         gpa = RAM + 0x20_0000 + rnd.randrange(0, 2) * 0x1_0000 + 8 * rnd.randrange(0, 8192)
-        put(ram, gpa, rnd.choice([0, (8192 + rnd.randrange(100)) << 16 | rnd.randrange(4),
-                                  int.from_bytes(rnd.randbytes(8), "little")]))
+        put(
+            ram,
+            gpa,
+            rnd.choice(
+                [0, (8192 + rnd.randrange(100)) << 16 | rnd.randrange(4), int.from_bytes(rnd.randbytes(8), "little")]
+            ),
+        )
     assert_restore_matches(mem, b0, b1, 3)
 
 
@@ -695,7 +705,7 @@ def test_tables_above_256_tib_use_pa_bits_51_48():
     hi = 0xA_0000_0000_0000  # PA[51:48] = 0xA: BASER bits [15:12]
     mem = GuestMemory()
     ram = mem.add_slot(hi, 0x20_0000)
-    ram[: 0x10_0000] = 0xA5  # poisoned tables, zeroed ITTs
+    ram[:0x10_0000] = 0xA5  # poisoned tables, zeroed ITTs
     b0, b1 = baser(hi, indirect=False), baser(hi + 0x1_0000, kind=4)
     assert (b0 >> 12) & 0xF == 0xA and baser_table(b0)[0] == hi
     devices = [dev(3, hi + 0x10_0000, 4, [(0, 8192, 1)]), dev(4, hi + 0x10_0100, 4, [(1, 8193, 1)])]

@@ -167,9 +167,7 @@ class ItsTableError(OSError):
 
 
 def _rebuild_error(err, message, where, gpa, report, collections, devices):
-    return ItsTableError(
-        err, message, where=where, gpa=gpa, report=report, collections=collections, devices=devices
-    )
+    return ItsTableError(err, message, where=where, gpa=gpa, report=report, collections=collections, devices=devices)
 
 
 # ----------------------------------------------------------------------------- structures
@@ -454,9 +452,7 @@ def _check_mem(mem) -> None:
 
 
 # -------------------------------------------------------------------------- check_id
-def _check_id(
-    gmap: _Map, baser: int, ident: int, device: bool, l1_cache: dict | None = None
-) -> tuple[bool, int, str]:
+def _check_id(gmap: _Map, baser: int, ident: int, device: bool, l1_cache: dict | None = None) -> tuple[bool, int, str]:
     """``vgic_its_check_id``: (ok, entry GPA, reason). Reads the L1 entry for a two-level
     device table from guest memory (a faulting read fails the check). ``l1_cache`` memoises
     L1 reads (index -> word or None) while guest memory does not change."""
@@ -584,8 +580,7 @@ class _SaveInput:
                 value = {"event_id": eid, "pintid": pint, "icid": icid}[name][i]
                 raise ValueError(f"devices[{k}].{name}[{i - int(first[k])}] = {int(value)} {what}")
 
-        bad((eid < 0) | (eid >= (np.int64(1) << bits[rank0])), "event_id",
-            "is not below 2^eventid_bits")
+        bad((eid < 0) | (eid >= (np.int64(1) << bits[rank0])), "event_id", "is not below 2^eventid_bits")
         bad((pint < MIN_LPI) | (pint >= 1 << 32), "pintid", f"is not an LPI INTID ({MIN_LPI} .. 2^32 - 1)")
         bad((icid < 0) | (icid >= 1 << 16), "icid", "is not a 16-bit ICID")
 
@@ -812,8 +807,13 @@ def save_tables_v0(
         if f < kind.size:
             what = f"collection table: CTE {f}" if kind[f] == _CTE else "collection table: terminator"
             where = f"{what} at GPA {int(addr[f]):#x}"
-            raise st.fail(_errno.EFAULT, "guest memory fault writing the collection table", where,
-                          int(addr[f]), GuestMemoryFault(int(addr[f]), write=True))
+            raise st.fail(
+                _errno.EFAULT,
+                "guest memory fault writing the collection table",
+                where,
+                int(addr[f]),
+                GuestMemoryFault(int(addr[f]), write=True),
+            )
     return st.finish()
 
 
@@ -838,18 +838,20 @@ def _run_device_ops(st: _SaveState, gmap: _Map, inp: _SaveInput, ops, ok, baser0
     dev = int(inp.ids[r])
     if check_fail[f]:
         _, gpa, reason = _check_id(gmap, baser0, dev, True)  # same memory state as the check
-        raise st.fail(_errno.EINVAL, f"DeviceID {dev} fails the device-table check: {reason}",
-                      f"device table: DeviceID {dev}", gpa or None)
+        raise st.fail(
+            _errno.EINVAL,
+            f"DeviceID {dev} fails the device-table check: {reason}",
+            f"device table: DeviceID {dev}",
+            gpa or None,
+        )
     a = int(addr[f])
     if kind[f] == _ITE:
         j = int(ite_index[f])
         eid, pint = int(inp.eid[j]), int(inp.pintid[j])
         where = f"ITT of DeviceID {dev}: EventID {eid} (ITE GPA {a:#x}, pINTID {pint})"
         if eacces[f]:
-            raise st.fail(_errno.EACCES, "forwarded LPI: its pending state is not available without GICv4.1",
-                          where, a)
-        raise st.fail(_errno.EFAULT, "guest memory fault writing an ITE", where, a,
-                      GuestMemoryFault(a, write=True))
+            raise st.fail(_errno.EACCES, "forwarded LPI: its pending state is not available without GICv4.1", where, a)
+        raise st.fail(_errno.EFAULT, "guest memory fault writing an ITE", where, a, GuestMemoryFault(a, write=True))
     where = f"device table: DTE of DeviceID {dev} at GPA {a:#x}"
     raise st.fail(_errno.EFAULT, "guest memory fault writing a DTE", where, a, GuestMemoryFault(a, write=True))
 
@@ -987,8 +989,14 @@ class _Restore:
         self.l1_cache: dict[int, int | None] = {}  # restore only reads memory: L1 words can be cached
 
     def fail(self, err: int, message: str, where: str, gpa: int | None):
-        return ItsTableError(err, f"{message} ({where})", where=where, gpa=gpa,
-                             collections=list(self.collections), devices=list(self.devices))
+        return ItsTableError(
+            err,
+            f"{message} ({where})",
+            where=where,
+            gpa=gpa,
+            collections=list(self.collections),
+            devices=list(self.devices),
+        )
 
     # ------------------------------------------------------------------ collections
     def collections_table(self) -> None:
@@ -1009,8 +1017,12 @@ class _Restore:
                 return
             if n < m:
                 a = base + (pos + n) * ESZ
-                raise self.fail(_errno.EFAULT, "guest memory fault reading the collection table",
-                                f"collection table: CTE {pos + n} at GPA {a:#x}", a)
+                raise self.fail(
+                    _errno.EFAULT,
+                    "guest memory fault reading the collection table",
+                    f"collection table: CTE {pos + n} at GPA {a:#x}",
+                    a,
+                )
             pos += n
 
     def _ctes(self, words: np.ndarray, pos0: int, base: int) -> None:
@@ -1056,8 +1068,12 @@ class _Restore:
                 return
         if isinstance(term, tuple):
             a = base + term[1] * ESZ
-            raise self.fail(_errno.EFAULT, "guest memory fault reading the level-1 device table",
-                            f"device table: L1 entry {term[1]} at GPA {a:#x}", a)
+            raise self.fail(
+                _errno.EFAULT,
+                "guest memory fault reading the level-1 device table",
+                f"device table: L1 entry {term[1]} at GPA {a:#x}",
+                a,
+            )
 
     def _dte_scan(self, base: int, n: int, start_id: int) -> str:
         idx, words, term = _walk_all(self.gmap, base, n, "dte")
@@ -1071,8 +1087,12 @@ class _Restore:
             if dev_id > VITS_MAX_DEVID or indirect:
                 ok, _, reason = _check_id(self.gmap, self.baser0, dev_id, True, self.l1_cache)
                 if not ok:
-                    raise self.fail(_errno.EINVAL, f"DeviceID fails the device-table check: {reason}",
-                                    f"device table: DTE of DeviceID {dev_id} at GPA {a:#x}", a)
+                    raise self.fail(
+                        _errno.EINVAL,
+                        f"DeviceID fails the device-table check: {reason}",
+                        f"device table: DTE of DeviceID {dev_id} at GPA {a:#x}",
+                        a,
+                    )
             dev = ItsDevice(dev_id, ((w >> 5) & ((1 << 44) - 1)) << 8, (w & 0x1F) + 1)
             self.devices.append(dev)
             self._itt(dev)
@@ -1080,9 +1100,12 @@ class _Restore:
             return "stop"
         if isinstance(term, tuple):
             a = base + term[1] * ESZ
-            raise self.fail(_errno.EFAULT, "guest memory fault reading the device table",
-                            f"device table: DTE of DeviceID {(start_id + term[1]) & 0xFFFF_FFFF} at GPA {a:#x}",
-                            a)
+            raise self.fail(
+                _errno.EFAULT,
+                "guest memory fault reading the device table",
+                f"device table: DTE of DeviceID {(start_id + term[1]) & 0xFFFF_FFFF} at GPA {a:#x}",
+                a,
+            )
         return "end"
 
     def _itt(self, dev: ItsDevice) -> None:
@@ -1111,13 +1134,19 @@ class _Restore:
         if msg:
             i, w = idx[f], words[f]
             a = dev.itt_addr + i * ESZ
-            where = (f"ITT of DeviceID {dev.device_id}: EventID {i} at GPA {a:#x} "
-                     f"(pINTID {(w >> 16) & 0xFFFF_FFFF}, ICID {w & 0xFFFF}, next {w >> 48})")
+            where = (
+                f"ITT of DeviceID {dev.device_id}: EventID {i} at GPA {a:#x} "
+                f"(pINTID {(w >> 16) & 0xFFFF_FFFF}, ICID {w & 0xFFFF}, next {w >> 48})"
+            )
             raise self.fail(_errno.EINVAL, msg, where, a)
         if isinstance(term, tuple):
             a = dev.itt_addr + term[1] * ESZ
-            raise self.fail(_errno.EFAULT, "guest memory fault reading an ITT",
-                            f"ITT of DeviceID {dev.device_id}: EventID {term[1]} at GPA {a:#x}", a)
+            raise self.fail(
+                _errno.EFAULT,
+                "guest memory fault reading an ITT",
+                f"ITT of DeviceID {dev.device_id}: EventID {term[1]} at GPA {a:#x}",
+                a,
+            )
 
 
 def restore_tables_v0(
