@@ -44,6 +44,12 @@ Modelling notes
   8 bytes, Device/Collection and 64 KiB); ``Indirect`` is ignored for ``baser1`` (KVM forces 0).
 * DeviceIDs of a two-level scan are computed in 32-bit arithmetic as in the kernel
   (``l2_start_id = l1_index * 8192`` wraps modulo 2^32).
+* Save fails with ``EINVAL`` on a device whose DeviceID fails ``vgic_its_check_id`` (the tree
+  the spec was read from). A 2026 selftest says newer kernels skip such devices instead
+  (kernel-semantics.md §4.3, UNVERIFIED); that variant is not modelled.
+* Restore only reads. KVM interleaves ``vgic_add_lpi`` (which clears pending bits in guest RAM)
+  with the table scan; the caller replays those clears afterwards, in the returned order. The
+  two differ only if a pending table overlaps an ITS table that is still to be scanned.
 """
 
 from __future__ import annotations
