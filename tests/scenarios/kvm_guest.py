@@ -20,7 +20,7 @@ from vlpi.memory import GuestMemory
 from vlpi.vm import VM
 
 RAM = 0x4000_0000
-RAM_SIZE = 64 << 20
+RAM_SIZE = 8 << 20
 PROP = RAM  # 64 KiB
 PEND = RAM + 0x10_0000  # vCPU v at PEND + v * 64 KiB
 DEVTAB = RAM + 0x20_0000

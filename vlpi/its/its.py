@@ -497,55 +497,60 @@ class VirtualITS:
             vis = self.vm.mem._covered(ite_gpa, ite_gpa, False)
             code[(code == 0) & ~vis] = C.E_ITS_MAPTI_ID_OOR
         code[(code == 0) & ((lpi < LPI_OFFSET) | (lpi >= self._max_lpis()))] = C.E_ITS_MAPTI_PHYSICALID_OOR
-        # existing mappings and duplicates within the batch: no-ops
+        # Sequential semantics: after the device/EventID/pINTID checks, an element whose
+        # (DeviceID, EventID) already has an ITE (from before, or created by an earlier element)
+        # is a no-op; otherwise the ICID check, then the LPI creation. The first element of a key
+        # that passes both creates the ITE ("creator"); a creator whose LPI creation faults is
+        # retried by the key's next element (rounds; in practice one round).
         cand = code == 0
         exists = self._lookup(dev, ev) >= 0
         key = (dev << 32) | ev
-        first = np.zeros(n, bool)
-        if n:
-            _, fi = np.unique(key, return_index=True)
-            first[fi] = True
-        # a later duplicate is a no-op only if the first one of its key succeeds: resolved below
-        todo = cand & ~exists
-        # collections: unknown ICIDs get a placeholder if they pass the table check
         known_icids = np.array(list(self._coll), dtype=np.int64)
-        new_icid = todo & ~np.isin(icid, known_icids)
+        new_icid = cand & ~exists & ~np.isin(icid, known_icids)
         uniq_new = np.unique(icid[new_icid])
         ok_new = np.array([self._check_id(1, int(i))[0] for i in uniq_new.tolist()], dtype=bool)
         bad_new = np.isin(icid, uniq_new[~ok_new]) & new_icid
-        code[bad_new] = C.E_ITS_MAPC_COLLECTION_OOR
-        todo &= ~bad_new
-        # first occurrence of each key among the ones still to do
-        todo_first = todo & _first_of(key, todo)
+        may_create = cand & ~exists & ~bad_new
+        creator_at = np.full(n, n, np.int64)  # per element: index of its key's creator (n = none)
+        lpi_err = np.zeros(n, np.int64)
         if errors == "raise":
-            bad = np.flatnonzero(code != 0)
+            first_pass = _first_of(key, may_create)
+            pos = np.flatnonzero(first_pass)
+            creator_at = _creator_index(key, pos, n)
+            bad = np.flatnonzero(cand & ~exists & bad_new & (np.arange(n) < creator_at))
+            allbad = np.flatnonzero(~cand)
+            bad = np.union1d(bad, allbad)
             if bad.size:
                 i = int(bad[0])
-                raise ItsCommandError(int(code[i]), "MAPTI", f"device {dev[i]} event {ev[i]} pINTID {lpi[i]}", index=i)
-        rows = np.flatnonzero(todo_first)
-        # targets of the new ITEs (placeholder collections are unmapped)
-        serial = np.array([self._coll.get(int(i), -1) for i in np.unique(icid[rows]).tolist()], dtype=np.int64)
-        uniq_i = np.unique(icid[rows])
-        s_of = serial[np.searchsorted(uniq_i, icid[rows])] if rows.size else np.zeros(0, np.int64)
-        tgt = self._coll_target(s_of)
-        err = self.vm._get_lpis(lpi[rows].astype(np.uint32), tgt, atomic=(errors == "raise"))
-        failed = err != 0
-        code[rows[failed]] = -err[failed]
-        if errors == "raise" and failed.any():  # unreachable with atomic=True (it raises), kept safe
-            i = int(rows[failed][0])
-            raise OSError(int(err[failed][0]), f"map_events[{i}]: creating LPI {lpi[i]} faulted")
-        good = rows[~failed]
-        # placeholder collections, in first-use order
-        gi = icid[good]
-        need = gi[~np.isin(gi, known_icids)]
-        if need.size:
-            _, fi = np.unique(need, return_index=True)
-            for c in need[np.sort(fi)].tolist():
-                self._new_collection(int(c), _NOT_MAPPED)
-        s_good = np.array([self._coll[int(c)] for c in np.unique(gi).tolist()], dtype=np.int64)
-        s_rows = s_good[np.searchsorted(np.unique(gi), gi)] if good.size else np.zeros(0, np.int64)
-        self._add_ites(dev[good].astype(np.uint32), ev[good].astype(np.uint32), lpi[good].astype(np.uint32), s_rows)
-        # later duplicates of a failed first occurrence: the kernel would retry them one by one
+                c = int(code[i]) if code[i] else C.E_ITS_MAPC_COLLECTION_OOR
+                raise ItsCommandError(c, "MAPTI", f"device {dev[i]} event {ev[i]} pINTID {lpi[i]}", index=i)
+        remaining = may_create.copy()
+        creators = np.zeros(0, np.int64)
+        while remaining.any():
+            rows = np.flatnonzero(_first_of(key, remaining))
+            serial = np.array([self._coll.get(int(i), -1) for i in icid[rows].tolist()], dtype=np.int64)
+            tgt = self._coll_target(serial)
+            err = self.vm._get_lpis(lpi[rows].astype(np.uint32), tgt, atomic=(errors == "raise"))
+            failed = err != 0
+            lpi_err[rows[failed]] = -err[failed]
+            good = rows[~failed]
+            # placeholder collections, in first-use order
+            gi = icid[good]
+            need = gi[~np.isin(gi, np.array(list(self._coll), dtype=np.int64))]
+            if need.size:
+                _, fi = np.unique(need, return_index=True)
+                for c in need[np.sort(fi)].tolist():
+                    self._new_collection(int(c), _NOT_MAPPED)
+            s_rows = np.array([self._coll[int(c)] for c in gi.tolist()], dtype=np.int64)
+            self._add_ites(dev[good].astype(np.uint32), ev[good].astype(np.uint32), lpi[good].astype(np.uint32),
+                           s_rows)
+            creators = np.concatenate([creators, good])
+            remaining[rows] = False
+            remaining &= ~np.isin(key, key[good])
+        creator_at = _creator_index(key, np.sort(creators), n)
+        before = cand & ~exists & (np.arange(n) < creator_at)
+        code[before & bad_new] = C.E_ITS_MAPC_COLLECTION_OOR
+        code[before & ~bad_new] = lpi_err[before & ~bad_new]
         return code
 
     def movi(self, device_id: int, event_id: int, icid: int) -> None:
@@ -764,6 +769,19 @@ class VirtualITS:
             f"VirtualITS({'enabled' if self.ctlr_enabled else 'disabled'}, {len(self.devices)} devices, "
             f"{len(self._coll)} collections, {self.n_ites} ITEs, kernel={self.kernel!r})"
         )
+
+
+def _creator_index(key: np.ndarray, creators: np.ndarray, n: int) -> np.ndarray:
+    """Per element, the index of the creator of its key (``n`` where the key has none)."""
+    out = np.full(key.size, n, np.int64)
+    if creators.size:
+        ck = key[creators]
+        o = np.argsort(ck, kind="stable")
+        ck, cr = ck[o], creators[o]
+        i = np.minimum(np.searchsorted(ck, key), ck.size - 1)
+        hit = ck[i] == key
+        out[hit] = cr[i[hit]]
+    return out
 
 
 def _first_of(key: np.ndarray, mask: np.ndarray) -> np.ndarray:
