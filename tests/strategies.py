@@ -25,7 +25,9 @@ import numpy as np
 from hypothesis import strategies as st
 from oracle import Scenario, SlotSpec
 
-__all__ = ["gen_scenario", "hand_scenario", "scenarios", "junk_pendbaser", "slot", "touched_gpas"]
+__all__ = [
+    "gen_large_scenario", "gen_scenario", "hand_scenario", "scenarios", "junk_pendbaser", "slot", "touched_gpas",
+]
 
 GPA_LIMIT = 1 << 52
 SZ_64K = 1 << 16
@@ -100,6 +102,9 @@ def _intids(rng: np.random.Generator, n: int, kind: str) -> np.ndarray:
         low = rng.integers(LPI_MIN, LPI_MIN + 256, size=max(n // 2, 1))
         k = rng.integers(1, 4, size=low.size)
         cand = np.concatenate([low, low + k * NEXT_TABLE])
+    elif kind == "strided":  # one LPI every `stride` INTIDs: arithmetic runs
+        stride = int(rng.choice([2, 3, 8, 9, 16]))
+        cand = LPI_MIN + int(rng.integers(0, 4096)) + stride * np.arange(n)
     else:  # "dense": a window near the start of the table
         lo = LPI_MIN + int(rng.integers(0, 4096))
         cand = np.arange(lo, lo + max(2 * n, 16))
@@ -181,7 +186,7 @@ def gen_scenario(
         Size bounds.
     layout : {"spread", "adjacent", "aliased", "unprogrammed", "top"}
         How the vCPUs' table bases relate.
-    intid_kind : {"dense", "packed", "oor", "shifted"}
+    intid_kind : {"dense", "packed", "oor", "shifted", "strided"}
         How INTIDs are drawn.
     clean : bool
         True: every touched byte is in writable RAM (no fault possible, except for GPAs past
@@ -195,7 +200,7 @@ def gen_scenario(
     """
     n_vcpus = int(rng.integers(1, max_vcpus + 1))
     layout = layout or ["spread", "adjacent", "aliased", "unprogrammed", "top"][int(rng.integers(0, 5))]
-    intid_kind = intid_kind or ["dense", "packed", "oor", "shifted"][int(rng.integers(0, 4))]
+    intid_kind = intid_kind or ["dense", "packed", "oor", "shifted", "strided"][int(rng.integers(0, 5))]
     clean = bool(rng.random() < 0.5) if clean is None else clean
     p_none = float(rng.choice([0.0, 0.1, 0.4])) if p_none is None else p_none
     p_hw = float(rng.choice([0.0, 0.3, 0.8])) if p_hw is None else p_hw
@@ -255,7 +260,7 @@ def scenarios(draw, max_lpis: int = 48, max_vcpus: int = 8) -> Scenario:
     from a drawn seed."""
     knobs = dict(
         layout=draw(st.sampled_from(["spread", "adjacent", "aliased", "unprogrammed", "top"])),
-        intid_kind=draw(st.sampled_from(["dense", "packed", "oor", "shifted"])),
+        intid_kind=draw(st.sampled_from(["dense", "packed", "oor", "shifted", "strided"])),
         clean=draw(st.booleans()),
         p_none=draw(st.sampled_from([0.0, 0.2, 0.5])),
         p_hw=draw(st.sampled_from([0.0, 0.5, 1.0])),
@@ -273,3 +278,54 @@ def hand_scenario(rows, pendbaser, slots, vpt=None, name: str = "hand") -> Scena
     a = np.array(rows, dtype=np.int64).reshape(-1, 4)
     return Scenario(list(slots), np.array(pendbaser, dtype=np.uint64), a[:, 0], a[:, 1],
                     a[:, 2].astype(bool), a[:, 3].astype(bool), vpt, name)
+
+
+LARGE_SHAPES = ("stress_rr", "blocked", "shuffled", "strided", "two_slots", "late_fault")
+
+
+def gen_large_scenario(rng: np.random.Generator, n_lpis: int, shape: str, n_vcpus: int = 8) -> Scenario:
+    """A big scenario (tens of thousands of LPIs) shaped like real tables, to exercise the
+    engine's run compression, work-unit splitting, write-back queues and multi-slot paths.
+
+    Shapes: ``stress_rr`` (vgic_lpi_stress: INTIDs round-robined over vCPUs, creation order =
+    INTID order), ``blocked`` (contiguous INTID blocks per vCPU), ``shuffled`` (random creation
+    order and targets), ``strided`` (INTIDs with a stride > 1, one LPI every few bytes),
+    ``two_slots`` (every table split over two adjacent slots, some untargeted LPIs),
+    ``late_fault`` (RAM of one table ends near its end: the fault comes late in the walk).
+    """
+    stride = int(rng.choice([2, 8, 9, 64])) if shape == "strided" else 1
+    intid = LPI_MIN + np.arange(n_lpis, dtype=np.int64) * stride
+    if shape == "blocked":
+        target = (np.arange(n_lpis) * n_vcpus) // n_lpis
+    else:
+        target = np.arange(n_lpis) % n_vcpus
+    if shape == "shuffled":
+        target = rng.integers(0, n_vcpus, n_lpis)
+        perm = rng.permutation(n_lpis)
+        intid, target = intid[perm], target[perm]
+    if shape == "two_slots":
+        target = np.where(rng.random(n_lpis) < 0.05, -1, target)
+    table = (int(intid.max()) // 8 + 1 + 0xFFFF) & ~0xFFFF
+    base0 = 0x4000_0000
+    bases = [base0 + v * table for v in range(n_vcpus)]
+    pendbaser = np.array(bases, dtype=np.uint64)
+    latch = rng.random(n_lpis) < 0.5
+    hw = rng.random(n_lpis) < (0.3 if shape in ("stress_rr", "shuffled") else 0.0)
+    vpt = None
+    if hw.any():
+        vpt = rng.integers(0, 256, (n_vcpus, int(intid.max()) // 8 + 1), dtype=np.uint8)
+    data = (rng.random(n_vcpus * table) < 0.5).astype(np.uint8) * rng.integers(0, 256, n_vcpus * table,
+                                                                              dtype=np.uint8)
+    if shape == "two_slots":
+        cuts = sorted({int(rng.integers(1, n_vcpus * table)) for _ in range(2 * n_vcpus)})
+        edges = [0, *cuts, n_vcpus * table]
+        slots = [SlotSpec(base0 + a, data[a:b].copy(), False) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    elif shape == "late_fault":
+        v = int(rng.integers(0, n_vcpus))
+        end = v * table + 1024 + int(0.9 * (int(intid.max()) // 8 - 1024))
+        slots = [SlotSpec(base0, data[:end].copy(), False)]
+        if v + 1 < n_vcpus:
+            slots.append(SlotSpec(base0 + (v + 1) * table, data[(v + 1) * table :].copy(), False))
+    else:
+        slots = [SlotSpec(base0, data, False)]
+    return Scenario(slots, pendbaser, intid, target.astype(np.int64), latch, hw, vpt, f"large/{shape}/{n_lpis}")

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from oracle import Scenario, assert_engine_matches, assert_save_many_matches
 from reference import pendbase, ref_save
-from strategies import gen_scenario, scenarios
+from strategies import LARGE_SHAPES, gen_large_scenario, gen_scenario, scenarios
 
 import vlpi
 
@@ -231,3 +231,18 @@ def test_sync_table_hypothesis(scn, data):
     vcpu = data.draw(st.integers(0, scn.n_vcpus - 1), label="vcpu")
     atomic = data.draw(st.booleans(), label="atomic")
     assert_engine_matches("sync_pending_table", scn, vcpu=vcpu, atomic=atomic)
+
+
+# ------------------------------------------------------------------- large tables
+@pytest.mark.parametrize("shape", LARGE_SHAPES)
+def test_large_tables(shape):
+    """Tens of thousands of LPIs: run compression, several parallel work units, write-back
+    queues, tables over several slots, a fault late in the walk."""
+    scn = gen_large_scenario(_rng(10, LARGE_SHAPES.index(shape)), 50_000, shape)
+    for order, atomic in itertools.product(("intid", "insertion"), (True, False)):
+        assert_engine_matches("save", scn, order=order, atomic=atomic, has_gicv4_1=True)
+    assert_engine_matches("save", scn, has_gicv4_1=False)
+    for atomic in (True, False):
+        assert_engine_matches("sync_pending_status", scn, atomic=atomic)
+    assert_engine_matches("sync_pending_status", scn, stop_on_error=False)
+    assert_engine_matches("sync_pending_table", scn, vcpu=int(scn.target_vcpu[-1]) % scn.n_vcpus, atomic=False)
