@@ -283,3 +283,28 @@ def test_scan_fault_keeps_earlier_updates():
     assert ei.value.report.guest_reads == res.guest_reads
     assert ei.value.report.lpis_synced == res.lpis_synced
     np.testing.assert_array_equal(l_b.pending_latch.astype(bool), l_ref.pending_latch.astype(bool))
+
+
+@pytest.mark.parametrize("impl", ["numpy", "bitarray", "kernel_loop"])
+@pytest.mark.parametrize("kind", ["host", "sparse"])
+def test_baselines_match_engine_on_benchmark_scenarios(impl, kind):
+    """The benchmark scenarios themselves (vlpi.scenarios, small): engine_many vs each baseline."""
+    vlpi = pytest.importorskip("vlpi")
+    scen = pytest.importorskip("vlpi.scenarios")
+    if not hasattr(vlpi, "save_pending_tables_many") or bl.unavailable_reason(impl):
+        pytest.skip("engine or baseline not importable yet")
+
+    def build():
+        if kind == "host":
+            return scen.build_host(vms=2, vcpus=8, id_bits=14, gic="v4.1", seed=3)
+        rng = np.random.default_rng(3)
+        vm = scen.build_vm(4, 20, lpis_per_vcpu=256, gic="v4.1", seed=rng)
+        return scen.HostScenario([vm], "v4.1", 3, rng)
+
+    a, b = build(), build()
+    reps_e = vlpi.save_pending_tables_many(a.jobs, has_gicv4_1=True)
+    reps_b = [bl.SAVE_BASELINES[impl](m, pb, lp, vpt=vpt, has_gicv4_1=True) for m, pb, lp, vpt in b.jobs]
+    assert sum(r.guest_writes for r in reps_e) > 0
+    for k, (re_, rb, ja, jb) in enumerate(zip(reps_e, reps_b, a.jobs, b.jobs, strict=True)):
+        _check_same(rb, re_, SAVE_FIELDS, f"{impl} vs engine_many, VM {k}")
+        _assert_mem_equal(jb[0], ja[0], f"{impl} vs engine_many, VM {k}")
