@@ -153,7 +153,7 @@ class _Plan:
 
     __slots__ = (
         "runs", "perm_x", "run_lo", "run_hi", "units", "pages_cap", "n_entries", "has_bit_alias",
-        "reads", "_cov", "one_per_byte", "addr_min", "addr_max", "_direct", "__weakref__",
+        "reads", "_cov", "one_per_byte", "addr_min", "addr_max", "_slots", "__weakref__",
     )
 
     def __init__(self, lpis: LPITable, base: np.ndarray, tie: str) -> None:
@@ -187,12 +187,12 @@ class _Plan:
         else:
             self.run_lo = self.run_hi = np.zeros(0, np.uint64)
         self.units, self.pages_cap = _make_units(e0, self.run_lo, self.run_hi, addr_s)
-        # no two targeted LPIs share a guest byte: the row-order direct path applies
+        # no two targeted LPIs share a guest byte
         self.one_per_byte = bool(n < 2 or np.all(addr_s[1:] != addr_s[:-1]))
         self.addr_min = int(addr_s[0]) if n else 0
         self.addr_max = int(addr_s[-1]) if n else 0
         self._cov = None
-        self._direct = None
+        self._slots = None
 
     @property
     def nbytes(self) -> int:
@@ -210,20 +210,23 @@ class _Plan:
         self._cov = (weakref.ref(mem), mem.generation, ok)
         return ok
 
-    def direct_slot(self, mem: GuestMemory) -> int:
-        """Index of the one writable slot holding every address of the plan, when the row-order
-        direct path applies (``one_per_byte``), else -1. Cached per memory generation."""
-        c = self._direct
+    def runs_in_slots(self, mem: GuestMemory) -> bool:
+        """True when every run's addresses lie in a single memslot (the run kernel reaches a
+        run's table through one pointer). Cached per memory generation."""
+        c = self._slots
         if c is not None and c[0]() is mem and c[1] == mem.generation:
             return c[2]
-        s = -1
-        if self.one_per_byte and self.n_entries:
-            for k, sl in enumerate(mem.slots):
-                if sl.gpa <= self.addr_min and self.addr_max < sl.end and not sl.readonly:
-                    s = k
-                    break
-        self._direct = (weakref.ref(mem), mem.generation, s)
-        return s
+        ok = True
+        if self.n_entries:
+            starts, ends = mem._kernel_tables()[:2]
+            if starts.size == 0:
+                ok = False
+            else:
+                lo = np.searchsorted(starts, self.run_lo, side="right") - 1
+                hi = np.searchsorted(starts, self.run_hi, side="right") - 1
+                ok = bool(np.all((lo == hi) & (lo >= 0) & (self.run_hi < ends[np.maximum(hi, 0)])))
+        self._slots = (weakref.ref(mem), mem.generation, ok)
+        return ok
 
 
 def _count_changes(a: np.ndarray) -> int:
@@ -251,7 +254,7 @@ def _make_units(e0: np.ndarray, run_lo: np.ndarray, run_hi: np.ndarray, addr_s: 
     cum = np.cumsum(newp)
     ea = e0[units[:, 1]]
     eb = e0[units[:, 2]] - 1
-    # distinct pages, plus one per run: the byte-disjoint kernel logs a run's pages per run
+    # distinct pages, plus one per run: the run kernel logs pages per run
     caps = cum[eb] - cum[ea] + 1 + (units[:, 2] - units[:, 1])
     units[1:, 3] = np.cumsum(caps)[:-1]
     return units, int(caps.sum())
@@ -414,16 +417,15 @@ class _Job:
 
 
 def _run(jobs: list[_Job], restore: bool) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Run jobs through the byte-disjoint kernel where it applies and the byte-merging kernel
-    otherwise (one parallel pass each). Returns per job (counts, pages), counts = (writes,
-    vpt_reads, bytes_changed, n_pages)."""
-    disjoint = [j for j, jb in enumerate(jobs) if jb.plan.direct_slot(jb.mem) >= 0]
-    other = [j for j, jb in enumerate(jobs) if jb.plan.direct_slot(jb.mem) < 0]
+    """Run jobs through the run kernel where every run lies in one memslot, and through the
+    byte-merging kernel otherwise (a run straddling adjacent slots); one parallel pass each.
+    Returns per job (counts, pages), counts = (writes, vpt_reads, bytes_changed, n_pages)."""
+    fast = [j for j, jb in enumerate(jobs) if jb.plan.runs_in_slots(jb.mem)]
+    other = [j for j, jb in enumerate(jobs) if not jb.plan.runs_in_slots(jb.mem)]
     res: list = [None] * len(jobs)
-    if disjoint:
-        kern = _k.disjoint_units
-        out = _run_units([jobs[j] for j in disjoint], kern, whole_vm=restore, restore=restore)
-        for j, r in zip(disjoint, out, strict=True):
+    if fast:
+        out = _run_units([jobs[j] for j in fast], _k.run_units, whole_vm=restore, restore=restore)
+        for j, r in zip(fast, out, strict=True):
             res[j] = r
     if other:
         kern = _k.restore_units if restore else _k.save_units
@@ -470,10 +472,10 @@ def _run_units(
                 _SERIAL[kernel](vmt, units, 0, out_pages, out_cnt)
             else:
                 kernel(vmt, units, out_pages, out_cnt)
-        else:  # the byte-disjoint kernel (save or restore)
+        else:  # the run kernel (save or restore)
             scratch = np.zeros(units.shape[0] * 64, np.uint8)
             if units.shape[0] == 1:
-                _k._disjoint_unit(vmt, units, 0, out_pages, out_cnt, scratch, restore)
+                _k.run_unit(vmt, units, 0, out_pages, out_cnt, scratch, restore)
             else:
                 kernel(vmt, units, out_pages, out_cnt, scratch, restore)
     res = []
