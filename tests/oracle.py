@@ -79,6 +79,8 @@ class Scenario:
     vpt: np.ndarray | None = None
     name: str = ""
     notes: dict = field(default_factory=dict)
+    #: dtype of the pending_latch/hw arrays handed to LPITable (bool or uint8; both used in place)
+    flag_dtype: type = bool
 
     @property
     def n_vcpus(self) -> int:
@@ -118,7 +120,10 @@ class Scenario:
     def lpis(self) -> LPITable:
         """A fresh LPITable (own arrays)."""
         return LPITable(
-            self.intid.copy(), self.target_vcpu.copy(), self.pending_latch.copy(), self.hw.copy()
+            self.intid.copy(),
+            self.target_vcpu.copy(),
+            self.pending_latch.astype(self.flag_dtype),
+            self.hw.astype(self.flag_dtype),
         )
 
     def build(self):

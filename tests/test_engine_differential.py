@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from oracle import Scenario, assert_engine_matches, assert_save_many_matches
+from oracle import Scenario, SlotSpec, assert_engine_matches, assert_save_many_matches
 from reference import pendbase, ref_save
 from strategies import LARGE_SHAPES, gen_large_scenario, gen_scenario, scenarios
 
@@ -177,8 +177,18 @@ def test_save_many_with_a_faulting_vm(atomic):
             if atomic or j > bad:
                 init = s.memory().dirty_pages()
                 assert np.array_equal(m.dirty_pages(), init), f"job {j}: dirty log changed"
-        if not atomic and hasattr(e, "reports"):
-            assert len(e.reports) == bad
+        if not atomic:
+            # the faulting VM's report is the reference's partial walk; earlier VMs' reports too
+            r = refs[bad][0]
+            got = (e.report.guest_reads, e.report.guest_writes, e.report.bytes_changed, e.report.lpis_skipped)
+            assert got == (r.guest_reads, r.guest_writes, r.bytes_changed, r.lpis_skipped)
+            assert list(e.report.dirty_pages) == r.dirty_pages.tolist()
+            if hasattr(e, "reports"):
+                assert len(e.reports) == bad
+                for j, rep in enumerate(e.reports):
+                    rj = refs[j][0]
+                    assert (rep.guest_reads, rep.guest_writes, rep.bytes_changed) == (
+                        rj.guest_reads, rj.guest_writes, rj.bytes_changed)
     assert hits > 10
 
 
@@ -246,3 +256,39 @@ def test_large_tables(shape):
         assert_engine_matches("sync_pending_status", scn, atomic=atomic)
     assert_engine_matches("sync_pending_status", scn, stop_on_error=False)
     assert_engine_matches("sync_pending_table", scn, vcpu=int(scn.target_vcpu[-1]) % scn.n_vcpus, atomic=False)
+
+
+# ------------------------------------------------------------------ dtype variants
+def test_uint8_flag_arrays():
+    """pending_latch/hw given as uint8 0/1 arrays (used in place by LPITable)."""
+    for seed in range(150):
+        scn = gen_scenario(_rng(11, seed))
+        scn.flag_dtype = np.uint8
+        assert scn.lpis().pending_latch.dtype == np.uint8
+        order = ("intid", "insertion")[seed % 3 == 0]
+        assert_engine_matches("save", scn, atomic=bool(seed % 2), has_gicv4_1=True, order=order)
+        assert_engine_matches("sync_pending_status", scn, atomic=bool(seed % 2), stop_on_error=seed % 4 != 0)
+        assert_engine_matches("sync_pending_table", scn, vcpu=0, atomic=bool(seed % 2))
+
+
+def test_int32_targets_many_vcpus():
+    """More than 32767 vCPUs: LPITable stores target_vcpu as int32. Most vCPUs share one
+    PENDBASER (aliasing), a few have their own."""
+    n_vcpus = 40_000
+    for seed in range(6):
+        rng = _rng(12, seed)
+        base = 0x1_0000_0000
+        pend = np.full(n_vcpus, base, dtype=np.uint64)
+        own = rng.choice(n_vcpus, 5, replace=False)
+        pend[own] = base + (1 + np.arange(5, dtype=np.uint64)) * np.uint64(0x10000)
+        n = 3000
+        intid = 8192 + rng.choice(8 * 4000, n, replace=False)
+        target = rng.choice(np.concatenate([own, rng.integers(32767, n_vcpus, 20), [-1, 0]]), n)
+        scn = Scenario([SlotSpec(base, (rng.random(6 * 0x10000) < 0.3).astype(np.uint8) * np.uint8(0xFF))],
+                       pend, intid.astype(np.int64), target.astype(np.int64), rng.random(n) < 0.5,
+                       np.zeros(n, bool), name=f"int32 targets {seed}")
+        assert scn.lpis().target_vcpu.dtype == np.int32
+        for order, atomic in itertools.product(("intid", "insertion"), (True, False)):
+            assert_engine_matches("save", scn, order=order, atomic=atomic)
+        assert_engine_matches("sync_pending_status", scn, atomic=False)
+        assert_engine_matches("sync_pending_table", scn, vcpu=int(own[0]))
