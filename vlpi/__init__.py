@@ -1,6 +1,45 @@
 """vlpi: arm64 KVM LPI/VLPI pending-table save and restore, modelled bit-exactly and fast.
 
-(The narrative of how a save works is completed in this docstring as the package grows.)
+How KVM migrates interrupt pending state, and where each step lives in vlpi
+===========================================================================
+
+LPIs and their tables.
+    A VM's message-signalled interrupts are LPIs (INTID >= 8192). Each vCPU's redistributor points
+    at a *pending table* in guest RAM (``GICR_PENDBASER`` bits [51:16]): one bit per INTID, byte
+    ``intid // 8``, bit ``intid % 8``, the first KiB unused. KVM keeps the live state of each LPI in
+    a ``struct vgic_irq`` (``pending_latch``, ``target_vcpu``, ``hw``) and writes the tables only
+    when userspace asks: at migration. In vlpi, guest RAM is a :class:`GuestMemory` (byte-granular
+    memslots, faults, dirty log) and the LPIs of a VM are an :class:`LPITable` (struct of arrays).
+
+Forwarded interrupts (GICv4.1).
+    A passed-through device's MSI can be injected by the GIC directly as a VLPI. Its pending bit
+    then lives in the GIC's *virtual pending table* (VPT) of the target vPE, which the CPU may read
+    only while the vPE is unmapped from every ITS (``VMAPP V=0``, the last unmap cleaning the GIC's
+    caches). GICv4.0 has no such guarantee: KVM refuses the ITS save with ``EACCES``.
+
+Save (source, vCPUs and devices paused): :func:`save_pending_tables`.
+    ``KVM_DEV_ARM_VGIC_SAVE_PENDING_TABLES`` unmaps every vPE (GICv4.1), walks the LPIs in INTID
+    order (creation order before Linux 6.9), and for each targeted LPI reads the guest byte
+    ``pendbase + intid // 8`` (a 1-byte cache keyed on the guest address), takes the wanted state
+    (``pending_latch``, or the VPT bit for a forwarded LPI on GICv4.1), and writes the byte back
+    if the bit differs, one 1-byte write per changed bit. It maps the vPEs back on every exit path,
+    so a failed migration can resume the source; an interrupt that arrives while they are
+    unmapped is lost. :func:`save_pending_tables_many` does this for every VM of a host at once.
+
+Restore (target): :func:`sync_pending_status` and :func:`sync_pending_table`.
+    Restoring the ITS tables creates each LPI and reads its bit (``vgic_v3_lpi_sync_pending_status``:
+    assign ``pending_latch``, clear the consumed bit in RAM). Setting ``GICR_CTLR.EnableLPIs``
+    scans a vCPU's table without clearing anything. When a device re-establishes forwarding,
+    ``pending_latch`` is pushed into the VPT (an ITS ``INT``) and cleared.
+
+How vlpi computes a save.
+    The kernel's final memory does not depend on its schedule, only its access counts do, and
+    those are fixed by the layout. vlpi builds, once per LPI table and PENDBASER set, a compact
+    plan (LPIs sorted by guest address, as strided runs), walks guest memory in address order on
+    both cores, and reports the kernel's exact reads, writes, VPT reads, changed bytes and dirty
+    pages. ``atomic=True`` (default) checks first that no access of the kernel's walk would fault
+    and raises before writing anything if one would; ``atomic=False`` is the kernel's partial save.
+    See :mod:`vlpi.pending`.
 """
 
 from vlpi import _config  # noqa: F401  (must precede any numba import)
