@@ -21,6 +21,7 @@ __all__ = ["LPITable", "LPI_MIN_INTID", "LPI_INTID_LIMIT"]
 
 LPI_MIN_INTID = 8192
 LPI_INTID_LIMIT = 1 << 24
+_TARGET_MAX = np.iinfo(np.int32).max
 
 
 def _int_array(x, name: str) -> np.ndarray:
@@ -93,19 +94,22 @@ class LPITable:
                     f"intid[{bad[0]}] = {ia[bad[0]]} is not an LPI INTID "
                     f"(need {LPI_MIN_INTID} <= intid < 2**24)"
                 )
-            bad = np.flatnonzero(ta < -1)
+            bad = np.flatnonzero((ta < -1) | (ta > _TARGET_MAX))
             if bad.size:
-                raise ValueError(f"target_vcpu[{bad[0]}] = {ta[bad[0]]}: must be -1 (no target) or a vCPU index")
+                raise ValueError(
+                    f"target_vcpu[{bad[0]}] = {ta[bad[0]]}: must be -1 (no target) or a vCPU index < 2**31"
+                )
         self._intid = ia.astype(np.uint32, copy=True)
         if n:
-            order = np.argsort(self._intid, kind="stable")
-            s = self._intid[order]
-            dup = np.flatnonzero(s[1:] == s[:-1])
-            if dup.size:
-                # report the later row of the first duplicated value in array order
-                val = s[dup[0]]
-                rows = np.flatnonzero(self._intid == val)
-                raise ValueError(f"intid[{rows[1]}] = {val} duplicates intid[{rows[0]}]: INTIDs must be unique")
+            _, first = np.unique(self._intid, return_index=True)
+            if first.size != n:
+                # the first row (in array order) whose INTID appeared in an earlier row
+                is_first = np.zeros(n, dtype=bool)
+                is_first[first] = True
+                row = int(np.argmin(is_first))
+                val = int(self._intid[row])
+                prev = int(np.flatnonzero(self._intid == val)[0])
+                raise ValueError(f"intid[{row}] = {val} duplicates intid[{prev}]: INTIDs must be unique")
         tmax = int(ta.max()) if n else -1
         tdt = np.int16 if tmax < np.iinfo(np.int16).max else np.int32
         self._target = ta.astype(tdt, copy=True)
@@ -196,9 +200,9 @@ class LPITable:
         v = np.broadcast_to(np.asarray(vcpu), idx.shape)
         if v.size and (v.dtype == np.bool_ or not np.issubdtype(v.dtype, np.integer)):
             raise TypeError(f"set_targets: vcpu must be integers, got dtype {v.dtype}")
-        bad = np.flatnonzero(v < -1)
+        bad = np.flatnonzero((v < -1) | (v > _TARGET_MAX))
         if bad.size:
-            raise ValueError(f"set_targets: vcpu[{bad[0]}] = {v[bad[0]]}: must be -1 or a vCPU index")
+            raise ValueError(f"set_targets: vcpu[{bad[0]}] = {v[bad[0]]}: must be -1 or a vCPU index < 2**31")
         vmax = int(v.max()) if v.size else -1
         if vmax >= np.iinfo(self._target.dtype).max:
             self._target = self._target.astype(np.int32)

@@ -104,10 +104,12 @@ class GuestMemory:
             not C-contiguous, of the wrong size or read-only for a writable slot.
         """
         gpa = _as_int(gpa, "gpa")
+        if data is not None and not isinstance(data, np.ndarray):
+            raise TypeError(f"add_slot: data must be a numpy.ndarray of uint8, got {type(data).__name__}")
         if size is None:
             if data is None:
                 raise TypeError("add_slot needs size= or data=")
-            size = int(np.asarray(data).size) if isinstance(data, np.ndarray) else -1
+            size = int(data.size)
         size = _as_int(size, "size")
         if size <= 0:
             raise ValueError(f"add_slot: size must be > 0, got {size}")
@@ -240,7 +242,7 @@ class GuestMemory:
         The whole range is checked first: on a fault nothing is written.
         """
         gpa = _as_int(gpa, "gpa")
-        buf = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
+        buf = _bytes(data, "write: data")
         pieces = self._pieces(gpa, buf.size, True)
         k = 0
         for s, off, take in pieces:
@@ -277,7 +279,7 @@ class GuestMemory:
         """Vectorised 1-byte writes (later duplicates win). Checks every GPA first: on a fault
         nothing is written."""
         gpas, idx, ok, ro = self._resolve(gpas)
-        values = np.broadcast_to(np.asarray(values, dtype=np.uint8), gpas.shape)
+        values = np.broadcast_to(_bytes(values, "write_u8: values"), gpas.shape)
         if not ok.all():
             bad = int(np.argmin(ok))
             raise GuestMemoryFault(int(gpas[bad]), write=True, detail=f"gpas[{bad}] is not in any memslot")
@@ -309,6 +311,22 @@ class GuestMemory:
             f"[{s.gpa:#x}+{s.size:#x}{' ro' if s.readonly else ''}]" for s in self._slots
         )
         return f"GuestMemory({parts})"
+
+
+def _bytes(data, what: str) -> np.ndarray:
+    """Byte values as a flat uint8 array; values outside 0..255 are an error, not a wrap."""
+    a = np.asarray(data)
+    if a.dtype == np.uint8:
+        return np.ascontiguousarray(a).reshape(-1)
+    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
+        if a.size == 0:
+            return np.zeros(0, np.uint8)
+        raise TypeError(f"{what} must be byte values (integers 0..255), got dtype {a.dtype}")
+    flat = a.reshape(-1)
+    bad = np.flatnonzero((flat < 0) | (flat > 255))
+    if bad.size:
+        raise ValueError(f"{what}[{bad[0]}] = {flat[bad[0]]} is not a byte value (0..255)")
+    return flat.astype(np.uint8)
 
 
 def _merge(slots: list[MemSlot], writable_only: bool):
