@@ -308,3 +308,17 @@ def test_baselines_match_engine_on_benchmark_scenarios(impl, kind):
     for k, (re_, rb, ja, jb) in enumerate(zip(reps_e, reps_b, a.jobs, b.jobs, strict=True)):
         _check_same(rb, re_, SAVE_FIELDS, f"{impl} vs engine_many, VM {k}")
         _assert_mem_equal(jb[0], ja[0], f"{impl} vs engine_many, VM {k}")
+
+
+@pytest.mark.parametrize(
+    ("case", "fast"), [("disjoint", True), ("dense-1vcpu", True), ("alias", False), ("split-slots", False)]
+)
+def test_numpy_fast_and_general_paths_are_both_exercised(case, fast):
+    """The cases above cover both NumPy paths: the cached-layout fast path and the general one."""
+    m, pb, lpis, _ = make_case(1, **CASES[case]).build()
+    lay = bl._layout(m, np.asarray(pb, np.uint64), lpis, "intid")
+    assert (lay is not None) == fast
+    if case == "disjoint":
+        assert lay.perm is not None  # random targets interleave a byte's LPIs: grouped by byte
+    if case == "dense-1vcpu":
+        assert not lay.singles  # 8 LPIs per byte: the reduceat branch
