@@ -529,6 +529,8 @@ def _layout(rnd):
         itt = ITTS + k * 0x1000
         if rnd.random() < 0.1 and devices:
             itt = devices[-1].itt_addr  # two devices sharing an ITT: later writes win
+        elif rnd.random() < 0.05:
+            itt = DT + 0x100 * rnd.randrange(0, 4)  # an ITT inside the device / level-1 table
         n = rnd.randrange(0, min(6, 1 << bits) + 1)
         eids = rnd.sample(range(1 << bits), n)
         pool = icids if icids and rnd.random() < 0.95 else [0, 1, 2]
