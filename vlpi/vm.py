@@ -435,14 +435,41 @@ class VM:
             byte[ok] = self.mem.read_u8(gpa[ok])
         return ok, byte
 
-    def _get_lpis(self, intids, targets, *, atomic: bool = False, stop_on_error: bool = False) -> np.ndarray:
-        """vgic_add_lpi for each element in order: an existing LPI gains a reference (no config
-        read, no sync, no retarget); a new one reads its config byte and pulls its pending bit
-        (cleared in RAM). Returns an errno per element (0 = referenced).
+    def _predict_add(self, it: np.ndarray, tg: np.ndarray):
+        """Would creating LPI ``it[i]`` with target ``tg[i]`` succeed? The config byte must be
+        readable; the pending byte readable, and writable if the bit is 1 (the clearing write).
+        Returns (ok, cfg_ok, cfg_byte, rd_ok, pending_gpa)."""
+        it = np.asarray(it, dtype=np.uint32)
+        tg = np.asarray(tg, dtype=np.int64)
+        cfg_ok, cfg = self._config(it)
+        targeted = tg >= 0
+        base = self._pendbaser[np.maximum(tg, 0)] & np.uint64(0x000F_FFFF_FFFF_0000)
+        gpa = base + (it >> 3).astype(np.uint64)
+        rd_ok = np.ones(it.size, bool)
+        wr_ok = np.ones(it.size, bool)
+        if targeted.any():
+            g = gpa[targeted]
+            rd = self.mem._covered(g, g, False)
+            byte = np.zeros(g.size, np.uint8)
+            if rd.any():
+                byte[rd] = self.mem.read_u8(g[rd])
+            b1 = ((byte >> (it[targeted] & 7).astype(np.uint8)) & 1).astype(bool)
+            rd_ok[targeted] = rd
+            wr_ok[targeted] = ~b1 | self.mem._covered(g, g, True)
+        return cfg_ok & rd_ok & wr_ok, cfg_ok, cfg, rd_ok, gpa
 
-        ``atomic``: raise GuestMemoryFault before changing anything if any creation would
-        fault. ``stop_on_error``: stop at the first failure (later elements get ECANCELED).
-        Otherwise failures are per element (a later duplicate of a failed INTID fails too).
+    def _get_lpis(self, intids, targets, *, atomic: bool = False, stop_on_error: bool = False) -> np.ndarray:
+        """vgic_add_lpi for each element, as if one by one in array order.
+
+        An existing LPI gains a reference (no config read, no sync, no retarget). A new one
+        reads its config byte and pulls its pending bit from its target's table, clearing it
+        in RAM (:func:`vlpi.sync_pending_status`); if either access faults the add fails and a
+        later element naming the same INTID tries again. Whether an attempt faults depends only
+        on the addresses (and on the bit, for the clearing write), so it is decided up front.
+
+        Returns an errno per element (0 = referenced or created). ``atomic``: raise
+        GuestMemoryFault before changing anything if any attempt faults. ``stop_on_error``:
+        stop at the first failing attempt (later elements get ECANCELED and are not applied).
         """
         it = np.asarray(intids, dtype=np.uint32).reshape(-1)
         tg = np.asarray(targets, dtype=np.int64).reshape(-1)
@@ -450,60 +477,61 @@ class VM:
         err = np.zeros(n, np.int64)
         if n == 0:
             return err
-        exists = self._l.rows(it) >= 0
-        first = _first_of(it.astype(np.int64), ~exists)
-        new = np.flatnonzero(first)
-        cfg_ok, cfg = self._config(it[new])
-        limit = new.size
-        if not cfg_ok.all():
-            k = int(np.argmin(cfg_ok))
+        L = self._l
+        cand = L.rows(it) < 0
+        ci = np.flatnonzero(cand)
+        succ, cfg_ok, cfg, rd_ok, gpa = self._predict_add(it[ci], tg[ci])
+        t = tg[ci]
+        # creator of each INTID: its first successful attempt; attempts before it fail
+        key = it[ci].astype(np.int64)
+        creator = _first_of(key, succ)
+        cidx = ci[creator]
+        has_creator_before = np.zeros(ci.size, bool)
+        if cidx.size:
+            ck = it[cidx].astype(np.int64)
+            o = np.argsort(ck)
+            ck, cpos = ck[o], cidx[o]
+            j = np.minimum(np.searchsorted(ck, key), ck.size - 1)
+            hit = ck[j] == key
+            has_creator_before[hit] = cpos[j[hit]] < ci[hit]
+        failed = ~succ & ~has_creator_before
+        err[ci[failed]] = _errno.EFAULT
+        if failed.any():
+            k = int(np.flatnonzero(failed)[0])
             if atomic:
-                gpa = (self.propbaser & PROPBASER_ADDRESS_MASK) + int(it[new[k]]) - LPI_MIN_INTID
-                raise GuestMemoryFault(gpa, intid=int(it[new[k]]), detail="LPI configuration byte (nothing changed)")
+                if not cfg_ok[k]:
+                    gpa_k = (self.propbaser & PROPBASER_ADDRESS_MASK) + int(it[ci[k]]) - LPI_MIN_INTID
+                    what = "configuration byte"
+                else:
+                    gpa_k, what = int(gpa[k]), "pending table"
+                raise GuestMemoryFault(
+                    gpa_k, write=bool(rd_ok[k] and cfg_ok[k]), intid=int(it[ci[k]]),
+                    vcpu=None if t[k] < 0 else int(t[k]), detail=f"creating the LPI: {what} (nothing was changed)",
+                )
             if stop_on_error:
-                limit = k
-        sub = np.arange(limit)
-        sub = sub[cfg_ok[:limit]]
-        pend = np.zeros(new.size, bool)
-        sync_err = np.zeros(new.size, np.int64)
-        if sub.size:
-            tbl = LPITable(it[new[sub]], tg[new[sub]], np.zeros(sub.size, bool))
-            eng = _engine()
-            if atomic:
-                eng.sync_pending_status(self.mem, self._pendbaser, tbl, atomic=True, stop_on_error=True)
-                pend[sub] = tbl.pending_latch
-            elif stop_on_error:
-                try:
-                    eng.sync_pending_status(self.mem, self._pendbaser, tbl, atomic=False, stop_on_error=True)
-                    pend[sub] = tbl.pending_latch
-                except GuestMemoryFault as e:
-                    e_err = np.asarray(e.report.lpi_errno)
-                    j = int(np.flatnonzero(e_err)[0])
-                    pend[sub[:j]] = tbl.pending_latch[:j]
-                    sync_err[sub[j]] = _errno.EFAULT
-                    limit = int(sub[j])
-            else:
-                rep = eng.sync_pending_status(self.mem, self._pendbaser, tbl, atomic=False, stop_on_error=False)
-                pend[sub] = tbl.pending_latch
-                sync_err[sub] = np.asarray(rep.lpi_errno)
-        new_err = np.where(~cfg_ok, _errno.EFAULT, sync_err)
-        if stop_on_error:
-            new_err[limit + 1 :] = _errno.ECANCELED
-        err[new] = new_err
-        # duplicates of a failed new INTID fail too; with stop_on_error everything after fails
-        failed_ids = it[new[new_err != 0]]
-        later_dup = ~first & ~exists & np.isin(it, failed_ids)
-        err[later_dup] = _errno.EFAULT
-        if stop_on_error and np.any(err):
-            i0 = int(np.flatnonzero(err)[0])
-            err[i0 + 1 :] = np.where(err[i0 + 1 :] == 0, _errno.ECANCELED, err[i0 + 1 :])
-        okn = new_err == 0
-        self._l.append(
-            intid=it[new[okn]], target=tg[new[okn]], pending=pend[okn], hw=False,
-            priority=cfg[okn] & 0xFC, enabled=(cfg[okn] & 1).astype(bool), refs=0,
+                f = int(ci[k])
+                err[f + 1 :] = _errno.ECANCELED
+        apply = err == 0
+        # create: one engine sync over the creators, in order (no faults by construction)
+        cr = cidx[apply[cidx]]
+        pend = np.zeros(cr.size, bool)
+        if cr.size:
+            tbl = LPITable(it[cr], tg[cr], np.zeros(cr.size, bool))
+            rep = _engine().sync_pending_status(self.mem, self._pendbaser, tbl, atomic=False, stop_on_error=False)
+            pend = tbl.pending_latch.astype(bool).copy()
+            bad = np.asarray(rep.lpi_errno) != 0
+            if bad.any():  # defensive: the prediction missed a fault
+                err[cr[bad]] = _errno.EFAULT
+                cr, pend = cr[~bad], pend[~bad]
+                apply = err == 0
+        cpos_in_ci = np.searchsorted(ci, cr)
+        byte_cfg = cfg[cpos_in_ci]
+        L.append(
+            intid=it[cr], target=tg[cr], pending=pend, hw=False,
+            priority=byte_cfg & 0xFC, enabled=(byte_cfg & 1).astype(bool), refs=0,
         )
         good = err == 0
-        np.add.at(self._l.a["refs"], self._l.rows(it[good]), 1)
+        np.add.at(L.a["refs"], L.rows(it[good]), 1)
         return err
 
     def _put_lpis(self, intids, devs, evs, source) -> None:

@@ -501,7 +501,7 @@ class VirtualITS:
         # (DeviceID, EventID) already has an ITE (from before, or created by an earlier element)
         # is a no-op; otherwise the ICID check, then the LPI creation. The first element of a key
         # that passes both creates the ITE ("creator"); a creator whose LPI creation faults is
-        # retried by the key's next element (rounds; in practice one round).
+        # retried by the key's next element.
         cand = code == 0
         exists = self._lookup(dev, ev) >= 0
         key = (dev << 32) | ev
@@ -524,29 +524,37 @@ class VirtualITS:
                 i = int(bad[0])
                 c = int(code[i]) if code[i] else C.E_ITS_MAPC_COLLECTION_OOR
                 raise ItsCommandError(c, "MAPTI", f"device {dev[i]} event {ev[i]} pINTID {lpi[i]}", index=i)
-        remaining = may_create.copy()
-        creators = np.zeros(0, np.int64)
-        while remaining.any():
-            rows = np.flatnonzero(_first_of(key, remaining))
-            serial = np.array([self._coll.get(int(i), -1) for i in icid[rows].tolist()], dtype=np.int64)
-            tgt = self._coll_target(serial)
-            err = self.vm._get_lpis(lpi[rows].astype(np.uint32), tgt, atomic=(errors == "raise"))
-            failed = err != 0
-            lpi_err[rows[failed]] = -err[failed]
-            good = rows[~failed]
-            # placeholder collections, in first-use order
-            gi = icid[good]
-            need = gi[~np.isin(gi, np.array(list(self._coll), dtype=np.int64))]
-            if need.size:
-                _, fi = np.unique(need, return_index=True)
-                for c in need[np.sort(fi)].tolist():
-                    self._new_collection(int(c), _NOT_MAPPED)
-            s_rows = np.array([self._coll[int(c)] for c in gi.tolist()], dtype=np.int64)
-            self._add_ites(dev[good].astype(np.uint32), ev[good].astype(np.uint32), lpi[good].astype(np.uint32),
-                           s_rows)
-            creators = np.concatenate([creators, good])
-            remaining[rows] = False
-            remaining &= ~np.isin(key, key[good])
+        # which elements attempt an ITE creation, and which succeed (fixed point: an LPI creation
+        # succeeds if its accesses cannot fault or an earlier successful attempt created the INTID)
+        mc = np.flatnonzero(may_create)
+        serial = np.array([self._coll.get(int(i), -1) for i in icid[mc].tolist()], dtype=np.int64)
+        tgt = self._coll_target(serial)
+        pre = self.vm._l.rows(lpi[mc]) >= 0
+        ok_static = pre | self.vm._predict_add(lpi[mc].astype(np.uint32), tgt)[0]
+        succ = ok_static.copy()
+        kk, ll = key[mc], lpi[mc]
+        while True:
+            first_succ_key = _creator_index(kk, np.flatnonzero(_first_of(kk, succ)), mc.size)
+            attempt = np.arange(mc.size) <= first_succ_key
+            made = np.flatnonzero(_first_of(ll, attempt & ok_static))
+            made_at = _creator_index(ll, made, mc.size)
+            new_succ = ok_static | (attempt & (made_at < np.arange(mc.size)))
+            if (new_succ == succ).all():
+                break
+            succ = new_succ
+        att = mc[attempt]
+        err = self.vm._get_lpis(lpi[att].astype(np.uint32), tgt[attempt], atomic=(errors == "raise"))
+        lpi_err[att] = -err
+        good = att[err == 0]
+        gi = icid[good]
+        need = gi[~np.isin(gi, np.array(list(self._coll), dtype=np.int64))]
+        if need.size:
+            _, fi = np.unique(need, return_index=True)
+            for c in need[np.sort(fi)].tolist():
+                self._new_collection(int(c), _NOT_MAPPED)
+        s_rows = np.array([self._coll[int(c)] for c in gi.tolist()], dtype=np.int64)
+        self._add_ites(dev[good].astype(np.uint32), ev[good].astype(np.uint32), lpi[good].astype(np.uint32), s_rows)
+        creators = good
         creator_at = _creator_index(key, np.sort(creators), n)
         before = cand & ~exists & (np.arange(n) < creator_at)
         code[before & bad_new] = C.E_ITS_MAPC_COLLECTION_OOR
