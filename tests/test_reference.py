@@ -412,3 +412,139 @@ def test_scenario_copies_are_independent():
     m1.slots[0].data[0] ^= 0xFF
     assert m2.slots[0].data[0] == s.slots[0].data[0]
     assert SlotSpec  # re-exported for test authors
+
+
+# ---------------------------------------------------- reference vs closed-form counts
+def _wanted(s: Scenario, i: int, v41: bool) -> int:
+    iid = int(s.intid[i])
+    if v41 and s.hw[i]:
+        return (int(s.vpt[int(s.target_vcpu[i]), iid // 8]) >> (iid % 8)) & 1
+    return int(s.pending_latch[i])
+
+
+@settings(max_examples=150)
+@given(scn=scenarios(max_lpis=64))
+def test_reference_save_matches_closed_form(scn):
+    """For a fault-free save, an independent formulation: reads = number of GPA changes along
+    the walk of targeted LPIs; per (GPA, bit) the writes are the transitions of the sequence
+    (initial bit, wanted_1, wanted_2, ...); the final bit is the last wanted value."""
+    s = scn
+    for order in ("intid", "insertion"):
+        for v41 in (False, True):
+            mem = s.memory()
+            r = ref_save(mem, s.pendbaser, s.intid, s.target_vcpu, s.pending_latch, s.hw, s.vpt, v41, order)
+            if r.fault is not None:
+                continue
+            walk = sorted(range(s.n_lpis), key=lambda k: int(s.intid[k])) if order == "intid" else range(s.n_lpis)
+            walk = [i for i in walk if s.target_vcpu[i] >= 0]
+            gpas = [pendbase(int(s.pendbaser[int(s.target_vcpu[i])])) + int(s.intid[i]) // 8 for i in walk]
+            assert r.guest_reads == sum(1 for k, g in enumerate(gpas) if k == 0 or g != gpas[k - 1])
+            init = s.memory()
+            seq: dict = {}
+            for i, g in zip(walk, gpas, strict=True):
+                seq.setdefault((g, int(s.intid[i]) % 8), []).append(_wanted(s, i, v41))
+            writes = 0
+            for (g, bit), wants in seq.items():
+                cur = (byte(init, g) >> bit) & 1
+                for w in wants:
+                    writes += w != cur
+                    cur = w
+                assert (byte(mem, g) >> bit) & 1 == wants[-1]
+            assert r.guest_writes == writes
+            assert r.vpt_reads == (sum(1 for i in walk if s.hw[i]) if v41 else 0)
+            assert r.lpis_skipped == s.n_lpis - len(walk)
+
+
+@settings(max_examples=150)
+@given(scn=scenarios(max_lpis=64))
+def test_reference_restore_matches_closed_form(scn):
+    """Fault-free restore: each targeted LPI (array order) gets its initial bit unless an
+    earlier LPI on the same (GPA, bit) consumed it; writes = number of LPIs that found a 1."""
+    s = scn
+    mem = s.memory()
+    latch = s.pending_latch.copy()
+    r = ref_sync_pending_status(mem, s.pendbaser, s.intid, s.target_vcpu, latch, True)
+    if r.fault is not None:
+        return
+    init = s.memory()
+    consumed: set = set()
+    want = s.pending_latch.copy()
+    for i in range(s.n_lpis):
+        t = int(s.target_vcpu[i])
+        if t < 0:
+            continue
+        g, bit = pendbase(int(s.pendbaser[t])) + int(s.intid[i]) // 8, int(s.intid[i]) % 8
+        want[i] = ((byte(init, g) >> bit) & 1) == 1 and (g, bit) not in consumed
+        if want[i]:
+            consumed.add((g, bit))
+    assert latch.tolist() == want.tolist()
+    assert r.guest_writes == len(consumed) and r.guest_reads == int(np.count_nonzero(s.target_vcpu >= 0))
+    for g, bit in consumed:
+        assert (byte(mem, g) >> bit) & 1 == 0
+
+
+# ------------------------------------------------------ oracle self-tests: restore ops
+def reference_sync_engine(mutant: str = ""):
+    """sync_pending_status / sync_pending_table built on the reference, with optional bugs."""
+
+    def report(r):
+        return _report(r)
+
+    def raise_fault(r, rep):
+        raise GuestMemoryFault(r.fault.gpa, write=r.fault.write, intid=r.fault.intid, vcpu=r.fault.vcpu, report=rep)
+
+    def status(mem, pendbaser, lpis, vpt=None, *, atomic=True, stop_on_error=True):
+        args = (pendbaser, np.asarray(lpis.intid), np.asarray(lpis.target_vcpu))
+        if atomic and stop_on_error:
+            trial = Scenario.from_objects(mem, pendbaser, lpis).memory()
+            r = ref_sync_pending_status(trial, *args, lpis.pending_latch.copy(), True)
+            if r.fault is not None:
+                raise_fault(r, _report(r, guest_writes=0, bytes_changed=0, dirty_pages=np.zeros(0, np.int64)))
+        latch = lpis.pending_latch
+        before = latch.copy()
+        r = ref_sync_pending_status(mem, *args, latch, stop_on_error)
+        if mutant == "latch_restored_on_write_fault" and r.fault is not None and r.fault.write:
+            k = int(np.flatnonzero(np.asarray(lpis.intid) == r.fault.intid)[0])
+            latch[k] = before[k]
+        if r.fault is not None and stop_on_error:
+            raise_fault(r, report(r))
+        return report(r)
+
+    def table(mem, pendbaser, lpis, vcpu, *, atomic=True):
+        args = (pendbaser, np.asarray(lpis.intid), np.asarray(lpis.target_vcpu))
+        latch = lpis.pending_latch
+        if atomic:
+            r = ref_sync_pending_table(mem, *args, latch.copy(), vcpu)
+            if r.fault is not None:
+                raise_fault(r, _report(r))
+        tgt = np.asarray(lpis.target_vcpu)
+        if mutant == "scan_assigns_all":
+            tgt = np.full_like(tgt, vcpu)
+        r = ref_sync_pending_table(mem, pendbaser, np.asarray(lpis.intid), tgt, latch, vcpu)
+        if r.fault is not None:
+            raise_fault(r, report(r))
+        return report(r)
+
+    return status, table
+
+
+@pytest.mark.parametrize("mutant", ["", "latch_restored_on_write_fault", "scan_assigns_all"])
+def test_oracle_on_restore_ops(monkeypatch, mutant):
+    status, table = reference_sync_engine(mutant)
+    monkeypatch.setitem(oracle.OPERATIONS["sync_pending_status"], "engine",
+                        lambda m, p, lp, v, **kw: status(m, p, lp, v, **kw))
+    monkeypatch.setitem(oracle.OPERATIONS["sync_pending_table"], "engine",
+                        lambda m, p, lp, v, *, vcpu, **kw: table(m, p, lp, vcpu, **kw))
+    caught = 0
+    for seed in range(80):
+        s = gen_scenario(np.random.default_rng([5, seed]), max_lpis=40)
+        for op, kw in (("sync_pending_status", dict(atomic=False)), ("sync_pending_status", dict(stop_on_error=False)),
+                       ("sync_pending_status", dict(atomic=True)), ("sync_pending_table", dict(vcpu=0)),
+                       ("sync_pending_table", dict(vcpu=0, atomic=False))):
+            try:
+                assert_engine_matches(op, s, **kw)
+            except AssertionError as e:
+                assert mutant, f"the correct reference-backed engine was rejected:\n{e}"
+                assert "pending_latch" in str(e) or "lpis_synced" in str(e)
+                caught += 1
+    assert (caught > 0) == bool(mutant)
