@@ -256,3 +256,40 @@ def test_its_pending_migration(acked_before_migration):
     # consumed bits cleared in RAM
     for t in (PE0, PE1):
         assert not dmem.read(PEND[t] + 1024, 32).any()
+
+
+def test_its_migration_nothing_pending():
+    """kvm-unit-tests its-migration: LPI 8195 on PE3, 8196 on PE2, nothing pending: the save
+    reads both bytes and writes nothing; the restore reads both and consumes nothing."""
+    scn = hand_scenario([(8195, 3, 0, 0), (8196, 2, 0, 0)], PEND, [slot(p, 0x10000) for p in PEND])
+    mem, pend, lpis, _ = scn.build()
+    rep = vlpi.save_pending_tables(mem, pend, lpis)
+    assert (rep.guest_reads, rep.guest_writes, len(rep.dirty_pages)) == (2, 0, 0)
+    rep = vlpi.sync_pending_status(mem, pend, lpis)
+    assert (rep.guest_reads, rep.guest_writes, rep.lpis_synced) == (2, 0, 2)
+    assert not lpis.pending_latch.any()
+
+
+def test_its_migrate_unmapped_collection():
+    """kvm-unit-tests its-migrate-unmapped-collection at array level (spec §6.5): LPI 8192 is
+    mapped through a collection that is not mapped (target -1) and its bit is set in PE0's
+    table. Save skips it; restore does not read it; after MAPC (retarget to PE0) only the
+    EnableLPIs scan loads the bit, and RAM keeps it."""
+    scn = hand_scenario([(8192, -1, 0, 0), (8196, 2, 1, 0)], PEND, [slot(p, 0x10000) for p in PEND])
+    scn.slots[0].data[1024] = 0x01
+    mem, pend, lpis, _ = scn.build()
+    rep = vlpi.save_pending_tables(mem, pend, lpis)
+    assert (rep.lpis_skipped, rep.guest_reads, rep.guest_writes) == (1, 1, 1)
+    assert byte(mem, PEND[0] + 1024) == 0x01 and byte(mem, PEND[2] + 1024) == 0x10
+    dst = Scenario.from_objects(mem, pend, lpis)
+    dst.pending_latch[:] = False
+    dmem, dpend, dlpis, _ = dst.build()
+    rep = vlpi.sync_pending_status(dmem, dpend, dlpis)
+    assert dlpis.pending_latch.astype(bool).tolist() == [False, True]
+    assert (rep.guest_reads, rep.guest_writes, rep.lpis_synced) == (1, 1, 1)
+    dlpis.set_targets([0], 0)  # MAPC maps the collection to PE0: no pending state pulled
+    assert not dlpis.pending_latch[0]
+    rep = vlpi.sync_pending_table(dmem, dpend, dlpis, 0)  # EnableLPIs 0 -> 1 on PE0
+    assert dlpis.pending_latch.astype(bool).tolist() == [True, True]
+    assert (rep.lpis_synced, rep.guest_writes) == (1, 0)
+    assert byte(dmem, PEND[0] + 1024) == 0x01  # the scan does not clear RAM

@@ -290,3 +290,17 @@ def test_int32_targets_many_vcpus():
             assert_engine_matches("save", scn, order=order, atomic=atomic)
         assert_engine_matches("sync_pending_status", scn, atomic=False)
         assert_engine_matches("sync_pending_table", scn, vcpu=int(own[0]))
+
+
+@settings(max_examples=30)
+@given(scns=st.lists(scenarios(max_lpis=32), min_size=1, max_size=4), order=st.sampled_from(["intid", "insertion"]),
+       v41=st.booleans())
+def test_save_many_hypothesis(scns, order, v41):
+    """Fault-free batches only (faulting batches: test_save_many_with_a_faulting_vm)."""
+    ok = []
+    for s in scns:
+        m = s.memory()
+        if ref_save(m, s.pendbaser, s.intid, s.target_vcpu, s.pending_latch, s.hw, s.vpt, v41, order).fault is None:
+            ok.append(s)
+    if ok:
+        assert_save_many_matches(ok, order=order, has_gicv4_1=v41, atomic=True)
