@@ -781,3 +781,84 @@ def test_restore_bad_arguments():
     with pytest.raises(TypeError, match="mem"):
         restore_tables_v0(bytearray(16), 0, 0, n_vcpus=1)
     assert restore_tables_v0(mem, 0, 0, n_vcpus=1) == ([], [])  # both tables invalid: nothing
+
+
+# ------------------------------------------------------ restore of arbitrary table contents
+ITT_SLOTS = [ITTS + 0x80 * k for k in range(4)]  # four 16-entry ITTs back to back
+
+
+@st.composite
+def dte_words(draw):
+    if draw(st.integers(0, 3)) == 0:
+        return draw(st.sampled_from([0, (1 << 49) | 0x1F, int.from_bytes(b"\xa5" * 8, "little")]))
+    valid = draw(st.booleans()) or draw(st.booleans())
+    nxt = draw(st.sampled_from([0, 0, 1, 1, 2, 3, 5, 40, 0x3FFF]))
+    itt = draw(st.sampled_from(ITT_SLOTS + [ITTS + 0x40, 0x7000_0000]))
+    size = draw(st.sampled_from([0, 1, 3, 3, 4, 5]))
+    return (V if valid else 0) | (nxt << 49) | ((itt >> 8) << 5) | size
+
+
+@st.composite
+def ite_words(draw):
+    pint = draw(st.sampled_from([0, 0, 0, 8192, 8200, 8300, 0xFFFF_FFFF] * 3 + [5000]))
+    nxt = draw(st.sampled_from([0, 1, 1, 1, 2, 2, 3, 3, 5] * 3 + [20, 0xFFFF]))
+    icid = draw(st.sampled_from([0, 1, 2] * 6 + [9]))
+    return (nxt << 48) | (pint << 16) | icid
+
+
+@st.composite
+def cte_words(draw):
+    valid = draw(st.integers(0, 5)) > 0
+    rd = draw(st.sampled_from([0, 1, 2, COLLECTION_NOT_MAPPED] * 4 + [3, 1 << 32]))
+    icid = draw(st.sampled_from([0, 1, 2, 9, 8191] * 4 + [9000]))
+    return (V if valid else 0) | (rd << 16) | icid
+
+
+@settings(max_examples=60)
+@given(
+    dtes=st.lists(dte_words(), min_size=1, max_size=24),
+    ites=st.lists(ite_words(), min_size=64, max_size=64),
+    ctes=st.lists(cte_words(), min_size=0, max_size=5),
+    n_dte_mapped=st.integers(1, 64),
+    n_vcpus=st.integers(1, 4),
+)
+def test_restore_arbitrary_tables_hypothesis(dtes, ites, ctes, n_dte_mapped, n_vcpus):
+    """Random DTE/ITE/CTE words (stale, invalid, inconsistent, half-mapped tables): the scan
+    rules, error checks and order must equal the walker's."""
+    mem = GuestMemory()
+    dt = mem.add_slot(DT, 8 * n_dte_mapped)  # the device table ends inside the flat table
+    ct = mem.add_slot(CT, 0x1_0000)
+    itts = mem.add_slot(ITTS, 0x200 + 8)  # four ITTs, then one stray entry, then nothing
+    for i, w in enumerate(dtes[:n_dte_mapped]):
+        dt[8 * i : 8 * i + 8] = np.frombuffer(w.to_bytes(8, "little"), np.uint8)
+    for i, w in enumerate(ites):
+        itts[8 * i : 8 * i + 8] = np.frombuffer(w.to_bytes(8, "little"), np.uint8)
+    for i, w in enumerate(ctes):
+        w &= (1 << 64) - 1
+        ct[8 * i : 8 * i + 8] = np.frombuffer(w.to_bytes(8, "little"), np.uint8)
+    assert_restore_matches(mem, baser(DT), baser(CT, kind=4), n_vcpus)
+    assert_restore_matches(mem, baser(DT), baser(CT, kind=4), n_vcpus, existing=(9,))
+    # no collection table, every ICID but 9 known: only the device and ITT rules matter
+    assert_restore_matches(mem, baser(DT), baser(CT, valid=False), n_vcpus, existing=(0, 1, 2))
+
+
+@settings(max_examples=15)
+@given(
+    l1=st.lists(st.sampled_from([0, V | (RAM + 0x1_0000), V | (RAM + 0x2_0000), V | 0x7000_0000]), min_size=2,
+                max_size=6),
+    dtes=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 8191), dte_words()), max_size=8),
+    ites=st.lists(ite_words(), min_size=64, max_size=64),
+)
+def test_restore_arbitrary_two_level_tables_hypothesis(l1, dtes, ites):
+    mem = GuestMemory()
+    ram = mem.add_slot(RAM, 0x3_0000)
+    ram[: 8 * len(l1)] = np.frombuffer(b"".join(w.to_bytes(8, "little") for w in l1), np.uint8)
+    mem.add_slot(RAM + 0x3_0000, 0x1_0000)  # the rest of the level-1 table: zero
+    for page, idx, w in dtes:  # page 0 is the level-1 table itself
+        off = page * 0x1_0000 + 8 * idx
+        if page == 0 and idx < len(l1):
+            continue
+        ram[off : off + 8] = np.frombuffer(w.to_bytes(8, "little"), np.uint8)
+    itts = mem.add_slot(ITTS, 0x200)
+    itts[:] = np.frombuffer(b"".join(w.to_bytes(8, "little") for w in ites), np.uint8)
+    assert_restore_matches(mem, baser(DT, 4, indirect=True), 0, 2, existing=(0, 1, 2, 9))
