@@ -545,8 +545,9 @@ class VM:
             return
         L = self._l
         # which (dev, ev) freed each dead LPI: the last element naming it
-        rmap = {int(r): i for i, r in enumerate(rows.tolist()) if r >= 0}
-        idx = np.array([rmap[int(r)] for r in dead.tolist()], dtype=np.int64)
+        rev = rows[::-1]
+        u, last_rev = np.unique(rev, return_index=True)
+        idx = (rows.size - 1 - last_rev)[np.searchsorted(u, dead)]
         d = np.asarray(devs, dtype=np.int64)[idx]
         e = np.asarray(evs, dtype=np.int64)[idx]
         was = L["pending"][dead].copy()

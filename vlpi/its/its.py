@@ -185,6 +185,13 @@ class VirtualITS:
             return None
         return int(self._ite.arrays["intid"][r]), int(self._coll_target(self._ite.arrays["coll"][r : r + 1])[0])
 
+    def _serials(self, icids: np.ndarray) -> np.ndarray:
+        """Collection serial per ICID (-1 where no such collection); one dict look-up per
+        distinct ICID."""
+        u, inv = np.unique(np.asarray(icids, dtype=np.int64), return_inverse=True)
+        su = np.array([self._coll.get(int(i), -1) for i in u.tolist()], dtype=np.int64)
+        return su[inv.reshape(-1)] if u.size else np.zeros(0, np.int64)
+
     def _coll_target(self, serials: np.ndarray) -> np.ndarray:
         """Target vCPU per collection serial; -1 where NULL, unmapped or freed."""
         s = np.asarray(serials, dtype=np.int64)
@@ -527,7 +534,7 @@ class VirtualITS:
         # which elements attempt an ITE creation, and which succeed (fixed point: an LPI creation
         # succeeds if its accesses cannot fault or an earlier successful attempt created the INTID)
         mc = np.flatnonzero(may_create)
-        serial = np.array([self._coll.get(int(i), -1) for i in icid[mc].tolist()], dtype=np.int64)
+        serial = self._serials(icid[mc])
         tgt = self._coll_target(serial)
         pre = self.vm._l.rows(lpi[mc]) >= 0
         ok_static = pre | self.vm._predict_add(lpi[mc].astype(np.uint32), tgt)[0]
@@ -552,7 +559,7 @@ class VirtualITS:
             _, fi = np.unique(need, return_index=True)
             for c in need[np.sort(fi)].tolist():
                 self._new_collection(int(c), _NOT_MAPPED)
-        s_rows = np.array([self._coll[int(c)] for c in gi.tolist()], dtype=np.int64)
+        s_rows = self._serials(gi)
         self._add_ites(dev[good].astype(np.uint32), ev[good].astype(np.uint32), lpi[good].astype(np.uint32), s_rows)
         creators = good
         creator_at = _creator_index(key, np.sort(creators), n)
