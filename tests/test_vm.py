@@ -313,3 +313,94 @@ def test_describe_lists_flags_and_summarises():
     assert f"... {N_EV - 4} more LPIs" in s
     assert f"LPIs: {N_EV} total, 2 pending" in s
     assert "VM(4 vCPUs" in repr(vm)
+
+
+# ----------------------------------------------------------------------------- ITS tables
+def test_restore_bad_cte_einval_frees_everything():
+    from scenarios.kvm_guest import COLLTAB
+
+    from vlpi.its.abi import encode_cte
+
+    vm, g = build("v3")
+    vm.pause()
+    vm.save_its_tables()
+    vm.save_pending_tables()
+    regs = vm.get_registers()
+    from scenarios.kvm_guest import copy_memory
+
+    mem = copy_memory(vm.mem)
+    mem.write(COLLTAB + 8, encode_cte(99, 1).reshape(1).astype("<u8").view(np.uint8))  # RDBase 99: no such vCPU
+    dst = VM(4, gic="v3", mem=mem)
+    dst.init()
+    with pytest.raises(ItsTableError) as ei:
+        dst.set_registers(regs)
+    assert ei.value.errno == errno.EINVAL
+    assert not dst.its.devices and not dst.its.collections and len(dst.lpis) == 0
+
+
+def test_restore_twice_eexist_and_lpi_fault_rolls_back():
+    from scenarios.kvm_guest import copy_memory
+
+    vm, g = build("v3")
+    vm.lpis.pending_latch[:] = True
+    vm.save_its_tables()
+    vm.save_pending_tables()
+    regs = vm.get_registers()
+    dst = VM(4, gic="v3", mem=copy_memory(vm.mem))
+    dst.init()
+    dst.set_registers(regs)
+    assert len(dst.lpis) == N_EV and dst.lpis.pending_latch.all()
+    with pytest.raises(ItsTableError) as ei:
+        dst.restore_its_tables()
+    assert ei.value.errno == errno.EEXIST
+    assert not dst.its.devices and not dst.its.collections and len(dst.lpis) == 0
+    # an LPI creation that faults (vCPU 2's pending table unmapped) aborts the restore with EFAULT;
+    # the LPIs created before it had their bits consumed, as in KVM
+    dst2 = VM(4, gic="v3", mem=copy_memory(vm.mem))
+    dst2.init()
+    regs2 = dict(regs, pendbaser=list(regs["pendbaser"]))
+    regs2["pendbaser"][2] = 0x7000_0000_0000
+    with pytest.raises(ItsTableError) as ei:
+        dst2.set_registers(regs2)
+    assert ei.value.errno == errno.EFAULT and "8194" in str(ei.value)
+    assert not dst2.its.devices and len(dst2.lpis) == 0
+    assert not table_bits(dst2, 0, [8192])[0] and not table_bits(dst2, 1, [8193])[0]
+    assert table_bits(dst2, 3, [8195])[0]  # never reached
+
+
+def test_two_level_device_table():
+    vm = VM(2, gic="v3")
+    g = Guest(vm)
+    from scenarios.kvm_guest import DEVTAB, RAM
+
+    from vlpi.its import ItsCommandError
+    from vlpi.its import commands as C
+    from vlpi.its.abi import encode_l1e
+    from vlpi.its.queue import write_ctlr
+
+    l2 = RAM + 0x70_0000
+    write_ctlr(vm.its, 0)
+    vm.its.write_baser(0, (1 << 63) | (1 << 62) | DEVTAB)
+    write_ctlr(vm.its, 1)
+    vm.mem.write(DEVTAB + 8, encode_l1e(l2).reshape(1).astype("<u8").view(np.uint8))  # L1[1]: DeviceIDs 8192..16383
+    with pytest.raises(ItsCommandError) as ei:
+        vm.its.mapd(5, RAM + 0x60_0000, 3)  # L1[0] not valid
+    assert ei.value.code == C.E_ITS_MAPD_DEVICE_OOR
+    vm.its.mapd(8192 + 5, RAM + 0x60_0000, 3)
+    vm.its.mapc(0, 1)
+    vm.mem.write(PROP, np.full(8, 0xA3, np.uint8))
+    vm.its.mapti(8197, 2, 8195, 0)
+    vm.pause()
+    rep = vm.save_its_tables()
+    assert rep.dtes_written == 1
+    assert vm.mem.read(l2 + 5 * 8, 8).view("<u8")[0] >> 63 == 1
+    dst, _ = migrate(vm)
+    assert dst.its.translate(8197, 2) == (8195, 1)
+
+
+def test_gicv40_restore_forward_pushes_pending_with_int():
+    vm, g = build("v4.0")
+    vm.signal_msi(DEV, [9, 10])
+    dst, info = migrate(vm, forward_after=(DEV, [9]))
+    assert dst.gicv4.counts["INT"] == 1
+    assert Guest(dst, setup=False).take_all() == {0: [], 1: [8201], 2: [8202], 3: []}
