@@ -370,7 +370,7 @@ def test_restore_twice_eexist_and_lpi_fault_rolls_back():
 
 def test_two_level_device_table():
     vm = VM(2, gic="v3")
-    g = Guest(vm)
+    Guest(vm)
     from scenarios.kvm_guest import DEVTAB, RAM
 
     from vlpi.its import ItsCommandError
