@@ -322,3 +322,28 @@ def test_numpy_fast_and_general_paths_are_both_exercised(case, fast):
         assert lay.perm is not None  # random targets interleave a byte's LPIs: grouped by byte
     if case == "dense-1vcpu":
         assert not lay.singles  # 8 LPIs per byte: the reduceat branch
+
+
+@pytest.mark.parametrize("impl", ["numpy", "kernel_loop"])
+@pytest.mark.parametrize("kind", ["host", "sparse"])
+def test_restore_baselines_match_engine_on_benchmark_scenarios(impl, kind):
+    vlpi = pytest.importorskip("vlpi")
+    scen = pytest.importorskip("vlpi.scenarios")
+    if not hasattr(vlpi, "sync_pending_status") or bl.unavailable_reason(impl):
+        pytest.skip("engine or baseline not importable yet")
+
+    def build():
+        if kind == "host":
+            return scen.build_host(vms=2, vcpus=8, id_bits=14, gic="v4.1", seed=4)
+        rng = np.random.default_rng(4)
+        vm = scen.build_vm(4, 20, lpis_per_vcpu=256, gic="v4.1", seed=rng)
+        return scen.HostScenario([vm], "v4.1", 4, rng)
+
+    a, b = build(), build()
+    for k, (ja, jb) in enumerate(zip(a.jobs, b.jobs, strict=True)):
+        re_ = vlpi.sync_pending_status(ja[0], ja[1], ja[2])
+        rb = bl.RESTORE_BASELINES[impl](jb[0], jb[1], jb[2])
+        assert re_.guest_writes > 0
+        _check_same(rb, re_, SYNC_FIELDS, f"{impl} restore vs engine, VM {k}")
+        _assert_mem_equal(jb[0], ja[0], f"{impl} restore vs engine, VM {k}")
+        np.testing.assert_array_equal(jb[2].pending_latch.astype(bool), ja[2].pending_latch.astype(bool))
