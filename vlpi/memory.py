@@ -71,6 +71,7 @@ class GuestMemory:
         self._slots: list[MemSlot] = []
         self.generation = 0  # bumped on every slot change; engine caches key on it
         self._tables = None
+        self._dirty_pending: list[np.ndarray] = []  # page arrays logged by the engine, applied lazily
 
     # ------------------------------------------------------------------ slots
     def add_slot(
@@ -168,6 +169,7 @@ class GuestMemory:
         return None
 
     def _changed(self) -> None:
+        self._apply_dirty()
         self.generation += 1
         self._tables = None
 
@@ -195,10 +197,16 @@ class GuestMemory:
         return ok & (hi < ext[1][ic])
 
     def _mark_dirty(self, pages: np.ndarray) -> None:
-        """Record writes to the given 4 KiB page numbers (sorted or not)."""
-        pages = np.asarray(pages, dtype=np.int64)
-        if pages.size == 0:
+        """Log writes to the given 4 KiB page numbers. O(1): the engine calls this once per VM per
+        save, and the pages are applied to the per-slot bitmaps when the log is next read."""
+        if len(pages):
+            self._dirty_pending.append(pages)
+
+    def _apply_dirty(self) -> None:
+        if not self._dirty_pending:
             return
+        pages = np.concatenate(self._dirty_pending).astype(np.int64, copy=False)
+        self._dirty_pending = []
         for s in self._slots:
             last = (s.end - 1) >> PAGE_SHIFT
             sel = pages[(pages >= s.page0) & (pages <= last)]
@@ -296,6 +304,7 @@ class GuestMemory:
     def dirty_pages(self) -> np.ndarray:
         """Sorted unique 4 KiB guest page numbers (GPA >> 12) written since the last
         :meth:`clear_dirty`."""
+        self._apply_dirty()
         parts = [np.flatnonzero(s.dirty).astype(np.int64) + s.page0 for s in self._slots]
         if not parts:
             return np.zeros(0, dtype=np.int64)
@@ -303,6 +312,7 @@ class GuestMemory:
 
     def clear_dirty(self) -> None:
         """Clear the dirty-page log."""
+        self._dirty_pending = []
         for s in self._slots:
             s.dirty[:] = False
 

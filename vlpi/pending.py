@@ -362,9 +362,17 @@ def _check_order(order) -> None:
 
 # ===================================================================== job context
 class _Job:
-    """One VM's validated arguments, its plan and its kernel VM-table row."""
+    """One VM's validated arguments, its plan and its kernel VM-table row.
 
-    __slots__ = ("mem", "lpis", "base", "vpt", "vb", "plan", "row", "n_vcpus", "use_vpt", "keep")
+    Cached on the LPITable and reused while the call's arguments are the same objects with the
+    same contents (``_job``), so a steady-state save of many VMs does almost no Python work per VM.
+    """
+
+    __slots__ = (
+        "mem", "lpis", "base", "vpt", "vb", "plan", "row", "n_vcpus", "use_vpt", "keep",
+        "gen", "pb_obj", "pb_bytes", "vpt_obj", "vpt_shape", "has41", "latch_obj", "hw_obj", "recheck",
+        "__weakref__",
+    )
 
     def __init__(self, mem, pendbaser, lpis, vpt, has_gicv4_1, tie, where=""):
         _check_mem(mem, where)
@@ -376,14 +384,43 @@ class _Job:
         self.vpt, self.vb = _check_vpt(vpt, lpis, self.n_vcpus, has_gicv4_1, where)
         self.use_vpt = bool(has_gicv4_1 and self.vb > 0)
         self.plan = _plan(lpis, self.base, tie) if tie is not None else None
+        self.row = None
+        # what the cached validation depends on
+        self.gen = mem.generation
+        self.pb_obj = pendbaser if isinstance(pendbaser, np.ndarray) else None
+        self.pb_bytes = pendbaser.tobytes() if self.pb_obj is not None else None
+        self.vpt_obj = vpt
+        self.vpt_shape = vpt.shape if isinstance(vpt, np.ndarray) else None
+        self.has41 = bool(has_gicv4_1)
+        self.latch_obj = lpis.pending_latch
+        self.hw_obj = lpis.hw
+        # the VPT checks read hw contents, which may change between calls
+        self.recheck = bool(has_gicv4_1 and len(lpis) and (vpt is None or (self.vb << 3) <= lpis.max_intid))
+
+    def still_valid(self, mem, pendbaser, lpis, vpt, has_gicv4_1) -> bool:
+        return (
+            self.pb_obj is not None
+            and pendbaser is self.pb_obj
+            and mem is self.mem
+            and mem.generation == self.gen
+            and vpt is self.vpt_obj
+            and has_gicv4_1 == self.has41
+            and lpis.pending_latch is self.latch_obj
+            and lpis.hw is self.hw_obj
+            and not self.recheck
+            and (vpt is None or vpt.shape == self.vpt_shape)
+            and pendbaser.tobytes() == self.pb_bytes
+        )
 
     def make_row(self) -> np.ndarray:
+        if self.row is not None:
+            return self.row
         p = self.plan
         lp = self.lpis
         sstart, send, sptr, _, _, _ = self.mem._kernel_tables()
         latch = lp.pending_latch
         hw = lp.hw
-        self.keep = (latch, hw, sstart, send, sptr, p)  # alive for the kernel call
+        self.keep = (latch, hw, sstart, send, sptr, p)  # alive while the row is
         row = np.empty(_k.NCOL, dtype=np.uint64)
         row[_k.P_INTID] = _addr(lp.intid)
         row[_k.P_LATCH] = _addr(latch)
@@ -416,81 +453,115 @@ class _Job:
         return int(i), bool(w), int(gpa)
 
 
-def _run(jobs: list[_Job], restore: bool) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Run jobs through the run kernel where every run lies in one memslot, and through the
-    byte-merging kernel otherwise (a run straddling adjacent slots); one parallel pass each.
-    Returns per job (counts, pages), counts = (writes, vpt_reads, bytes_changed, n_pages)."""
-    fast = [j for j, jb in enumerate(jobs) if jb.plan.runs_in_slots(jb.mem)]
-    other = [j for j, jb in enumerate(jobs) if not jb.plan.runs_in_slots(jb.mem)]
-    res: list = [None] * len(jobs)
-    if fast:
-        out = _run_units([jobs[j] for j in fast], _k.run_units, whole_vm=restore, restore=restore)
-        for j, r in zip(fast, out, strict=True):
-            res[j] = r
-    if other:
-        kern = _k.restore_units if restore else _k.save_units
-        for j, r in zip(other, _run_units([jobs[j] for j in other], kern, whole_vm=restore), strict=True):
-            res[j] = r
-    return res
+def _job(mem, pendbaser, lpis, vpt, has_gicv4_1: bool, tie: str, where: str = "", kind: str = "save") -> _Job:
+    """The validated job for these arguments: the cached one when nothing it depends on changed."""
+    if isinstance(lpis, LPITable):
+        key = ("job", kind, tie, has_gicv4_1)
+        j = lpis._cache.get(key)
+        if j is not None and j.still_valid(mem, pendbaser, lpis, vpt, has_gicv4_1):
+            return j
+        j = _Job(mem, pendbaser, lpis, vpt, has_gicv4_1, tie, where)
+        lpis._cache[key] = j
+        return j
+    return _Job(mem, pendbaser, lpis, vpt, has_gicv4_1, tie, where)
+
+
+class _Batch:
+    """The stacked kernel inputs of a list of jobs (one kernel flavour). Reused by the next call
+    with the same jobs (same cached _Job objects), so a steady-state call stacks nothing."""
+
+    def __init__(self, jobs: list[_Job], run_kernel: bool, whole_vm: bool) -> None:
+        self.refs = [weakref.ref(j) for j in jobs]
+        self.vmt = np.stack([j.make_row() for j in jobs]) if jobs else np.zeros((0, _k.NCOL), np.uint64)
+        parts = []
+        poff = 0
+        for i, jb in enumerate(jobs):
+            pu = jb.plan.units
+            if whole_vm and pu.shape[0] > 1:
+                u = np.array([[0, 0, jb.plan.runs.shape[0], 0]], np.int64)
+            else:
+                u = pu.copy()
+            u[:, 0] = i
+            u[:, 3] += poff
+            poff += jb.plan.pages_cap
+            parts.append(u)
+        self.units = np.concatenate(parts) if parts else np.zeros((0, 4), np.int64)
+        self.pages_cap = max(poff, 1)
+        self.n = len(jobs)
+        self.run_kernel = run_kernel
+
+    def matches(self, jobs: list[_Job]) -> bool:
+        return len(jobs) == len(self.refs) and all(r() is j for r, j in zip(self.refs, jobs, strict=True))
+
+    def run(self, kernel, restore: bool | None):
+        """Run the kernel; returns (counts [n, 4], list of per-job page arrays)."""
+        units = self.units
+        out_pages = np.empty(self.pages_cap, dtype=np.uint64)
+        out_cnt = np.zeros((units.shape[0], 4), dtype=np.int64)
+        if units.shape[0]:
+            # one unit: call its serial body directly (waking the thread pool costs more than it
+            # saves, and badly so when the machine is oversubscribed)
+            if not self.run_kernel:
+                if units.shape[0] == 1:
+                    _SERIAL[kernel](self.vmt, units, 0, out_pages, out_cnt)
+                else:
+                    kernel(self.vmt, units, out_pages, out_cnt)
+            else:
+                scratch = np.zeros(units.shape[0] * 64, np.uint8)
+                if units.shape[0] == 1:
+                    _k.run_unit(self.vmt, units, 0, out_pages, out_cnt, scratch, restore)
+                else:
+                    kernel(self.vmt, units, out_pages, out_cnt, scratch, restore)
+        unit_vm = units[:, 0]
+        counts = np.zeros((self.n, 4), np.int64)
+        np.add.at(counts, unit_vm, out_cnt)
+        # gather every unit's logged pages (in plan = address order per job), drop repeats
+        npg = out_cnt[:, 3]
+        total = int(npg.sum())
+        if total == 0:
+            return counts, [_NO_PAGES] * self.n
+        starts = np.cumsum(npg) - npg
+        idx = np.repeat(units[:, 3] - starts, npg) + np.arange(total)
+        pages = out_pages[idx].astype(np.int64)
+        vms = np.repeat(unit_vm, npg)
+        keep = np.ones(total, bool)
+        keep[1:] = (pages[1:] != pages[:-1]) | (vms[1:] != vms[:-1])
+        pages = pages[keep]
+        vms = vms[keep]
+        bounds = np.searchsorted(vms, np.arange(self.n + 1))
+        counts[:, 3] = np.diff(bounds)
+        return counts, [pages[bounds[i] : bounds[i + 1]] for i in range(self.n)]
 
 
 _SERIAL = {_k.save_units: _k._save_unit, _k.restore_units: _k._restore_unit}
+_BATCHES: dict = {}  # (flavour, restore) -> the last _Batch
 
 
-def _run_units(
-    jobs: list[_Job], kernel, whole_vm: bool = False, restore: bool | None = None
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Run a memory-order unit kernel over all jobs in one parallel pass. ``whole_vm``: one unit
-    per VM (restore writes ``pending_latch`` rows in plan order; two threads on one VM would
-    share its cache lines). Returns per job (counts[4], pages)."""
-    if not jobs:
-        return []
-    vmt = np.empty((len(jobs), _k.NCOL), dtype=np.uint64)
-    parts = []
-    nunits = []
-    poff = 0
-    for j, jb in enumerate(jobs):
-        vmt[j] = jb.make_row()
-        pu = jb.plan.units
-        if whole_vm and pu.shape[0] > 1:
-            u = np.array([[0, 0, jb.plan.runs.shape[0], 0]], np.int64)
+def _run(jobs: list[_Job], restore: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Run jobs through the run kernel where every run lies in one memslot, and through the
+    byte-merging kernel otherwise (a run straddling adjacent slots); one parallel pass each.
+    Returns per job (counts, pages), counts = (writes, vpt_reads, bytes_changed, n_pages); the
+    pages are logged in each job's memory."""
+    flags = [jb.plan.runs_in_slots(jb.mem) for jb in jobs]
+    res: list = [None] * len(jobs)
+    for run_kernel in (True, False):
+        idx = [i for i, f in enumerate(flags) if f is run_kernel]
+        if not idx:
+            continue
+        sub = [jobs[i] for i in idx]
+        key = (run_kernel, restore)
+        batch = _BATCHES.get(key)
+        if batch is None or not batch.matches(sub):
+            batch = _Batch(sub, run_kernel, whole_vm=restore)
+            _BATCHES[key] = batch
+        if run_kernel:
+            counts, pages = batch.run(_k.run_units, restore)
         else:
-            u = pu.copy()
-        u[:, 0] = j
-        u[:, 3] += poff
-        poff += jb.plan.pages_cap
-        parts.append(u)
-        nunits.append(u.shape[0])
-    units = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    out_pages = np.empty(max(poff, 1), dtype=np.uint64)
-    out_cnt = np.zeros((units.shape[0], 4), dtype=np.int64)
-    if units.shape[0]:
-        # one unit: call its serial body directly (waking the thread pool costs more than it
-        # saves, and badly so when the machine is oversubscribed)
-        if restore is None:
-            if units.shape[0] == 1:
-                _SERIAL[kernel](vmt, units, 0, out_pages, out_cnt)
-            else:
-                kernel(vmt, units, out_pages, out_cnt)
-        else:  # the run kernel (save or restore)
-            scratch = np.zeros(units.shape[0] * 64, np.uint8)
-            if units.shape[0] == 1:
-                _k.run_unit(vmt, units, 0, out_pages, out_cnt, scratch, restore)
-            else:
-                kernel(vmt, units, out_pages, out_cnt, scratch, restore)
-    res = []
-    k = 0
-    for j, jb in enumerate(jobs):
-        nu = nunits[j]
-        cnt = out_cnt[k : k + nu].sum(axis=0)
-        if cnt[3]:
-            segs = [out_pages[units[q, 3] : units[q, 3] + out_cnt[q, 3]] for q in range(k, k + nu) if out_cnt[q, 3]]
-            pages = np.unique(np.concatenate(segs).astype(np.int64))
-            jb.mem._mark_dirty(pages)
-        else:
-            pages = _NO_PAGES
-        res.append((cnt, pages))
-        k += nu
+            counts, pages = batch.run(_k.restore_units if restore else _k.save_units, None)
+        for k, i in enumerate(idx):
+            if len(pages[k]):
+                jobs[i].mem._mark_dirty(pages[k])
+            res[i] = (counts[k], pages[k])
     return res
 
 
@@ -596,7 +667,7 @@ def save_pending_tables_many(
         if not isinstance(job, (tuple, list)) or len(job) != 4:
             raise TypeError(f"jobs[{j}] must be a (mem, pendbaser, lpis, vpt) tuple")
         mem, pb, lp, vpt = job
-        ctx.append(_Job(mem, pb, lp, vpt, bool(has_gicv4_1), order, where))
+        ctx.append(_job(mem, pb, lp, vpt, bool(has_gicv4_1), order, where))
     mems = [id(c.mem) for c in ctx]
     if len(set(mems)) != len(mems):
         first = next(j for j, m in enumerate(mems) if mems.index(m) != j)
@@ -736,8 +807,7 @@ def sync_pending_status(
     SyncReport
     """
     t0 = time.perf_counter()
-    c = _Job(mem, pendbaser, lpis, None, False, None)
-    c.plan = _plan(lpis, c.base, "insertion")
+    c = _job(mem, pendbaser, lpis, None, False, "insertion", kind="restore")
     n = len(lpis)
     f = c.first_fault(1, False)
     if f is None:
