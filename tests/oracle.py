@@ -311,7 +311,7 @@ def _call(runner, built, kw) -> tuple[Any, BaseException | None]:
         return None, e
 
 
-def assert_engine_matches(op: str, scn: Scenario, **kw) -> tuple[ref.RefResult, Outcome]:
+def assert_engine_matches(op: str, scn: Scenario, *, live=None, **kw) -> tuple[ref.RefResult, Outcome]:
     """Run ``op`` on the engine and on the reference (separate deep copies) and compare.
 
     Parameters
@@ -322,6 +322,10 @@ def assert_engine_matches(op: str, scn: Scenario, **kw) -> tuple[ref.RefResult, 
         Keyword arguments of the engine call (``order``, ``atomic``, ``has_gicv4_1``,
         ``stop_on_error``, ``vcpu``); the reference takes the ones that apply. ``atomic``
         defaults to True, as in the engine.
+    live : (mem, pendbaser, lpis, vpt), optional
+        Run the engine on these objects (whose content must equal ``scn``, e.g.
+        ``scn = Scenario.from_objects(*live)``) instead of fresh copies: checks the engine's
+        caches that live on long-lived LPITables and memories. They are mutated.
 
     Returns
     -------
@@ -346,7 +350,7 @@ def assert_engine_matches(op: str, scn: Scenario, **kw) -> tuple[ref.RefResult, 
     ref_latch = r.pending_latch if r.pending_latch is not None else scn.pending_latch
 
     # --- engine on copy B
-    built = scn.build()
+    built = scn.build() if live is None else tuple(live)
     pend_in, vpt_in = built[1].copy(), None if built[3] is None else built[3].copy()
     report, err = _call(spec["engine"], built, kw)
     mem_e, pend_e, lpis_e, vpt_e = built

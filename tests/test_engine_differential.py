@@ -105,28 +105,35 @@ def test_second_save_changes_nothing():
 
 
 def test_engine_reuses_cached_plans_correctly():
-    """One LPITable saved repeatedly with changing latches, VPTs, memory and PENDBASERs: the
-    engine's caches (plans keyed on PENDBASER, coverage keyed on memory generation) must not
-    serve stale results."""
+    """One live LPITable and GuestMemory saved/restored repeatedly while latches, hw flags,
+    VPTs, targets (set_targets), PENDBASERs and memslots change: the engine's caches (plans on
+    the LPITable keyed on PENDBASER, coverage keyed on the memory generation) must never serve
+    stale results. Each step compares the engine on the live objects with the reference."""
     rng = _rng(4)
     for seed in range(40):
         scn = gen_scenario(_rng(4, seed), max_lpis=120)
         mem, pend, lpis, vpt = scn.build()
-        for step in range(6):
+        for step in range(8):
             cur = Scenario.from_objects(mem, pend, lpis, vpt, name=f"seed {seed} step {step}")
-            kw = dict(order=("intid", "insertion")[step % 2], atomic=bool(step % 3), has_gicv4_1=True)
-            assert_engine_matches("save", cur, **kw)
-            try:  # advance the live objects (the engine's caches live on them)
-                vlpi.save_pending_tables(mem, pend, lpis, vpt=vpt, **kw)
-            except vlpi.GuestMemoryFault:
-                pass
+            if step == 5:
+                assert_engine_matches("sync_pending_status", cur, live=(mem, pend, lpis, vpt), atomic=False)
+            elif step == 6:
+                assert_engine_matches("sync_pending_table", cur, live=(mem, pend, lpis, vpt), vcpu=0)
+            else:
+                kw = dict(order=("intid", "insertion")[step % 2], atomic=bool(step % 3), has_gicv4_1=True)
+                assert_engine_matches("save", cur, live=(mem, pend, lpis, vpt), **kw)
             lpis.pending_latch[:] = rng.random(len(lpis)) < 0.5
             if vpt is not None:
                 vpt ^= rng.integers(0, 256, vpt.shape, dtype=np.uint8)
+            if step == 1:
+                lpis.hw = np.zeros(len(lpis), bool)  # replaced array
             if step == 2 and len(pend) > 1:
                 pend = np.roll(pend, 1)  # same LPIs, permuted PENDBASERs
             if step == 3 and mem.slots:
                 mem.remove_slot(mem.slots[-1].gpa)  # memory generation changes
+            if step in (4, 6) and len(lpis):
+                k = rng.choice(len(lpis), max(1, len(lpis) // 3), replace=False)
+                lpis.set_targets(k, rng.integers(-1, len(pend), k.size))  # MOVI/MAPC: plan invalidated
 
 
 # ------------------------------------------------------------------------ save_many
