@@ -329,6 +329,7 @@ class _Layout:
     run_off: np.ndarray  # slot offset per distinct byte
     run_page: np.ndarray  # absolute 4 KiB page per distinct byte
     vflat: dict  # vpt_bytes -> (flat VPT index per walked LPI, max VPT byte)
+    bitpos: tuple | None = None  # bitarray baseline: (lo, hi, bit positions as a list, byte offsets)
 
 
 def _layout(mem: GuestMemory, pb: np.ndarray, lpis: LPITable, order: str) -> _Layout | None:
@@ -392,6 +393,35 @@ def _layout(mem: GuestMemory, pb: np.ndarray, lpis: LPITable, order: str) -> _La
     return lay
 
 
+def _fast_wanted(lay: _Layout, lpis: LPITable, vpt, has_gicv4_1: bool):
+    """(wanted uint8 0/1 per walked LPI, vpt_reads) with the cached layout, or None when the
+    general path must decide (missing VPT, an LPI beyond the VPT: it raises the exact error)."""
+    walk = lay.walk
+    latch = np.asarray(lpis.pending_latch)
+    latch = latch if lay.identity else latch[walk.rows]
+    wanted = latch.view(np.uint8) if latch.dtype in (np.bool_, np.uint8) else latch.astype(np.uint8)
+    n_vpt = 0
+    if has_gicv4_1:
+        hw = np.asarray(lpis.hw)
+        hw = hw if lay.identity else hw[walk.rows]
+        hw = hw.view(bool) if hw.dtype in (np.bool_, np.uint8) else hw.astype(bool)
+        n_vpt = int(np.count_nonzero(hw))
+        if n_vpt:
+            if vpt is None:
+                return None
+            vpt = np.ascontiguousarray(vpt)
+            vb = vpt.shape[1]
+            if vb not in lay.vflat:
+                byte = (walk.intid >> np.uint64(3)).astype(np.int64)
+                lay.vflat[vb] = (walk.target * vb + np.minimum(byte, vb - 1), int(byte.max()) if byte.size else -1)
+            vflat, vmax = lay.vflat[vb]
+            if vmax >= vb:  # some LPI lies beyond the VPT: exact check (raises if it is a hw one)
+                return None
+            vbit = (vpt.reshape(-1)[vflat] >> lay.bit) & np.uint8(1)
+            wanted = np.where(hw, vbit, wanted)
+    return wanted, n_vpt
+
+
 def numpy_save(
     mem: GuestMemory, pendbaser, lpis: LPITable, *, vpt=None, has_gicv4_1: bool = False, order: str = "intid"
 ):
@@ -414,28 +444,10 @@ def numpy_save(
         return _numpy_save_general(mem, pb, lpis, vpt=vpt, has_gicv4_1=has_gicv4_1, order=order, t0=t0)
     SaveReport, _ = report_types()
     walk = lay.walk
-    latch = np.asarray(lpis.pending_latch)
-    latch = latch if lay.identity else latch[walk.rows]
-    wanted = latch.view(np.uint8) if latch.dtype in (np.bool_, np.uint8) else latch.astype(np.uint8)
-    n_vpt = 0
-    if has_gicv4_1:
-        hw = np.asarray(lpis.hw)
-        hw = hw if lay.identity else hw[walk.rows]
-        hw = hw.view(bool) if hw.dtype in (np.bool_, np.uint8) else hw.astype(bool)
-        n_vpt = int(np.count_nonzero(hw))
-        if n_vpt:
-            if vpt is None:
-                return _numpy_save_general(mem, pb, lpis, vpt=vpt, has_gicv4_1=has_gicv4_1, order=order, t0=t0)
-            vpt = np.ascontiguousarray(vpt)
-            vb = vpt.shape[1]
-            if vb not in lay.vflat:
-                byte = (walk.intid >> np.uint64(3)).astype(np.int64)
-                lay.vflat[vb] = (walk.target * vb + np.minimum(byte, vb - 1), int(byte.max()) if byte.size else -1)
-            vflat, vmax = lay.vflat[vb]
-            if vmax >= vb:  # some LPI lies beyond the VPT: exact check (raises if it is a hw one)
-                return _numpy_save_general(mem, pb, lpis, vpt=vpt, has_gicv4_1=has_gicv4_1, order=order, t0=t0)
-            vbit = (vpt.reshape(-1)[vflat] >> lay.bit) & np.uint8(1)
-            wanted = np.where(hw, vbit, wanted)
+    fw = _fast_wanted(lay, lpis, vpt, has_gicv4_1)
+    if fw is None:
+        return _numpy_save_general(mem, pb, lpis, vpt=vpt, has_gicv4_1=has_gicv4_1, order=order, t0=t0)
+    wanted, n_vpt = fw
     data = lay.slot.data
     old = data[lay.off]
     changed = ((old >> lay.bit) & np.uint8(1)) ^ wanted  # 1 where the stored bit differs
@@ -561,12 +573,14 @@ def _numpy_save_general(
 def bitarray_save(
     mem: GuestMemory, pendbaser, lpis: LPITable, *, vpt=None, has_gicv4_1: bool = False, order: str = "intid"
 ):
-    """``save_pending_tables`` with each vCPU's pending table held as a ``bitarray``.
+    """``save_pending_tables`` with the pending tables held as a ``bitarray``.
 
-    Per vCPU: load the table's touched byte range into a little-endian bitarray, gather the stored
-    bits of its LPIs, xor with the wanted bits (``guest_writes``), scatter the wanted bits, and
-    write the range back (only bytes that changed are logged dirty). Falls back to
-    :func:`numpy_save` when vCPU tables alias or a table range is not inside one writable slot.
+    Usual case (disjoint tables in one writable slot): the VM's touched byte range becomes one
+    little-endian bitarray; gather the stored bits of every LPI (a cached position list), xor with
+    the wanted bits (``guest_writes``), scatter the wanted bits, and copy the LPIs' bytes back
+    (changed ones logged dirty). Otherwise per vCPU, each table's touched range its own bitarray;
+    falls back to :func:`numpy_save` when vCPU tables alias or a table range is not inside one
+    writable slot. The wanted bits and the read count come from NumPy (as for the NumPy baseline).
     """
     from bitarray import bitarray
 
@@ -574,6 +588,46 @@ def bitarray_save(
     SaveReport, _ = report_types()
     pb = _pendbaser(pendbaser)
     _check_targets(lpis, pb)
+    if order not in ("intid", "insertion"):
+        raise ValueError(f"order must be 'intid' or 'insertion', got {order!r}")
+    lay = _layout(mem, pb, lpis, order)
+    fw = _fast_wanted(lay, lpis, vpt, has_gicv4_1) if lay is not None else None
+    if fw is not None:
+        # the whole touched byte range of the VM's memslot as one bitarray (LSB-first)
+        wanted, n_vpt = fw
+        if lay.bitpos is None:
+            lo = int(lay.run_off.min()) if lay.run_off.size else 0
+            hi = int(lay.run_off.max()) + 1 if lay.run_off.size else 0
+            lay.bitpos = (lo, hi, ((lay.off - lo) * 8 + lay.bit).tolist(), (lay.run_off - lo))
+        lo, hi, pos, run_rel = lay.bitpos
+        raw = lay.slot.data[lo:hi]
+        table = bitarray(endian="little")
+        table.frombytes(raw.tobytes())
+        want = bitarray(endian="little")
+        want.frombytes(np.packbits(wanted, bitorder="little").tobytes())
+        del want[wanted.size :]
+        stored = table[pos]
+        writes = (stored ^ want).count()
+        table[pos] = want
+        new = np.frombuffer(table.tobytes(), dtype=np.uint8)[run_rel]
+        hit = new != raw[run_rel]
+        raw[run_rel] = new  # the LPIs' bytes only: other bytes of the range are never touched
+        pages = _unique_small(lay.run_page[hit])
+        if pages.size:
+            lay.slot.dirty[pages - lay.slot.page0] = True
+        return _make(
+            SaveReport,
+            lpis_total=len(lpis),
+            lpis_skipped=lay.walk.n_skipped,
+            guest_reads=lay.reads,
+            guest_writes=int(writes),
+            vpt_reads=n_vpt,
+            bytes_changed=int(np.count_nonzero(hit)),
+            vpes_unmapped=_vpes(pb, has_gicv4_1),
+            vpes_remapped=_vpes(pb, has_gicv4_1),
+            dirty_pages=pages,
+            elapsed_s=time.perf_counter() - t0,
+        )
     walk = _walk(lpis, order)
     if not _tables_disjoint(pb, walk):
         return numpy_save(mem, pb, lpis, vpt=vpt, has_gicv4_1=has_gicv4_1, order=order)

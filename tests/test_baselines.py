@@ -62,7 +62,7 @@ def make_case(
     id_bits: int = 14,
     density: float = 0.5,
     alias: bool = False,
-    split: bool = False,
+    split: bool | str = False,
     untargeted: float = 0.1,
 ) -> Case:
     """Random VM: ``vcpus`` tables 64 KiB apart (or all on two shared bases when ``alias``),
@@ -90,7 +90,9 @@ def make_case(
         pendbaser[2:] = pendbaser[0] | np.uint64(0x4000_0000_0000_0000)  # PTZ etc. are ignored
     size = 0x10000 * (vcpus + 1)
     data = rng.integers(0, 256, size, dtype=np.uint8)
-    if split:
+    if split == "table":  # one memslot per vCPU table, adjacent
+        slots = [(ram_gpa + o, data[o : o + 0x10000].copy(), False) for o in range(0, size, 0x10000)]
+    elif split:
         cut = 0x10000 + 1024 + 3  # table of vCPU 1 straddles two adjacent slots
         slots = [(ram_gpa, data[:cut].copy(), False), (ram_gpa + cut, data[cut:].copy(), False)]
     else:
@@ -123,6 +125,7 @@ CASES = {
     "sparse": dict(vcpus=8, id_bits=16, density=0.02),
     "alias": dict(alias=True),
     "split-slots": dict(split=True),
+    "slot-per-table": dict(split="table"),
     "no-lpis": dict(density=0.0),
 }
 
