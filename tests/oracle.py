@@ -93,6 +93,7 @@ class Scenario:
     @classmethod
     def from_objects(cls, mem: GuestMemory, pendbaser, lpis: LPITable, vpt=None, name: str = "") -> Scenario:
         """Snapshot live objects (deep copies; the originals are not referenced)."""
+        mem.dirty_pages()  # the engine may log dirty pages lazily: settle the per-slot bitmaps
         slots = [SlotSpec(s.gpa, s.data.copy(), s.readonly, s.dirty.copy()) for s in mem.slots]
         return cls(
             slots,
