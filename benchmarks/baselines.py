@@ -575,10 +575,11 @@ def bitarray_save(
 ):
     """``save_pending_tables`` with the pending tables held as a ``bitarray``.
 
-    Usual case (disjoint tables in one writable slot): the VM's touched byte range becomes one
-    little-endian bitarray; gather the stored bits of every LPI (a cached position list), xor with
-    the wanted bits (``guest_writes``), scatter the wanted bits, and copy the LPIs' bytes back
-    (changed ones logged dirty). Otherwise per vCPU, each table's touched range its own bitarray;
+    Usual case (disjoint tables in one writable slot): the VM's touched byte range is one
+    little-endian bitarray sharing the slot's memory (``bitarray(buffer=...)``, no copy); gather
+    the stored bits of every LPI (a cached position list), xor with the wanted bits
+    (``guest_writes``), scatter the wanted bits in place (changed bytes logged dirty).
+    Otherwise per vCPU, each table's touched range its own bitarray;
     falls back to :func:`numpy_save` when vCPU tables alias or a table range is not inside one
     writable slot. The wanted bits and the read count come from NumPy (as for the NumPy baseline).
     """
@@ -601,17 +602,16 @@ def bitarray_save(
             lay.bitpos = (lo, hi, ((lay.off - lo) * 8 + lay.bit).tolist(), (lay.run_off - lo))
         lo, hi, pos, run_rel = lay.bitpos
         raw = lay.slot.data[lo:hi]
-        table = bitarray(endian="little")
-        table.frombytes(raw.tobytes())
+        before = raw[run_rel]  # the LPIs' bytes, for bytes_changed and the dirty log
+        table = bitarray(buffer=raw, endian="little")  # shares guest memory: no copy
         want = bitarray(endian="little")
         want.frombytes(np.packbits(wanted, bitorder="little").tobytes())
         del want[wanted.size :]
         stored = table[pos]
         writes = (stored ^ want).count()
-        table[pos] = want
-        new = np.frombuffer(table.tobytes(), dtype=np.uint8)[run_rel]
-        hit = new != raw[run_rel]
-        raw[run_rel] = new  # the LPIs' bytes only: other bytes of the range are never touched
+        table[pos] = want  # writes the LPIs' bits in place; other bits are never touched
+        del table
+        hit = raw[run_rel] != before
         pages = _unique_small(lay.run_page[hit])
         if pages.size:
             lay.slot.dirty[pages - lay.slot.page0] = True
