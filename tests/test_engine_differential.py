@@ -3,11 +3,15 @@
 Every comparison goes through :func:`oracle.assert_engine_matches` (bytes of every slot, dirty
 log, every report count, pending_latch, fault details, untouched inputs). Seeded loops give a
 fixed, broad sample in every run; hypothesis explores the knob space (bounded ``max_examples``).
+
+Longer hunting runs: ``VLPI_DIFF_SCALE=20`` (20x the seeded sample) and
+``HYPOTHESIS_PROFILE=thorough`` (10x the hypothesis examples).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -22,6 +26,8 @@ import vlpi
 pytestmark = pytest.mark.engine
 
 SAVE_MODES = list(itertools.product(("intid", "insertion"), (True, False), (False, True)))
+#: multiply the seeded sample (e.g. VLPI_DIFF_SCALE=20 for a long hunting run; default 1)
+SCALE = max(1, int(os.environ.get("VLPI_DIFF_SCALE", "1")))
 
 
 def _rng(*key) -> np.random.Generator:
@@ -33,7 +39,7 @@ def _rng(*key) -> np.random.Generator:
 def test_save_seeded(chunk):
     """300 scenarios per chunk, each under all 8 (order, atomic, has_gicv4_1) modes."""
     faults = 0
-    for seed in range(chunk * 300, (chunk + 1) * 300):
+    for seed in range(chunk * 300 * SCALE, (chunk + 1) * 300 * SCALE):
         scn = gen_scenario(_rng(1, seed))
         for order, atomic, v41 in SAVE_MODES:
             r, _ = assert_engine_matches("save", scn, order=order, atomic=atomic, has_gicv4_1=v41)
@@ -202,7 +208,7 @@ def test_save_many_with_a_faulting_vm(atomic):
 # ---------------------------------------------------------------- sync_pending_status
 @pytest.mark.parametrize("chunk", range(2))
 def test_sync_status_seeded(chunk):
-    for seed in range(chunk * 400, (chunk + 1) * 400):
+    for seed in range(chunk * 400 * SCALE, (chunk + 1) * 400 * SCALE):
         scn = gen_scenario(_rng(7, seed))
         for atomic, stop in itertools.product((True, False), (True, False)):
             assert_engine_matches("sync_pending_status", scn, atomic=atomic, stop_on_error=stop)
@@ -235,7 +241,7 @@ def test_restore_after_save_round_trip():
 # ----------------------------------------------------------------- sync_pending_table
 @pytest.mark.parametrize("chunk", range(2))
 def test_sync_table_seeded(chunk):
-    for seed in range(chunk * 300, (chunk + 1) * 300):
+    for seed in range(chunk * 300 * SCALE, (chunk + 1) * 300 * SCALE):
         scn = gen_scenario(_rng(9, seed))
         for vcpu in sorted({0, scn.n_vcpus - 1}):
             for atomic in (True, False):
