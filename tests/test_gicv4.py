@@ -127,3 +127,17 @@ def test_bulk_raise_equals_sequential():
     assert (da == np.array([r[0][0] for r in res])).all()
     assert (ra == np.array([r[1][0] for r in res])).all()
     assert (a._live == b._live).all() and (a.doorbells == b.doorbells).all()
+
+
+def test_vmapp_alloc_and_ptz_fields():
+    g = GICv4(2)
+    g.map_all_vpes()
+    g.unmap_all_vpes()
+    g.map_all_vpes()
+    log = list(g.vmapp_log)
+    assert log[:2] == [(0, True, True, False), (1, True, True, False)]  # first map: Alloc=1
+    assert log[2:4] == [(0, False, True, False), (1, False, True, False)]  # last unmap: Alloc=1
+    assert all(ptz is False for *_, ptz in log)  # PTZ never set on remap
+    v40 = GICv4(1, version="v4.0")
+    v40.vmapp(0, True)
+    assert list(v40.vmapp_log) == [(0, True, False, False)]  # no Alloc/PTZ on v4.0

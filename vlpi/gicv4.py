@@ -38,6 +38,7 @@ completed. VLPI operations act on ``_live`` while the GIC owns the table.
 from __future__ import annotations
 
 import errno as _errno
+from collections import deque
 
 import numpy as np
 
@@ -103,6 +104,8 @@ class GICv4:
         self.vpendbaser = np.arange(n_vpes, dtype=np.uint64) & np.uint64(0xFFFF)
         self.doorbells = np.zeros(n_vpes, dtype=np.int64)
         self.vlpi_count = np.zeros(n_vpes, dtype=np.int64)
+        #: the last VMAPPs issued: (vPE, V, Alloc, PTZ), at most 65536 kept
+        self.vmapp_log: deque[tuple[int, bool, bool, bool]] = deque(maxlen=1 << 16)
         self.counts = dict.fromkeys(
             ("VMAPP", "VMAPTI", "VMOVI", "VMOVP", "VSYNC", "VINVALL", "INVDB", "INT", "CLEAR", "DISCARD"), 0
         )
@@ -171,19 +174,22 @@ class GICv4:
         """
         v = self._vpe(vpe)
         self.counts["VMAPP"] += 1
+        v41 = self.has_gicv4_1
         if valid:
             if self.mapped[v]:
                 return
             was_owned = self._owned(v)
             self.mapped[v] = True
+            self.vmapp_log.append((v, True, v41 and self.vmapp_count[v] == 0, bool(ptz and v41)))
             self.vmapp_count[v] += 1
             if not was_owned:
-                self._take(v, ptz and self.has_gicv4_1)
+                self._take(v, ptz and v41)
         else:
             if not self.mapped[v]:
                 return
             self.mapped[v] = False
             self.vmapp_count[v] = max(0, int(self.vmapp_count[v]) - 1)
+            self.vmapp_log.append((v, False, v41 and self.vmapp_count[v] == 0, False))
             if not self._owned(v):
                 self._release(v)
 
