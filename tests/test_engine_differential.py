@@ -4,8 +4,8 @@ Every comparison goes through :func:`oracle.assert_engine_matches` (bytes of eve
 log, every report count, pending_latch, fault details, untouched inputs). Seeded loops give a
 fixed, broad sample in every run; hypothesis explores the knob space (bounded ``max_examples``).
 
-Longer hunting runs: ``VLPI_DIFF_SCALE=20`` (20x the seeded sample) and
-``HYPOTHESIS_PROFILE=thorough`` (10x the hypothesis examples).
+Longer hunting runs: ``VLPI_DIFF_SCALE=20`` multiplies the seeded sample and the hypothesis
+examples by 20.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import vlpi
 pytestmark = pytest.mark.engine
 
 SAVE_MODES = list(itertools.product(("intid", "insertion"), (True, False), (False, True)))
-#: multiply the seeded sample (e.g. VLPI_DIFF_SCALE=20 for a long hunting run; default 1)
+#: multiply the seeded sample and hypothesis examples (VLPI_DIFF_SCALE=20 for a long hunting run)
 SCALE = max(1, int(os.environ.get("VLPI_DIFF_SCALE", "1")))
 
 
@@ -50,7 +50,7 @@ def test_save_seeded(chunk):
 @pytest.mark.parametrize("order", ["intid", "insertion"])
 @pytest.mark.parametrize("atomic", [True, False])
 @pytest.mark.parametrize("v41", [False, True])
-@settings(max_examples=40)
+@settings(max_examples=40 * SCALE)
 @given(scn=scenarios())
 def test_save_hypothesis(scn, order, atomic, v41):
     assert_engine_matches("save", scn, order=order, atomic=atomic, has_gicv4_1=v41)
@@ -216,7 +216,7 @@ def test_sync_status_seeded(chunk):
 
 @pytest.mark.parametrize("atomic", [True, False])
 @pytest.mark.parametrize("stop", [True, False])
-@settings(max_examples=40)
+@settings(max_examples=40 * SCALE)
 @given(scn=scenarios())
 def test_sync_status_hypothesis(scn, atomic, stop):
     assert_engine_matches("sync_pending_status", scn, atomic=atomic, stop_on_error=stop)
@@ -248,7 +248,7 @@ def test_sync_table_seeded(chunk):
                 assert_engine_matches("sync_pending_table", scn, vcpu=vcpu, atomic=atomic)
 
 
-@settings(max_examples=60)
+@settings(max_examples=60 * SCALE)
 @given(scn=scenarios(), data=st.data())
 def test_sync_table_hypothesis(scn, data):
     vcpu = data.draw(st.integers(0, scn.n_vcpus - 1), label="vcpu")
@@ -305,7 +305,7 @@ def test_int32_targets_many_vcpus():
         assert_engine_matches("sync_pending_table", scn, vcpu=int(own[0]))
 
 
-@settings(max_examples=30)
+@settings(max_examples=30 * SCALE)
 @given(scns=st.lists(scenarios(max_lpis=32), min_size=1, max_size=4), order=st.sampled_from(["intid", "insertion"]),
        v41=st.booleans())
 def test_save_many_hypothesis(scns, order, v41):
