@@ -54,6 +54,7 @@ Modelling notes
 
 from __future__ import annotations
 
+import bisect
 import errno as _errno
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -404,6 +405,8 @@ class _Map:
         self.mem = mem
         self.rd = _extents(mem, False)
         self.wr = _extents(mem, True)
+        self._rd_starts = self.rd[0].tolist()  # scalar lookups: bisect on lists beats numpy
+        self._rd_ends = self.rd[1].tolist()
 
     @staticmethod
     def _inside(ext, lo: np.ndarray, n: int) -> np.ndarray:
@@ -424,11 +427,15 @@ class _Map:
 
     def readable_entries(self, gpa: int, m: int) -> int:
         """How many consecutive 8-byte entries from ``gpa`` (at most ``m``) can be read."""
-        st, en = self.rd
-        i = int(np.searchsorted(st, np.uint64(gpa), side="right")) - 1
-        if i < 0 or gpa >= int(en[i]):
+        i = bisect.bisect_right(self._rd_starts, gpa) - 1
+        if i < 0 or gpa >= self._rd_ends[i]:
             return 0
-        return min(m, (int(en[i]) - gpa) // ESZ)
+        return min(m, (self._rd_ends[i] - gpa) // ESZ)
+
+    def visible1(self, gpa: int) -> bool:
+        """Scalar :meth:`visible`."""
+        i = bisect.bisect_right(self._rd_starts, gpa) - 1
+        return i >= 0 and gpa < self._rd_ends[i]
 
     def read_words(self, gpa: int, m: int) -> tuple[np.ndarray, int]:
         """Read up to ``m`` entries; returns (words, n) with n < m when entry n would fault."""
@@ -546,7 +553,7 @@ def _ite_array(a, name: str, n: int | None) -> np.ndarray:
     if arr.dtype == np.uint64 and arr.size and arr.max() >= 1 << 63:
         i = int(np.argmax(arr >= np.uint64(1 << 63)))
         raise ValueError(f"{name}[{i}] = {int(arr[i])} is out of range")
-    return arr.astype(np.int64, copy=False)
+    return arr  # converted to int64 by one concatenate per column
 
 
 class _SaveInput:
@@ -577,7 +584,9 @@ class _SaveInput:
         counts = np.array([c.size for c in cols[0]], np.int64)
         first = np.concatenate([[0], np.cumsum(counts)])
         rank0 = np.repeat(np.arange(nd), counts)  # caller's device index per ITE
-        eid, pint, icid, hw = (np.concatenate(c) if nd else np.zeros(0, np.int64) for c in cols)
+        eid, pint, icid, hw = (
+            np.concatenate(c, dtype=np.int64, casting="unsafe") if nd else np.zeros(0, np.int64) for c in cols
+        )
 
         def bad(mask: np.ndarray, name: str, what: str) -> None:
             if mask.any():
@@ -983,6 +992,9 @@ def _l1_step(words: np.ndarray) -> np.ndarray:
 _KINDS = {"dte": (_bit63, _dte_step), "ite": (_ite_valid, _ite_step), "l1": (_bit63, _l1_step)}
 
 
+_EMPTY_ITES = (np.zeros(0, np.uint32), np.zeros(0, np.uint32), np.zeros(0, np.uint16), np.zeros(0, bool))
+
+
 class _Restore:
     def __init__(self, gmap: _Map, n_vcpus: int, baser0: int, baser1: int, existing) -> None:
         self.gmap = gmap
@@ -1090,7 +1102,7 @@ class _Restore:
             # check_id: in a flat table the ID is in range and its entry visible by
             # construction (it was just read from there); a two-level table re-reads the L1
             # entry of the (32-bit wrapped) ID, which may not be the one being scanned.
-            if dev_id > VITS_MAX_DEVID or indirect:
+            if dev_id > VITS_MAX_DEVID or (indirect and not self._l2_ok(dev_id)):
                 ok, _, reason = _check_id(self.gmap, self.baser0, dev_id, True, self.l1_cache)
                 if not ok:
                     raise self.fail(
@@ -1099,7 +1111,7 @@ class _Restore:
                         f"device table: DTE of DeviceID {dev_id} at GPA {a:#x}",
                         a,
                     )
-            dev = ItsDevice(dev_id, ((w >> 5) & ((1 << 44) - 1)) << 8, (w & 0x1F) + 1)
+            dev = ItsDevice(dev_id, ((w >> 5) & ((1 << 44) - 1)) << 8, (w & 0x1F) + 1, *_EMPTY_ITES)
             self.devices.append(dev)
             self._itt(dev)
         if term == "stop":
@@ -1113,6 +1125,17 @@ class _Restore:
                 a,
             )
         return "end"
+
+    def _l2_ok(self, dev_id: int) -> bool:
+        """Fast path of ``vgic_its_check_id`` for a DeviceID <= 0xffff in a two-level table
+        (False sends the caller to :func:`_check_id`, which also says why)."""
+        index = dev_id // L2_ENTRIES  # <= 7, always inside a level-1 table of >= 8192 entries
+        if index not in self.l1_cache:
+            _check_id(self.gmap, self.baser0, index * L2_ENTRIES, True, self.l1_cache)  # fills it
+        l1 = self.l1_cache[index]
+        return l1 is not None and bool(l1 >> 63) and self.gmap.visible1(
+            (l1 & _ADDR_51_16) + (dev_id % L2_ENTRIES) * ESZ
+        )
 
     def _itt(self, dev: ItsDevice) -> None:
         n = 1 << dev.eventid_bits
@@ -1132,10 +1155,14 @@ class _Restore:
             if msg:
                 f = t
                 break
-        w_arr = np.array(words[:f], np.uint64)
         dev.event_id = np.array(idx[:f], np.uint32)
-        dev.pintid = ((w_arr >> _U64(16)) & _U64(0xFFFF_FFFF)).astype(np.uint32)
-        dev.icid = (w_arr & _U64(0xFFFF)).astype(np.uint16)
+        if f > 64:
+            w_arr = np.array(words[:f], np.uint64)
+            dev.pintid = ((w_arr >> _U64(16)) & _U64(0xFFFF_FFFF)).astype(np.uint32)
+            dev.icid = (w_arr & _U64(0xFFFF)).astype(np.uint16)
+        else:  # a few ITEs: plain ints are cheaper than numpy round trips
+            dev.pintid = np.array([(w >> 16) & 0xFFFF_FFFF for w in words[:f]], np.uint32)
+            dev.icid = np.array([w & 0xFFFF for w in words[:f]], np.uint16)
         dev.hw = np.zeros(f, bool)
         if msg:
             i, w = idx[f], words[f]
