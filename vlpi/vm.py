@@ -748,7 +748,7 @@ class VM:
         if not (self.running[v] and self.enable_lpis_state[v]) or L.n == 0:
             return np.zeros(0, np.uint32)
         mine = (L["target"] == v) & L["enabled"]
-        sw = mine & ~L["hw"] & L["pending"]
+        sw = mine & L["pending"]  # software pending state (a hw LPI's latch too, as KVM queues it)
         hw = mine & L["hw"]
         hwp = np.zeros(L.n, bool)
         if hw.any():
