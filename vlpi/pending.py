@@ -394,8 +394,13 @@ class _Job:
         self.has41 = bool(has_gicv4_1)
         self.latch_obj = lpis.pending_latch
         self.hw_obj = lpis.hw
-        # the VPT checks read hw contents, which may change between calls
-        self.recheck = bool(has_gicv4_1 and len(lpis) and (vpt is None or (self.vb << 3) <= lpis.max_intid))
+        # the VPT checks read hw contents, which may change between calls; a VPT that had to be
+        # copied (not C-contiguous) must be copied again, or later changes to it would be missed
+        self.recheck = bool(
+            has_gicv4_1
+            and len(lpis)
+            and (vpt is None or (self.vb << 3) <= lpis.max_intid or not vpt.flags.c_contiguous)
+        )
 
     def still_valid(self, mem, pendbaser, lpis, vpt, has_gicv4_1) -> bool:
         return (
@@ -489,6 +494,7 @@ class _Batch:
         self.pages_cap = max(poff, 1)
         self.n = len(jobs)
         self.run_kernel = run_kernel
+        self.serial = self.units.shape[0] < 2 or sum(j.plan.n_entries for j in jobs) < _SERIAL_BELOW
 
     def matches(self, jobs: list[_Job]) -> bool:
         return len(jobs) == len(self.refs) and all(r() is j for r, j in zip(self.refs, jobs, strict=True))
@@ -499,19 +505,13 @@ class _Batch:
         out_pages = np.empty(self.pages_cap, dtype=np.uint64)
         out_cnt = np.zeros((units.shape[0], 4), dtype=np.int64)
         if units.shape[0]:
-            # one unit: call its serial body directly (waking the thread pool costs more than it
-            # saves, and badly so when the machine is oversubscribed)
+            # small batches and single units run serially: waking the thread pool costs more
+            # than it saves, and badly so when the machine is oversubscribed
+            kern = _SERIAL[kernel] if self.serial else kernel
             if not self.run_kernel:
-                if units.shape[0] == 1:
-                    _SERIAL[kernel](self.vmt, units, 0, out_pages, out_cnt)
-                else:
-                    kernel(self.vmt, units, out_pages, out_cnt)
+                kern(self.vmt, units, out_pages, out_cnt)
             else:
-                scratch = np.zeros(units.shape[0] * 64, np.uint8)
-                if units.shape[0] == 1:
-                    _k.run_unit(self.vmt, units, 0, out_pages, out_cnt, scratch, restore)
-                else:
-                    kernel(self.vmt, units, out_pages, out_cnt, scratch, restore)
+                kern(self.vmt, units, out_pages, out_cnt, np.zeros(units.shape[0] * 64, np.uint8), restore)
         unit_vm = units[:, 0]
         counts = np.zeros((self.n, 4), np.int64)
         np.add.at(counts, unit_vm, out_cnt)
@@ -533,7 +533,12 @@ class _Batch:
         return counts, [pages[bounds[i] : bounds[i + 1]] for i in range(self.n)]
 
 
-_SERIAL = {_k.save_units: _k._save_unit, _k.restore_units: _k._restore_unit}
+_SERIAL = {
+    _k.save_units: _k.save_units_serial,
+    _k.restore_units: _k.restore_units_serial,
+    _k.run_units: _k.run_units_serial,
+}
+_SERIAL_BELOW = 1 << 17  # LPIs per batch below which the kernels run on one thread
 _BATCHES: dict = {}  # (flavour, restore) -> the last _Batch
 
 
