@@ -844,8 +844,9 @@ def test_restore_arbitrary_tables_hypothesis(dtes, ites, ctes, n_dte_mapped, n_v
 
 @settings(max_examples=15)
 @given(
-    l1=st.lists(st.sampled_from([0, V | (RAM + 0x1_0000), V | (RAM + 0x2_0000), V | 0x7000_0000]), min_size=2,
-                max_size=6),
+    l1=st.lists(
+        st.sampled_from([0, V | (RAM + 0x1_0000), V | (RAM + 0x2_0000), V | 0x7000_0000]), min_size=2, max_size=6
+    ),
     dtes=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 8191), dte_words()), max_size=8),
     ites=st.lists(ite_words(), min_size=64, max_size=64),
 )
