@@ -18,13 +18,14 @@ run's date and commit from ``datetime``/``commit_info``.
 
 Usage::
 
-    python scripts/bench_table.py bench.json [more.json ...] > table.md
+    python scripts/bench_table.py bench.json [more.json ...] [-m REGEX] > table.md
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -118,13 +119,16 @@ def _fmt_ns(x: float | None) -> str:
     return f"{x:.3g}" if x < 100 else f"{x:,.0f}"
 
 
-def render(docs: list[dict]) -> str:
-    """The Markdown text: a machine line per JSON, then one table per group."""
+def render(docs: list[dict], match: str | None = None) -> str:
+    """The Markdown text: a machine line per JSON, then one table per group (only groups whose
+    name matches the regular expression ``match``, if given)."""
     out: list[str] = []
     for doc in docs:
         out.append(machine_line(doc))
         out.append("")
         for group, rows in rows_by_group(doc).items():
+            if match and not re.search(match, group):
+                continue
 
             def per_lpi(r):
                 return r["ns_per_lpi"] if r["ns_per_lpi"] is not None else r["median_s"]
@@ -159,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("json", nargs="+", help="pytest-benchmark --benchmark-json output file(s)")
     ap.add_argument("-o", "--output", help="write here instead of stdout")
+    ap.add_argument("-m", "--match", help="only groups matching this regular expression, e.g. 'big'")
     a = ap.parse_args(argv)
-    text = render(load(a.json))
+    text = render(load(a.json), a.match)
     if a.output:
         with open(a.output, "w", encoding="utf-8") as f:
             f.write(text)

@@ -108,3 +108,8 @@ def test_cli_writes_file(bt, tmp_path):
     out = tmp_path / "table.md"
     assert bt.main([str(src), "-o", str(out)]) == 0
     assert out.read_text().startswith("Machine: Intel(R) Xeon(R) Platinum 8480+")
+
+
+def test_match_filters_groups(bt):
+    text = bt.render([_doc()], match=r"^scan")
+    assert "**scan vm-512 [ci]**" in text and "save host-4096" not in text
