@@ -626,9 +626,7 @@ def save_pending_tables(
     TypeError, ValueError
         Bad arguments (nothing is changed).
     """
-    return save_pending_tables_many(
-        [(mem, pendbaser, lpis, vpt)], has_gicv4_1=has_gicv4_1, order=order, atomic=atomic, _single=True
-    )[0]
+    return _save_many([(mem, pendbaser, lpis, vpt)], has_gicv4_1, order, atomic, single=True)[0]
 
 
 def save_pending_tables_many(
@@ -637,7 +635,6 @@ def save_pending_tables_many(
     has_gicv4_1: bool = False,
     order: str = "intid",
     atomic: bool = True,
-    _single: bool = False,
 ) -> list[SaveReport]:
     """Save the pending tables of many VMs of one host in one parallel pass.
 
@@ -662,13 +659,17 @@ def save_pending_tables_many(
         is saved up to its fault (kernel-exact), later VMs are untouched. The exception carries
         ``.job`` (index) and ``.reports`` (reports of the VMs saved before it).
     """
+    return _save_many(jobs, has_gicv4_1, order, atomic, single=False)
+
+
+def _save_many(jobs, has_gicv4_1: bool, order: str, atomic: bool, single: bool) -> list[SaveReport]:
     t0 = time.perf_counter()
     _check_order(order)
     if isinstance(jobs, (str, bytes)) or not isinstance(jobs, Sequence):
         raise TypeError(f"jobs must be a sequence of (mem, pendbaser, lpis, vpt) tuples, got {type(jobs).__name__}")
     ctx: list[_Job] = []
     for j, job in enumerate(jobs):
-        where = "" if _single else f"jobs[{j}]: "
+        where = "" if single else f"jobs[{j}]: "
         if not isinstance(job, (tuple, list)) or len(job) != 4:
             raise TypeError(f"jobs[{j}] must be a (mem, pendbaser, lpis, vpt) tuple")
         mem, pb, lp, vpt = job
