@@ -242,7 +242,7 @@ def test_int_clear_and_lpis_disabled():
 
 
 # ------------------------------------------------------------------------- bulk MAPTI
-@settings(max_examples=30)
+@settings(max_examples=30, deadline=None)
 @given(st.data())
 def test_map_events_equals_one_by_one(data):
     n = data.draw(st.integers(1, 40))
