@@ -6,6 +6,8 @@ import errno
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scenarios.kvm_guest import PEND, PROP, Guest, migrate
 
 from vlpi.errors import GuestMemoryFault
@@ -407,9 +409,6 @@ def test_gicv40_restore_forward_pushes_pending_with_int():
 
 
 # ----------------------------------------------------------------------------- end to end property
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
 _OPS = st.lists(
     st.tuples(st.sampled_from(["msi", "fwd", "unfwd", "run", "pause", "ack", "movi", "int"]),
               st.lists(st.integers(0, N_EV - 1), min_size=1, max_size=12), st.integers(0, 3)),
