@@ -249,10 +249,18 @@ def test_bulk_map_events(benchmark, tier):
     assert len(state["vm"].lpis) == lay.n_ites
 
 
-@pytest.mark.parametrize("tier", TIERS)
-def test_signal_msi(benchmark, tier):
-    lay = ItsLayout(*STRESS[tier][:3])
-    iters = STRESS[tier][3]
+#: extra MSI shapes (vcpus, devices, events, iterations): the selftest's defaults (-v1 -d1 -e16
+#: -i1000) and a many-vCPU / few-events one; the tier shapes above are the third point
+MSI_SHAPES = {"selftest-default": (1, 1, 16, 1000), "wide": (16, 4, 64, 8)}
+
+
+@pytest.mark.parametrize(
+    ("tier", "shape"),
+    [("ci", None), ("ci", "selftest-default"), ("ci", "wide"), pytest.param("big", None, marks=pytest.mark.big)],
+)
+def test_signal_msi(benchmark, tier, shape):
+    vcpus, devices, events, iters = MSI_SHAPES[shape] if shape else STRESS[tier]
+    lay = ItsLayout(vcpus, devices, events)
     vm = _build_vm(lay, mapped=True)
     dev, ev, _, _ = lay.mapping()
     dev, ev = np.tile(dev, iters), np.tile(ev, iters)
