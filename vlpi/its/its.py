@@ -623,6 +623,8 @@ class VirtualITS:
 
         if -reason == LostReason.LPIS_DISABLED:
             raise OSError(_errno.EBUSY, f"INT {dev}/{ev}: EnableLPIs is 0 on the target vCPU")
+        if -reason == LostReason.ITS_DISABLED:
+            raise OSError(_errno.EBUSY, f"INT {dev}/{ev}: the ITS is disabled")
         if -reason == LostReason.VPE_UNMAPPED:
             return  # the host INT reached an unmapped vPE: lost (logged), not a command error
         raise ItsCommandError(
