@@ -28,6 +28,11 @@ class WalkerError(Exception):
         self.tag = tag
 
 
+def c_int(v: int) -> int:
+    """Truncate to a 32-bit two's-complement C int."""
+    return ((v + (1 << 31)) % (1 << 32)) - (1 << 31)
+
+
 def baser_addr(baser: int) -> int:
     """GITS_BASER_ADDR_48_to_52: [47:16] is PA[47:16], [15:12] is PA[51:48]."""
     return (baser & (((1 << 48) - 1) ^ ((1 << 16) - 1))) | (((baser >> 12) & 0xF) << 48)
@@ -176,8 +181,9 @@ def _plain(st: RestoreState):
 
 
 def scan_its_table(mem, base: int, size: int, esz: int, start_id: int, fn) -> int:
-    """The kernel's scan loop; read faults return -EFAULT."""
-    length = size
+    """The kernel's scan loop; read faults return -EFAULT. ``size`` is a C int widened to
+    unsigned long."""
+    length = size % (1 << 64)
     ident = start_id
     gpa = base
     while True:
@@ -250,7 +256,7 @@ def _restore_device_tables(mem, st: RestoreState, baser0: int) -> int:
             if lpi < 8192:
                 return -errno.EINVAL
             offset = val >> 48
-            if event_id + offset >= 1 << dev[2]:
+            if (event_id + offset) & 0xFFFF_FFFF >= 1 << dev[2]:  # u32 + u32
                 return -errno.EINVAL
             if icid not in st.coll:
                 return -errno.EINVAL
@@ -272,7 +278,8 @@ def _restore_device_tables(mem, st: RestoreState, baser0: int) -> int:
             return -errno.EINVAL
         dev = [ident, itt, bits, []]
         st.devices.append(dev)
-        ret = scan_its_table(mem, itt, (1 << bits) * ESZ, ESZ, 0, restore_ite(dev))
+        max_size = (1 << bits) * ESZ  # size_t, passed to scan_its_table's "int size"
+        ret = scan_its_table(mem, itt, c_int(max_size), ESZ, 0, restore_ite(dev))
         if ret > 0:
             ret = 0
         if ret:

@@ -863,3 +863,17 @@ def test_restore_arbitrary_two_level_tables_hypothesis(l1, dtes, ites):
     itts = mem.add_slot(ITTS, 0x200)
     itts[:] = np.frombuffer(b"".join(w.to_bytes(8, "little") for w in ites), np.uint8)
     assert_restore_matches(mem, baser(DT, 4, indirect=True), 0, 2, existing=(0, 1, 2, 9))
+
+
+@pytest.mark.parametrize("size, want", [(3, [0, 1]), (26, [0, 1]), (28, [0]), (31, [0])])
+def test_restore_huge_itt_size_truncates_like_the_kernel(size, want):
+    """A restored DTE may claim up to 32 EventID bits. The kernel passes the ITT size to
+    scan_its_table as a C int: 2^29 * 8 bytes and more truncate to 0, so only EventID 0 is
+    looked at; 2^27 * 8 fits and the scan goes on."""
+    mem, ram = new_mem(poison=0)
+    put(ram, DT, V | ((ITTS >> 8) << 5) | size)
+    put(ram, ITTS, (1 << 48) | (8192 << 16) | 0)
+    put(ram, ITTS + 8, (8193 << 16) | 0)
+    _, got_d, err = assert_restore_matches(mem, baser(DT), 0, 1, existing=(0,))
+    assert err is None
+    assert got_d[0].eventid_bits == size + 1 and got_d[0].event_id.tolist() == want

@@ -881,6 +881,7 @@ def _walk(gmap: _Map, base: int, n_entries: int, valid_fn, step_fn):
     """
     pos = 0
     chunk = 512
+    n_entries = max(n_entries, 1)  # the first entry is read even from an empty table
     while True:
         if pos >= n_entries:
             return "end"
@@ -915,6 +916,15 @@ def _walk(gmap: _Map, base: int, n_entries: int, valid_fn, step_fn):
             k = succ[k]
 
 
+def _scan_entries(size_bytes: int) -> int:
+    """Entries ``scan_its_table`` covers for a table of ``size_bytes``: the kernel passes the
+    size as a C ``int`` and widens it to ``unsigned long``, so an ITT of 2^29..2^32 EventIDs
+    (a restored DTE Size of 28..31) scans 0 bytes, i.e. only entry 0, and one of 2^28 EventIDs
+    scans without bound. Entry 0 is always read."""
+    as_int = ((size_bytes + (1 << 31)) % (1 << 32)) - (1 << 31)
+    return (as_int % (1 << 64)) // ESZ
+
+
 _SMALL = 1024  # tables of at most this many entries are walked in plain Python (measured: 2-3x
 #                faster than the numpy chunk walk for 2^4 .. 2^10-entry ITTs, 4 us vs 12 us for 2^4)
 
@@ -942,6 +952,7 @@ def _walk_small(gmap: _Map, base: int, n: int, kind: str):
     out: list[int] = []
     off, words = 0, []  # words[k] is entry off + k
     i = 0
+    n = max(n, 1)  # the first entry is read even from an empty table
     while True:
         if i >= n:
             return idx, out, "end"
@@ -1137,24 +1148,26 @@ class _Restore:
         )
 
     def _itt(self, dev: ItsDevice) -> None:
-        n = 1 << dev.eventid_bits
-        idx, words, term = _walk_all(self.gmap, dev.itt_addr, n, "ite")
+        bits = dev.eventid_bits
+        limit = 1 << bits
+        idx, words, term = _walk_all(self.gmap, dev.itt_addr, _scan_entries(limit * ESZ), "ite")
         known = self.known
         msg = ""
         f = len(idx)
         for t, (i, w) in enumerate(zip(idx, words, strict=True)):
+            eid = i & 0xFFFF_FFFF  # the scan's int id, seen as u32 by the callback
             if (w >> 16) & 0xFFFF_FFFF < MIN_LPI:
                 msg = f"pINTID below {MIN_LPI}"
-            elif i + (w >> 48) >= n:
-                msg = f"EventID + next is not below 2^{dev.eventid_bits}"
+            elif (eid + (w >> 48)) & 0xFFFF_FFFF >= limit:  # u32 sum
+                msg = f"EventID + next is not below 2^{bits}"
             elif w & 0xFFFF not in known:
                 msg = "the ITE's collection does not exist"
-            # vgic_its_check_event_id (EventID < 2^bits, ITE GPA visible) holds by construction:
-            # the walk stays inside the ITT and the entry was just read.
+            elif eid >= limit:  # vgic_its_check_event_id; its "ITE GPA visible" holds: just read
+                msg = f"EventID is not below 2^{bits}"
             if msg:
                 f = t
                 break
-        dev.event_id = np.array(idx[:f], np.uint32)
+        dev.event_id = np.array([i & 0xFFFF_FFFF for i in idx[:f]] if idx and idx[-1] >> 32 else idx[:f], np.uint32)
         if f > 64:
             w_arr = np.array(words[:f], np.uint64)
             dev.pintid = ((w_arr >> _U64(16)) & _U64(0xFFFF_FFFF)).astype(np.uint32)
