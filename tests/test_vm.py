@@ -508,3 +508,54 @@ def test_bulk_paths_are_vectorised(what):
     run(200)  # warm-up: first calls import and compile
     small, large = run(200), run(4000)
     assert large < small * 1.5 + 200, (small, large)
+
+
+def test_its_save_einval_leaves_its_state_alone():
+    """A DeviceID the (shrunk) device table no longer covers: EINVAL from SAVE_TABLES, the ITS
+    keeps its devices, collections and LPIs (guest RAM may hold the entries written before)."""
+    from scenarios.kvm_guest import DEVTAB
+
+    from vlpi.its.queue import write_ctlr
+
+    vm, g = build("v3")
+    g.create_device(8000, 4)
+    vm.its.mapd(8000, g.itts[8000][0], 3)
+    before = (dict(vm.its.devices), vm.its.collections, vm.lpis.intid.copy())
+    write_ctlr(vm.its, 0)
+    vm.its.write_baser(0, (1 << 63) | DEVTAB | (1 << 62))  # now two-level, L1[0] invalid
+    with pytest.raises(ItsTableError) as ei:
+        vm.save_its_tables()
+    assert ei.value.errno == errno.EINVAL
+    assert (dict(vm.its.devices), vm.its.collections) == before[:2] and (vm.lpis.intid == before[2]).all()
+
+
+def test_restored_lpi_beyond_idbits_is_created():
+    """RESTORE_TABLES checks only pINTID >= 8192, not PROPBASER.IDbits (spec §6.4): an ITE saved
+    while IDbits was larger comes back, and its bit is pulled from wherever intid/8 lands."""
+    from scenarios.kvm_guest import copy_memory
+
+    vm = VM(2, gic="v3")
+    g = Guest(vm)
+    for v in range(2):
+        vm.enable_lpis(v, False)
+    vm.write_propbaser(PROP | 15)  # 16 INTID bits for now
+    for v in range(2):
+        vm.enable_lpis(v)
+    itt = g.create_device(1, 4)
+    vm.its.mapd(1, itt, 3)
+    vm.its.mapc(0, 1)
+    vm.mem.write(PROP + 40000 - 8192, np.array([0xA3], np.uint8))
+    vm.its.mapti(1, 0, 40000, 0)
+    vm.its.int_(1, 0)
+    vm.pause()
+    vm.save_its_tables()
+    vm.save_pending_tables()
+    assert table_bits(vm, 1, [40000])[0]
+    regs = vm.get_registers()
+    regs["propbaser"] = PROP | 13  # the guest lowered IDbits: MAPTI of 40000 would now fail
+    dst = VM(2, gic="v3", mem=copy_memory(vm.mem))
+    dst.init()
+    dst.set_registers(regs)
+    assert dst.lpis.intid.tolist() == [40000] and dst.lpis.pending_latch[0]
+    dst.run()
+    assert dst.acknowledge(1).tolist() == [40000]
