@@ -794,7 +794,7 @@ def dte_words(draw):
     valid = draw(st.booleans()) or draw(st.booleans())
     nxt = draw(st.sampled_from([0, 0, 1, 1, 2, 3, 5, 40, 0x3FFF]))
     itt = draw(st.sampled_from(ITT_SLOTS + [ITTS + 0x40, 0x7000_0000]))
-    size = draw(st.sampled_from([0, 1, 3, 3, 4, 5]))
+    size = draw(st.sampled_from([0, 1, 3, 3, 4, 5, 26, 27, 28, 31]))
     return (V if valid else 0) | (nxt << 49) | ((itt >> 8) << 5) | size
 
 
