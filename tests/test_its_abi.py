@@ -877,3 +877,9 @@ def test_restore_huge_itt_size_truncates_like_the_kernel(size, want):
     _, got_d, err = assert_restore_matches(mem, baser(DT), 0, 1, existing=(0,))
     assert err is None
     assert got_d[0].eventid_bits == size + 1 and got_d[0].event_id.tolist() == want
+
+
+def test_docstring_examples():
+    import doctest
+
+    assert doctest.testmod(abi, raise_on_error=False).failed == 0

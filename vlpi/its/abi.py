@@ -316,7 +316,7 @@ def encode_dte(next, itt_addr, size, valid=True) -> np.ndarray:  # noqa: A002 (A
     Examples
     --------
     >>> hex(int(encode_dte(5, 0x4008_0000, 7)[()]))
-    '0x800a000002004007'
+    '0x800a000008010007'
     """
     itt = _as_field(itt_addr, "dte", "itt_addr")
     if np.any(itt & _U64(0xFF)):
