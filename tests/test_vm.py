@@ -257,6 +257,7 @@ def test_gicv40_its_save_eacces_and_pending_save_uses_latch():
     rep = vm.save_pending_tables()
     assert rep.vpes_unmapped == 0 and rep.engine.vpt_reads == 0
     assert not table_bits(vm, 1, [8193])[0]  # the VLPI's state is unknowable on v4.0
+    assert rep.lost["reason"].tolist() == [LostReason.VLPI_UNSAVED] and rep.lost["intid"].tolist() == [8193]
 
 
 def test_v3_cannot_forward():

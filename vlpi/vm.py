@@ -71,6 +71,7 @@ class LostReason(enum.IntEnum):
     FREED_PENDING = 8  #: the LPI's last ITE went away (DISCARD, MAPD) while it was pending
     NOT_IN_SAVED_IMAGE = 9  #: became pending after the save walk: pending here, absent from the image
     PTZ_DISCARDED = 10  #: a vPE was mapped with PTZ=1 over a non-empty VPT
+    VLPI_UNSAVED = 11  #: GICv4.0: a pending VLPI's state is unreadable, the image says not pending
 
 
 class LostSource(enum.IntEnum):
@@ -786,7 +787,9 @@ class VM:
         devices can still send MSIs). On GICv4.1 every vPE is unmapped (its VPT becomes
         authoritative), the engine (:func:`vlpi.save_pending_tables`) merges ``pending_latch``
         and VPT bits into the guest's tables, and the vPEs are mapped back (PTZ=0) on every
-        exit path: success, guest-memory fault, or an exception in ``during``.
+        exit path: success, guest-memory fault, or an exception in ``during``. On GICv4.0 the
+        VLPIs' state cannot be read: pending VLPIs are saved as not pending, and named in the
+        report (VLPI_UNSAVED). ``lost_in_window`` counts every record this call added.
 
         Parameters
         ----------
@@ -844,6 +847,14 @@ class VM:
             finally:
                 if v41:
                     remapped = self.gicv4.map_all_vpes()
+        if self.gic == "v4.0" and rep is not None:
+            L = self._l
+            h = np.flatnonzero(L["hw"] & ~L["pending"] & (L["target"] >= 0))
+            if h.size:
+                p = self.gicv4.vlpi_pending(L["target"][h], L["intid"][h])
+                if p.any():
+                    self.lost._append(LostSource.SAVE, LostReason.VLPI_UNSAVED, -1, -1, L["intid"][h[p]],
+                                      L["target"][h[p]])
         lost = self.lost.records[mark:].copy()
         return VMSaveReport(rep, unmapped, remapped, int(lost.size), lost)
 
