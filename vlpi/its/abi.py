@@ -774,6 +774,29 @@ def save_tables_v0(
     TypeError, ValueError
         Bad arguments (duplicate DeviceIDs, EventIDs or ICIDs, misaligned ITT, pINTID < 8192,
         EventID >= 2^eventid_bits, ...). Nothing is written.
+
+    Examples
+    --------
+    kvm-unit-tests ``its_setup1``: devices 2 and 7 (8 EventID bits), LPI 8195 on device 2 /
+    event 20 in collection 3 (vCPU 3), LPI 8196 on device 7 / event 255 in collection 2.
+
+    >>> mem = GuestMemory()
+    >>> _ = mem.add_slot(0x4000_0000, 1 << 21)
+    >>> dt = (1 << 63) | 0x4000_0000            # flat device table, 64 KiB
+    >>> ct = (1 << 63) | 0x4001_0000            # collection table, 64 KiB
+    >>> u32, u16 = np.uint32, np.uint16
+    >>> devs = [ItsDevice(2, 0x4010_0000, 8, np.array([20], u32), np.array([8195], u32),
+    ...                   np.array([3], u16), np.array([False])),
+    ...         ItsDevice(7, 0x4010_1000, 8, np.array([255], u32), np.array([8196], u32),
+    ...                   np.array([2], u16), np.array([False]))]
+    >>> rep = save_tables_v0(mem, dt, ct, devs, [(3, 3), (2, 2)], has_gicv4_1=False)
+    >>> rep.dtes_written, rep.ites_written, rep.ctes_written, rep.terminator_written
+    (2, 2, 2, True)
+    >>> hex(int(mem.read(0x4000_0000 + 2 * 8, 8).view("<u8")[0]))   # DTE 2: next 5
+    '0x800a000008020007'
+    >>> cols, restored = restore_tables_v0(mem, dt, ct, n_vcpus=4)
+    >>> cols, [(d.device_id, d.event_id.tolist(), d.pintid.tolist()) for d in restored]
+    ([(3, 3), (2, 2)], [(2, [20], [8195]), (7, [255], [8196])])
     """
     _check_mem(mem)
     baser0 = _check_u64(baser0, "baser0")
