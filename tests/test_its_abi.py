@@ -272,6 +272,7 @@ def test_gicv4_0_hw_lpi_fails_with_eacces_and_keeps_earlier_writes():
         (9000, dict(pages=1), "beyond the 8192-entry"),
         (9000, dict(pages=1, indirect=True), "not valid"),  # L1 entry 1 is zero
         (3, dict(pages=1, unmapped_dte=True), "no memslot"),
+        (9000, dict(pages=1, indirect=True, unmapped_l1=True), "cannot be read"),  # L1 read faults
     ],
 )
 def test_save_einval_when_check_id_fails(device_id, table, why):
@@ -284,6 +285,10 @@ def test_save_einval_when_check_id_fails(device_id, table, why):
         ram[:16] = 0
         ram[:8] = np.frombuffer(l1_entry0.to_bytes(8, "little"), np.uint8)
     b0 = baser(DT, table["pages"], indirect=table.get("indirect", False))
+    if table.get("unmapped_l1"):  # level-1 entry 0 mapped, entry 1 not; the L2 page stays
+        mem.remove_slot(RAM)
+        mem.add_slot(RAM, data=ram[:8].copy())
+        mem.add_slot(RAM + 0x1_0000, data=ram[0x1_0000:].copy())
     if table.get("unmapped_dte"):
         mem.remove_slot(RAM)
         mem.add_slot(RAM, 16)  # DTEs 0 and 1 only: the DTE of DeviceID 3 lies in no memslot
