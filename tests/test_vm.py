@@ -560,3 +560,17 @@ def test_restored_lpi_beyond_idbits_is_created():
     assert dst.lpis.intid.tolist() == [40000] and dst.lpis.pending_latch[0]
     dst.run()
     assert dst.acknowledge(1).tolist() == [40000]
+
+
+def test_enable_lpis_scan_after_restore_wipes_restored_latches_and_says_so():
+    """RESTORE_TABLES consumes the RAM bits into pending_latch; a later EnableLPIs 0 -> 1 scan
+    reassigns the latches from RAM (now 0): KVM silently drops them; vlpi names them."""
+    vm, g = build("v3")
+    vm.signal_msi(DEV, [1, 5])
+    dst, _ = migrate(vm)
+    assert int(dst.lpis.pending_latch.sum()) == 2
+    dst.enable_lpis(1, False)
+    dst.enable_lpis(1)
+    assert int(dst.lpis.pending_latch.sum()) == 0
+    rec = dst.lost.select(reason=LostReason.SCAN_CLEARED)
+    assert sorted(rec["intid"].tolist()) == [8193, 8197] and set(rec["vcpu"].tolist()) == {1}

@@ -72,6 +72,7 @@ class LostReason(enum.IntEnum):
     NOT_IN_SAVED_IMAGE = 9  #: became pending after the save walk: pending here, absent from the image
     PTZ_DISCARDED = 10  #: a vPE was mapped with PTZ=1 over a non-empty VPT
     VLPI_UNSAVED = 11  #: GICv4.0: a pending VLPI's state is unreadable, the image says not pending
+    SCAN_CLEARED = 12  #: EnableLPIs 0->1 scan assigned 0 to a set pending_latch (RAM bit was 0)
 
 
 class LostSource(enum.IntEnum):
@@ -81,6 +82,7 @@ class LostSource(enum.IntEnum):
     DISCARD = 4  #: DISCARD command
     MAPD = 5  #: MAPD / BASER / reset dropping ITEs
     SAVE = 6  #: SAVE_PENDING_TABLES window
+    ENABLE_LPIS = 7  #: GICR_CTLR.EnableLPIs 0 -> 1 pending-table scan
 
 
 LOST_DTYPE = np.dtype(
@@ -413,17 +415,24 @@ class VM:
     def enable_lpis(self, vcpu: int, enable: bool = True) -> None:
         """Set GICR_CTLR.EnableLPIs. On 0 -> 1 with the stored PTZ = 0 the vCPU's pending table
         is scanned (:func:`vlpi.sync_pending_table`, kernel-exact): bits become
-        ``pending_latch`` of LPIs targeting this vCPU, RAM is not cleared. A scan fault is
-        ignored, as by KVM (kept in ``vm.last_scan_error``)."""
+        ``pending_latch`` of LPIs targeting this vCPU (an assignment: a set latch whose bit is
+        0 is cleared, and named in ``vm.lost`` as SCAN_CLEARED), RAM is not cleared. A scan
+        fault is ignored, as by KVM (kept in ``vm.last_scan_error``)."""
         v = self._vcpu(vcpu)
         was = bool(self.enable_lpis_state[v])
         self.enable_lpis_state[v] = bool(enable)
         if enable and not was and not (int(self._pendbaser[v]) & PENDBASER_PTZ):
+            before = self._l["pending"].copy()
             try:
                 _engine().sync_pending_table(self.mem, self._pendbaser, self.lpis, v, atomic=False)
                 self.last_scan_error = None
             except GuestMemoryFault as e:
                 self.last_scan_error = e
+            wiped = before & ~self._l["pending"]
+            if wiped.any():  # e.g. latches restored by RESTORE_TABLES, whose RAM bits were consumed
+                L = self._l
+                self.lost._append(LostSource.ENABLE_LPIS, LostReason.SCAN_CLEARED, -1, -1, L["intid"][wiped],
+                                  L["target"][wiped])
 
     # ============================================================ LPI lifecycle
     def _config(self, intids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
