@@ -574,3 +574,26 @@ def test_enable_lpis_scan_after_restore_wipes_restored_latches_and_says_so():
     assert int(dst.lpis.pending_latch.sum()) == 0
     rec = dst.lost.select(reason=LostReason.SCAN_CLEARED)
     assert sorted(rec["intid"].tolist()) == [8193, 8197] and set(rec["vcpu"].tolist()) == {1}
+
+
+def test_bad_arguments_name_the_argument_and_change_nothing():
+    vm, g = build("v4.1")
+    before = (vm.lpis.pending_latch.copy(), len(vm.lost), vm.gicv4._live.sum())
+    with pytest.raises(ValueError, match=r"event_ids\[2\]"):
+        vm.signal_msi(DEV, [0, 1, -3])
+    with pytest.raises(TypeError, match="device_ids"):
+        vm.signal_msi([1.5], [0])
+    with pytest.raises(ValueError, match="device_ids has 2 entries but event_ids has 3"):
+        vm.forward([DEV, DEV], [0, 1, 2])
+    with pytest.raises(ValueError, match=r"vcpus\[0\]"):
+        vm.run([7])
+    with pytest.raises(ValueError, match="vcpu"):
+        vm.write_pendbaser(4, 0)
+    with pytest.raises(ValueError, match=r"intids\[1\]"):
+        vm.its.map_events(DEV, [0, 1], [8192, -1], 0)
+    with pytest.raises(ValueError, match="gic"):
+        VM(2, gic="v5")
+    with pytest.raises(ValueError, match="n_vcpus"):
+        VM(0)
+    assert (vm.lpis.pending_latch == before[0]).all() and len(vm.lost) == before[1]
+    assert vm.gicv4._live.sum() == before[2]
