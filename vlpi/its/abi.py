@@ -29,10 +29,12 @@ table), then devices by the ``scan_its_table`` rule (an invalid entry steps 1, a
 ITEs is the order in which KVM creates the LPIs (``vgic_add_lpi``), which is where pending bits
 are pulled out of the pending tables (:func:`vlpi.sync_pending_status`).
 
-Writes go through :meth:`GuestMemory.write` (dirty-logged), reads through
-:meth:`GuestMemory.read`. Bulk work is vectorised (whole ITTs are planned with numpy, tables are
-read in chunks and decoded with ``np.frombuffer``); the result is exactly that of the
-entry-by-entry kernel loops (see ``tests/its_table_walker.py``, the scalar reference).
+Writes go through :class:`GuestMemory` (``write`` per contiguous run of entries, or one
+vectorised ``write_u8`` when there are many scattered runs; both dirty-logged), reads through
+:meth:`GuestMemory.read`. Bulk work is vectorised: the whole save is planned with numpy (every
+entry's address, value and first failure), tables are read in chunks and viewed as ``<u8``
+words; small ITTs are walked in plain Python, which is faster there. The result is exactly that
+of the entry-by-entry kernel loops (see ``tests/its_table_walker.py``, the scalar reference).
 
 Modelling notes
 ---------------
