@@ -20,7 +20,31 @@ Operations: :meth:`VM.signal_msi` (vectorised device MSIs), :meth:`VM.forward` /
 :meth:`VM.unforward`, :meth:`VM.acknowledge` (the guest takes interrupts),
 :meth:`VM.save_pending_tables` (``KVM_DEV_ARM_VGIC_SAVE_PENDING_TABLES`` with the GICv4.1
 unmap/remap of every vPE around the engine), :meth:`VM.save_its_tables` /
-:meth:`VM.restore_its_tables`, :meth:`VM.describe`.
+:meth:`VM.restore_its_tables`, :meth:`VM.describe`, and :func:`migrate` (the whole QEMU-ordered
+source stop + destination restore).
+
+Example
+-------
+>>> import numpy as np
+>>> vm = VM(2, gic="v4.1")
+>>> _ = vm.mem.add_slot(0x4000_0000, 8 << 20)
+>>> vm.write_propbaser(0x4000_0000 | 13)                     # LPI config table, 14 INTID bits
+>>> vm.mem.write(0x4000_0000, np.full(64, 0xA3, np.uint8))   # priority 0xa0, enabled
+>>> for v in range(2):
+...     vm.write_pendbaser(v, 0x4010_0000 + v * 0x10000); vm.enable_lpis(v)
+>>> vm.its.write_baser(0, (1 << 63) | 0x4020_0000); vm.its.write_baser(1, (1 << 63) | 0x4021_0000)
+>>> vm.its.ctlr_enabled = True                               # (a guest writes GITS_CTLR)
+>>> vm.its.mapd(1, 0x4030_0000, 7); vm.its.mapc(0, 1)
+>>> _ = vm.its.map_events(1, np.arange(16), 8192 + np.arange(16), 0)
+>>> vm.init(); vm.forward(1, [3]).tolist()
+[True]
+>>> vm.signal_msi(1, [3, 4]).tolist()                        # a VLPI and a software LPI
+[2, 1]
+>>> dst, rep = migrate(vm, forward_after=(1, [3]))
+>>> rep.pending_save.vpes_unmapped, rep.pending_save.lost_in_window
+(2, 0)
+>>> dst.acknowledge(1).tolist()
+[8195, 8196]
 """
 
 from __future__ import annotations
@@ -38,7 +62,18 @@ from vlpi.its.its import VirtualITS
 from vlpi.lpi import LPI_MIN_INTID, LPITable
 from vlpi.memory import GuestMemory
 
-__all__ = ["VM", "VMError", "LostReason", "LostSource", "LostInterruptLog", "VMSaveReport", "LOST_DTYPE"]
+__all__ = [
+    "VM",
+    "VMError",
+    "LostReason",
+    "LostSource",
+    "LostInterruptLog",
+    "VMSaveReport",
+    "MigrationReport",
+    "LOST_DTYPE",
+    "migrate",
+    "copy_memory",
+]
 
 PENDBASER_RES0_MASK = (1 << 63) | (7 << 59) | (0xF << 52) | (0xF << 12) | 0x7F
 PENDBASER_PTZ = 1 << 62
@@ -968,6 +1003,79 @@ class VM:
             f"VM({self.n_vcpus} vCPUs, gic={self.gic!r}, {L.n} LPIs, {int(L['pending'].sum())} pending_latch, "
             f"{int(L['hw'].sum())} hw, {len(self.its.devices)} devices, {len(self.lost)} lost)"
         )
+
+
+@dataclass(frozen=True)
+class MigrationReport:
+    """What :func:`migrate` did on each side.
+
+    Attributes
+    ----------
+    its_save : ItsSaveReport
+        Source ``SAVE_TABLES``.
+    pending_save : VMSaveReport
+        Source ``SAVE_PENDING_TABLES`` (vPEs unmapped/remapped, interrupts lost in the window).
+    registers : dict
+        The register state carried over (:meth:`VM.get_registers`).
+    forwarded : numpy.ndarray or None
+        Destination: which ``forward_after`` events were forwarded again.
+    """
+
+    its_save: object
+    pending_save: VMSaveReport
+    registers: dict
+    forwarded: np.ndarray | None = None
+
+
+def copy_memory(mem: GuestMemory) -> GuestMemory:
+    """A new GuestMemory with the same slots and a copy of their bytes (RAM sent to the target)."""
+    out = GuestMemory()
+    for s in mem.slots:
+        out.add_slot(s.gpa, s.size, readonly=s.readonly, data=s.data.copy())
+    return out
+
+
+def migrate(
+    src: VM,
+    *,
+    during: Callable[[VM], object] | None = None,
+    forward_after=None,
+    gic: str | None = None,
+    run: bool = True,
+) -> tuple[VM, MigrationReport]:
+    """Migrate ``src`` to a new VM the way QEMU drives KVM (kernel-semantics §4.6).
+
+    Source: pause every vCPU, ``SAVE_TABLES``, ``SAVE_PENDING_TABLES`` (``during`` as in
+    :meth:`VM.save_pending_tables`), read the registers. Destination: copy guest RAM, create the
+    VM, initialise it, restore PROPBASER, PENDBASERs and GICR_CTLR (EnableLPIs scans run here,
+    normally finding no LPI), GITS_CBASER/CREADR/CWRITER/BASERs, ``RESTORE_TABLES`` (LPIs created,
+    pending bits consumed), GITS_CTLR; then VFIO re-establishes forwarding for ``forward_after``
+    = (device_ids, event_ids), pushing ``pending_latch`` into the VPTs; then the vCPUs run.
+
+    Parameters
+    ----------
+    gic : str, optional
+        The destination host's GIC (default: the source's).
+    run : bool
+        Start the destination's vCPUs at the end.
+
+    Raises
+    ------
+    VMError, ItsTableError, GuestMemoryFault
+        From the step that failed; the source stays paused.
+    """
+    src.pause()
+    its_rep = src.save_its_tables()
+    pend_rep = src.save_pending_tables(during=during)
+    regs = src.get_registers()
+    dst = VM(src.n_vcpus, gic=gic or src.gic, mem=copy_memory(src.mem), kernel=src.its.kernel,
+             vpt_bytes=src.gicv4.vpt_bytes if src.gicv4 is not None else VPT_BYTES)
+    dst.init()
+    dst.set_registers(regs)
+    fwd = dst.forward(*forward_after) if forward_after is not None else None
+    if run:
+        dst.run()
+    return dst, MigrationReport(its_rep, pend_rep, regs, fwd)
 
 
 def _ids(x, name: str) -> np.ndarray:

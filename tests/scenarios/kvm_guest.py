@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from vlpi.its import GuestCommandWriter, ItsCommand, write_ctlr
-from vlpi.memory import GuestMemory
-from vlpi.vm import VM
+from vlpi.vm import VM, copy_memory  # noqa: F401  (copy_memory re-exported for tests)
+from vlpi.vm import migrate as _migrate
 
 RAM = 0x4000_0000
 RAM_SIZE = 8 << 20
@@ -112,27 +112,7 @@ class Guest:
         self.send(ItsCommand.mapti(2, 20, 8195, 3), ItsCommand.mapti(7, 255, 8196, 2))
 
 
-def copy_memory(mem: GuestMemory) -> GuestMemory:
-    out = GuestMemory()
-    for s in mem.slots:
-        out.add_slot(s.gpa, s.size, readonly=s.readonly, data=s.data.copy())
-    return out
-
-
 def migrate(src: VM, *, during=None, forward_after=None) -> tuple[VM, dict]:
-    """QEMU-like migration of ``src`` to a fresh VM; returns (dst, info).
-
-    ``forward_after``: (device_ids, event_ids) whose forwarding VFIO re-establishes on the
-    destination after the ITS restore (pushing ``pending_latch`` into the VPT).
-    """
-    src.pause()
-    its_rep = src.save_its_tables()
-    pend_rep = src.save_pending_tables(during=during)
-    regs = src.get_registers()
-    dst = VM(src.n_vcpus, gic=src.gic, mem=copy_memory(src.mem), kernel=src.its.kernel)
-    dst.init()
-    dst.set_registers(regs)
-    if forward_after is not None:
-        dst.forward(*forward_after)
-    dst.run()
-    return dst, {"its": its_rep, "pending": pend_rep, "regs": regs}
+    """QEMU-like migration of ``src`` to a fresh VM (:func:`vlpi.vm.migrate`); returns (dst, info)."""
+    dst, rep = _migrate(src, during=during, forward_after=forward_after)
+    return dst, {"its": rep.its_save, "pending": rep.pending_save, "regs": rep.registers}
