@@ -317,3 +317,42 @@ def test_save_many_hypothesis(scns, order, v41):
             ok.append(s)
     if ok:
         assert_save_many_matches(ok, order=order, has_gicv4_1=v41, atomic=True)
+
+
+# ------------------------------------------------------- parallel kernels, tiny work units
+@pytest.fixture
+def tiny_units(monkeypatch):
+    """Shrink the engine's run/unit sizes and disable its serial fallback, so that small
+    scenarios are split into many runs and work units processed by the parallel kernels
+    (normally only batches of > 2**17 LPIs are). Fails loudly if the knobs are renamed."""
+    import vlpi.pending as P
+
+    monkeypatch.setattr(P, "_MAX_RUN", 3)
+    monkeypatch.setattr(P, "_MIN_STRIDED", 2)
+    monkeypatch.setattr(P, "_UNIT", 8)
+    monkeypatch.setattr(P, "_SERIAL_BELOW", 0)
+
+
+def test_parallel_kernels_with_tiny_units(tiny_units):
+    for seed in range(200):
+        scn = gen_scenario(_rng(13, seed), max_lpis=120)
+        for order, atomic, v41 in SAVE_MODES[seed % 4 :: 4]:
+            assert_engine_matches("save", scn, order=order, atomic=atomic, has_gicv4_1=v41)
+        assert_engine_matches("sync_pending_status", scn, atomic=bool(seed % 2))
+    for shape in ("stress_rr", "shuffled", "two_slots"):
+        scn = gen_large_scenario(_rng(13, 1000 + LARGE_SHAPES.index(shape)), 3000, shape)
+        assert_engine_matches("save", scn, has_gicv4_1=True)
+        assert_engine_matches("sync_pending_status", scn)
+
+
+def test_parallel_save_many_with_tiny_units(tiny_units):
+    for batch in range(30):
+        rng = _rng(14, batch)
+        scns = []
+        while len(scns) < int(rng.integers(2, 6)):
+            s = gen_scenario(rng, clean=True, max_lpis=80)
+            if ref_save(s.memory(), s.pendbaser, s.intid, s.target_vcpu, s.pending_latch, s.hw, s.vpt,
+                        True).fault is None:
+                scns.append(s)
+        for order, v41 in itertools.product(("intid", "insertion"), (False, True)):
+            assert_save_many_matches(scns, order=order, atomic=True, has_gicv4_1=v41)
