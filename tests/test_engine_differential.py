@@ -356,3 +356,33 @@ def test_parallel_save_many_with_tiny_units(tiny_units):
                 scns.append(s)
         for order, v41 in itertools.product(("intid", "insertion"), (False, True)):
             assert_save_many_matches(scns, order=order, atomic=True, has_gicv4_1=v41)
+
+
+# ------------------------------------------------------------------- stateful chains
+def test_random_operation_chains_on_live_objects():
+    """Random sequences of save / restore / EnableLPIs scan / MOVI / latch changes on ONE live
+    GuestMemory + LPITable (state and engine caches carried from call to call), each step
+    compared with the reference on a snapshot."""
+    for seed in range(60):
+        rng = _rng(15, seed)
+        scn = gen_scenario(rng, max_lpis=80)
+        mem, pend, lpis, vpt = scn.build()
+        for step in range(10):
+            cur = Scenario.from_objects(mem, pend, lpis, vpt, name=f"chain seed {seed} step {step}")
+            live = (mem, pend, lpis, vpt)
+            op = int(rng.integers(0, 5))
+            if op == 0 or op == 1:
+                order, atomic, v41 = SAVE_MODES[int(rng.integers(0, len(SAVE_MODES)))]
+                assert_engine_matches("save", cur, live=live, order=order, atomic=atomic, has_gicv4_1=v41)
+            elif op == 2:
+                assert_engine_matches("sync_pending_status", cur, live=live, atomic=bool(rng.integers(0, 2)),
+                                      stop_on_error=bool(rng.integers(0, 2)))
+            elif op == 3:
+                assert_engine_matches("sync_pending_table", cur, live=live, vcpu=int(rng.integers(0, len(pend))),
+                                      atomic=bool(rng.integers(0, 2)))
+            else:
+                k = rng.choice(len(lpis), max(1, len(lpis) // 4), replace=False)
+                lpis.set_targets(k, rng.integers(-1, len(pend), k.size))
+                lpis.pending_latch[rng.random(len(lpis)) < 0.3] ^= True
+            if rng.random() < 0.3:
+                mem.clear_dirty()
