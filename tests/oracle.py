@@ -164,23 +164,26 @@ class Scenario:
         return "\n".join(lines)
 
     def to_code(self) -> str:
-        """Python source that rebuilds this scenario (for bug reports)."""
+        """Python source that rebuilds this scenario exactly (for bug reports); evaluate it with
+        ``np``, ``Scenario`` and ``strategies.slot`` in scope. The initial dirty log and a VPT's
+        zero bytes are written compactly."""
         out = ["Scenario(", "    slots=["]
         for s in self.slots:
             nz = np.flatnonzero(s.data)
             out.append(
                 f"        slot({s.gpa:#x}, {s.data.size}, readonly={s.readonly}, "
-                f"nonzero={{{', '.join(f'{int(k)}: {int(s.data[k])}' for k in nz[:64])}}}),"
+                f"nonzero={{{', '.join(f'{int(k)}: {int(s.data[k])}' for k in nz)}}}),"
             )
         out.append("    ],")
         hexes = ", ".join(hex(int(p)) for p in self.pendbaser)
         out.append(f"    pendbaser=np.array([{hexes}], dtype=np.uint64),")
-        out.append(f"    intid=np.array({self.intid.tolist()}),")
-        out.append(f"    target_vcpu=np.array({self.target_vcpu.tolist()}),")
+        out.append(f"    intid=np.array({self.intid.tolist()}, dtype=np.int64),")
+        out.append(f"    target_vcpu=np.array({self.target_vcpu.tolist()}, dtype=np.int64),")
         out.append(f"    pending_latch=np.array({np.asarray(self.pending_latch, dtype=int).tolist()}, dtype=bool),")
         out.append(f"    hw=np.array({np.asarray(self.hw, dtype=int).tolist()}, dtype=bool),")
         if self.vpt is not None:
             out.append(f"    vpt=np.array({self.vpt.tolist()}, dtype=np.uint8),")
+        out.append(f"    name={self.name!r},")
         out.append(")")
         return "\n".join(out)
 

@@ -548,3 +548,17 @@ def test_oracle_on_restore_ops(monkeypatch, mutant):
                 assert "pending_latch" in str(e) or "lpis_synced" in str(e)
                 caught += 1
     assert (caught > 0) == bool(mutant)
+
+
+def test_scenario_to_code_round_trips():
+    for seed in range(20):
+        s = gen_scenario(np.random.default_rng([6, seed]), max_lpis=30)
+        for sl in s.slots:
+            sl.dirty = None  # to_code does not carry the initial dirty log
+        t = eval(s.to_code(), {"np": np, "Scenario": Scenario, "slot": slot})
+        assert t.describe() == s.describe()
+        assert all(np.array_equal(a.data, b.data) and a.readonly == b.readonly and a.gpa == b.gpa
+                   for a, b in zip(s.slots, t.slots, strict=True))
+        for f in ("pendbaser", "intid", "target_vcpu", "pending_latch", "hw"):
+            assert np.array_equal(getattr(s, f), getattr(t, f)), f
+        assert (s.vpt is None and t.vpt is None) or np.array_equal(s.vpt, t.vpt)
