@@ -518,7 +518,6 @@ class VirtualITS:
         ok_new = np.array([self._check_id(1, int(i))[0] for i in uniq_new.tolist()], dtype=bool)
         bad_new = np.isin(icid, uniq_new[~ok_new]) & new_icid
         may_create = cand & ~exists & ~bad_new
-        creator_at = np.full(n, n, np.int64)  # per element: index of its key's creator (n = none)
         lpi_err = np.zeros(n, np.int64)
         if errors == "raise":
             first_pass = _first_of(key, may_create)
@@ -561,8 +560,7 @@ class VirtualITS:
                 self._new_collection(int(c), _NOT_MAPPED)
         s_rows = self._serials(gi)
         self._add_ites(dev[good].astype(np.uint32), ev[good].astype(np.uint32), lpi[good].astype(np.uint32), s_rows)
-        creators = good
-        creator_at = _creator_index(key, np.sort(creators), n)
+        creator_at = _creator_index(key, np.sort(good), n)  # per element: its key's creator (n: none)
         before = cand & ~exists & (np.arange(n) < creator_at)
         code[before & bad_new] = C.E_ITS_MAPC_COLLECTION_OOR
         code[before & ~bad_new] = lpi_err[before & ~bad_new]
