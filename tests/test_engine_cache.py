@@ -156,3 +156,12 @@ def test_restore_after_save_uses_current_state(vm):
     assert np.array_equal(vm.mem.slots[0].data, mem2.slots[0].data)
     assert np.array_equal(vm.lpis.pending_latch.astype(bool), lat2.astype(bool))
     assert (r.guest_reads, r.guest_writes) == (e.guest_reads, e.guest_writes)
+
+
+def test_slot_dirty_bitmaps_are_current_after_an_engine_save(vm):
+    """The engine logs dirty pages lazily; reading mem.slots must show them."""
+    vm.mem.clear_dirty()
+    rep = _check_save(vm)
+    s = vm.mem.slots[0]
+    assert rep.dirty_pages.size > 0
+    assert np.array_equal(np.flatnonzero(s.dirty) + s.page0, rep.dirty_pages)

@@ -158,7 +158,8 @@ class GuestMemory:
 
     @property
     def slots(self) -> tuple[MemSlot, ...]:
-        """The slots, sorted by GPA."""
+        """The slots, sorted by GPA (their ``dirty`` bitmaps brought up to date)."""
+        self._apply_dirty()
         return tuple(self._slots)
 
     def slot_at(self, gpa: int) -> MemSlot | None:
