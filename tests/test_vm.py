@@ -597,3 +597,26 @@ def test_bad_arguments_name_the_argument_and_change_nothing():
         VM(0)
     assert (vm.lpis.pending_latch == before[0]).all() and len(vm.lost) == before[1]
     assert vm.gicv4._live.sum() == before[2]
+
+
+def test_shared_lpi_one_forwarded_event():
+    """Two events name one LPI; VFIO forwards one. The forwarded event's MSIs go to the GIC
+    directly; the other's go through KVM's ITS checks and then become a hardware INT. Freeing
+    any ITE of a forwarded LPI unmaps the VLPI and loses (names) its pending state."""
+    vm, g = build("v4.1")
+    vm.its.mapti(DEV, 100, 8192, 0)  # event 100 shares LPI 8192 with event 0
+    assert vm.forward(DEV, [0, 100]).tolist() == [True, False]
+    assert vm.its.ites()["forwarded"].sum() == 1
+    vm.its.ctlr_enabled = False
+    out = vm.signal_msi(DEV, [0, 100])
+    assert out.tolist() == [2, -LostReason.ITS_DISABLED]
+    vm.its.ctlr_enabled = True
+    vm.its.clear(DEV, 0)
+    assert vm.signal_msi(DEV, [100]).tolist() == [2]  # via KVM: a hardware INT on the VLPI
+    assert vm.gicv4.vlpi_pending([0], [8192])[0]
+    vm.its.discard(DEV, 100)  # the non-forwarded ITE goes: KVM still unmaps the VLPI
+    rec = vm.lost.select(reason=LostReason.FREED_PENDING)
+    assert rec.size == 1 and rec["intid"][0] == 8192 and rec["event_id"][0] == 100
+    row = int(np.flatnonzero(vm.lpis.intid == 8192)[0])
+    assert not vm.lpis.hw[row] and not vm.its.ites()["forwarded"].any()
+    assert vm.signal_msi(DEV, [0]).tolist() == [1]  # software LPI again

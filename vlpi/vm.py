@@ -579,6 +579,35 @@ class VM:
         np.add.at(L.a["refs"], L.rows(it[good]), 1)
         return err
 
+    def _clear_fwd(self, intids) -> None:
+        a = self.its._ite.arrays
+        n = self.its._ite.n
+        a["fwd"][:n][np.isin(a["intid"][:n], np.asarray(intids))] = False
+
+    def _drop_vlpis(self, intids, devs, evs, source) -> None:
+        """Freed ITEs whose LPI is forwarded: the VLPI mapping is DISCARDed (its_unmap_vlpi) and
+        its pending state lost (logged FREED_PENDING). vlpi also clears ``hw``; KVM leaves it set
+        when another ITE still holds the LPI (a dangling state not modelled)."""
+        rows = self._l.rows(intids)
+        m = rows >= 0
+        m[m] = self._l["hw"][rows[m]]
+        if not m.any() or self.gicv4 is None:
+            return
+        idx = np.flatnonzero(m)
+        _, first = np.unique(rows[idx], return_index=True)
+        idx = idx[first]
+        rr = rows[idx]
+        L = self._l
+        was = self.gicv4.discard_vlpis(L["target"][rr], L["intid"][rr])
+        L.a["hw"][rr] = False
+        L.table = None
+        self._clear_fwd(L["intid"][rr])
+        if was.any():
+            d = np.asarray(devs, dtype=np.int64)[idx]
+            e = np.asarray(evs, dtype=np.int64)[idx]
+            self.lost._append(source, LostReason.FREED_PENDING, d[was], e[was], L["intid"][rr][was],
+                              L["target"][rr][was])
+
     def _put_lpis(self, intids, devs, evs, source) -> None:
         """Drop one reference per element; LPIs reaching 0 go away (a forwarded one is unmapped
         from the GIC; pending state that goes with it is logged)."""
@@ -682,8 +711,10 @@ class VM:
         known_dev = np.isin(d, np.fromiter(its.devices, dtype=np.int64, count=len(its.devices)))
         out[~have] = -np.where(known_dev[~have], LostReason.NO_ITE, LostReason.NO_DEVICE)
         coll_t = its._coll_target(its._ite.arrays["coll"][rc]) if its._ite.n else np.full(n, -1)
-        sw = have & ~hw
-        checks = sw | (hw & via_its)
+        # a forwarded event's MSI is translated by the physical ITS: no virtual-ITS checks;
+        # anything else goes through KVM (vgic_its_trigger_msi), a hw LPI then gets a hardware INT
+        direct = have & hw & (its._ite.arrays["fwd"][rc] if its._ite.n else False) & (not via_its)
+        checks = have & ~direct
         if not its.ctlr_enabled:
             out[checks] = -LostReason.ITS_DISABLED
             checks[:] = False
@@ -696,7 +727,7 @@ class VM:
         go_sw = checks & ~hw
         L.a["pending"][lr[go_sw]] = True
         out[go_sw] = 1
-        go_hw = hw & (checks | (not via_its))
+        go_hw = direct | (checks & hw)
         if go_hw.any():
             vpe = L.a["target"][lr[go_hw]]
             delivered, _ = self.gicv4.raise_vlpis(vpe, intid[go_hw], source="INT" if via_its else "MSI")
@@ -711,11 +742,12 @@ class VM:
         return out
 
     # ============================================================ forwarding (VFIO)
-    def _event_rows(self, device_ids, event_ids):
+    def _event_rows(self, device_ids, event_ids, *, ite_rows: bool = False):
         d, e = _pair_ids(device_ids, event_ids)
         r = self.its._lookup(d, e)
         intid = np.where(r >= 0, self.its._ite.arrays["intid"][np.maximum(r, 0)] if self.its._ite.n else 0, 0)
-        return d, e, self._l.rows(intid.astype(np.int64))
+        rows = self._l.rows(intid.astype(np.int64))
+        return (d, e, rows, r) if ite_rows else (d, e, rows)
 
     def forward(self, device_ids, event_ids) -> np.ndarray:
         """Set up forwarding (kvm_vgic_v4_set_forwarding) for events, vectorised.
@@ -728,16 +760,22 @@ class VM:
         Returns
         -------
         numpy.ndarray of bool
-            True where the event is now forwarded.
+            True where the event is now forwarded (its MSIs go to the GIC directly). An LPI has
+            one host IRQ: a second event naming an already forwarded LPI is not forwarded (its
+            MSIs go through KVM, which sends a hardware INT).
         """
         if self.gicv4 is None:
             raise VMError(_errno.ENODEV, "forwarding needs a GICv4.x host (gic='v4.0' or 'v4.1')")
-        d, e, rows = self._event_rows(device_ids, event_ids)
+        d, e, rows, ite = self._event_rows(device_ids, event_ids, ite_rows=True)
         L = self._l
         ok = rows >= 0
         ok[ok] &= L["target"][rows[ok]] >= 0
-        rr = np.unique(rows[ok])
-        rr = rr[~L["hw"][rr]]
+        # one host IRQ per LPI: an LPI that is already hw stays with its forwarded event
+        new = np.zeros(ok.size, bool)
+        new[ok] = ~L["hw"][rows[ok]]
+        new &= _first_of(np.where(new, rows, -1), new)
+        self.its._ite.arrays["fwd"][ite[new]] = True
+        rr = rows[new]
         if rr.size:
             tgt, it = L["target"][rr].astype(np.int64), L["intid"][rr].astype(np.int64)
             self.gicv4.vmapti(tgt, it)
@@ -750,7 +788,7 @@ class VM:
                     self.lost._append(LostSource.FORWARDING, LostReason.VPE_UNMAPPED, -1, -1, it[p][lost], tgt[p][lost])
                 L.a["pending"][rr[p]] = False
             L.table = None
-        return ok
+        return ok & self.its._ite.arrays["fwd"][np.maximum(ite, 0)]
 
     def unforward(self, device_ids, event_ids) -> np.ndarray:
         """Tear down forwarding (kvm_vgic_v4_unset_forwarding): ``hw`` cleared, the VLPI mapping
@@ -777,6 +815,7 @@ class VM:
         was = self.gicv4.discard_vlpis(L["target"][rr], L["intid"][rr])
         L.a["hw"][rr] = False
         L.table = None
+        self._clear_fwd(L["intid"][rr])
         out[sel] = was
         if was.any():
             self.lost._append(LostSource.FORWARDING, LostReason.UNFORWARDED_PENDING, d[sel][was], e[sel][was],

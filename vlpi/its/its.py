@@ -144,7 +144,9 @@ class VirtualITS:
         self.devices: dict[int, tuple[int, int]] = {}  # DeviceID -> (itt_addr, eventid_bits)
         self._coll: dict[int, int] = {}  # ICID -> collection serial (insertion = creation order)
         self._cobj = _Grow.make(icid=np.int64, target=np.int64)  # by serial
-        self._ite = _Grow.make(dev=np.uint32, event=np.uint32, intid=np.uint32, coll=np.int64, live=bool)
+        self._ite = _Grow.make(
+            dev=np.uint32, event=np.uint32, intid=np.uint32, coll=np.int64, live=bool, fwd=bool
+        )
         self._ite_dict: dict[int, int] | None = {}
         self._ite_sorted: tuple[np.ndarray, np.ndarray] | None = None
         self._n_dead = 0
@@ -165,7 +167,8 @@ class VirtualITS:
 
     def ites(self) -> dict[str, np.ndarray]:
         """Live ITEs in creation order: ``device_id``, ``event_id``, ``intid``, ``icid``
-        (-1 where the ITE's collection was unmapped) and ``collection_mapped``."""
+        (-1 where the ITE's collection was unmapped), ``collection_mapped`` and ``forwarded``
+        (VFIO forwarding was set up through this event)."""
         live = self._ite["live"]
         coll = self._ite["coll"][live]
         icid = np.where(coll >= 0, self._cobj["icid"][np.maximum(coll, 0)], -1) if coll.size else coll
@@ -176,6 +179,7 @@ class VirtualITS:
             "intid": self._ite["intid"][live].copy(),
             "icid": icid,
             "collection_mapped": tgt >= 0,
+            "forwarded": self._ite["fwd"][live].copy(),
         }
 
     def translate(self, device_id: int, event_id: int) -> tuple[int, int] | None:
@@ -234,7 +238,7 @@ class VirtualITS:
         self._ite_sorted = None
 
     def _add_ites(self, dev, ev, intid, coll) -> np.ndarray:
-        rows = self._ite.append(dev=dev, event=ev, intid=intid, coll=coll, live=True)
+        rows = self._ite.append(dev=dev, event=ev, intid=intid, coll=coll, live=True, fwd=False)
         if self._ite_dict is not None:
             if rows.size == 1:
                 self._ite_dict[(int(np.asarray(dev).reshape(-1)[0]) << 32) | int(np.asarray(ev).reshape(-1)[0])] = int(
@@ -264,6 +268,8 @@ class VirtualITS:
             else:
                 self._ite_dict = None
         self._ites_changed()
+        # its_free_ite: an ITE whose LPI is forwarded unmaps the VLPI (its pending state goes)
+        self.vm._drop_vlpis(intids, devs, evs, source)
         self.vm._put_lpis(intids, devs, evs, source)
         if self._n_dead > 1024 and self._n_dead * 2 > self._ite.n:
             self._ite.compact(self._ite["live"].copy())
