@@ -882,6 +882,7 @@ class VM:
             Called while the vPEs are unmapped (models devices still sending MSIs). VLPIs
             raised then are lost; with ``during_at="after_walk"`` (default) software LPIs that
             become pending are also recorded, as NOT_IN_SAVED_IMAGE, since the walk is over.
+            With ``"after_walk"`` it is not called if the walk raised.
         during_at : {"after_walk", "before_walk"}
         require_quiesced : bool
             Refuse (EBUSY) unless :meth:`quiesce_devices` was called.
