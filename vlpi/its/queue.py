@@ -170,14 +170,16 @@ def process_commands(its) -> int:
     mem = its.vm.mem
     log = its.command_log
     n = 0
+    bulk = True
     while its.creadr != its.cwriter:
         off = its.creadr
         end = its.cwriter if its.cwriter > off else size
-        if (end - off) // 32 >= _BULK_MIN:
+        if bulk and (end - off) // 32 >= _BULK_MIN:
             try:
                 slots = mem.read(base + off, end - off).reshape(-1, 32)
-            except GuestMemoryFault:
+            except GuestMemoryFault:  # part of the range is unreadable: go slot by slot
                 slots = None
+                bulk = False
             if slots is not None:
                 _run_slots(its, slots, off)
                 k = slots.shape[0]
