@@ -170,3 +170,21 @@ def test_encode_many_through_queue_is_vectorised_input():
     w.send_slots(slots)
     assert vm.its.collections == [(i, i) for i in range(4)]
     assert process_commands(vm.its) == 0
+
+
+def test_unreadable_slot_in_a_long_run_is_skipped_others_run():
+    vm = fresh()
+    vm.its.write_baser(0, (1 << 63) | DEVTAB)
+    vm.its.write_baser(1, (1 << 63) | COLLTAB)
+    q = 0x7000_0000
+    vm.mem.add_slot(q, 32 * 10)  # slots 0..9
+    vm.mem.add_slot(q + 32 * 11, 4096 - 32 * 11)  # slot 10 is a hole
+    write_cbaser(vm.its, (1 << 63) | q)
+    write_ctlr(vm.its, 1)
+    slots = encode_many("MAPC", icid=np.arange(60), rdbase=np.arange(60) % 4)
+    vm.mem.write(q, slots[:10].reshape(-1))
+    vm.mem.write(q + 32 * 11, slots[11:].reshape(-1))
+    write_cwriter(vm.its, 60 * 32)
+    log = vm.its.command_log
+    assert log.skipped_unreadable == 1 and log.executed == 59
+    assert [c for c, _ in vm.its.collections] == [i for i in range(60) if i != 10]
