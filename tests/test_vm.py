@@ -620,3 +620,19 @@ def test_shared_lpi_one_forwarded_event():
     row = int(np.flatnonzero(vm.lpis.intid == 8192)[0])
     assert not vm.lpis.hw[row] and not vm.its.ites()["forwarded"].any()
     assert vm.signal_msi(DEV, [0]).tolist() == [1]  # software LPI again
+
+
+def test_vfio_resetting_forwarding_on_load_loses_pending_vlpis():
+    """The v1 cover letter's open problem: QEMU's VFIO load path unsets and sets forwarding again
+    after it was set up; the pending state pushed into the VPT is discarded, not moved back."""
+    fwd = np.array([0, 1, 2, 3])
+    vm, g = build("v4.1", forward=fwd)
+    vm.signal_msi(DEV, [1, 2])
+    dst, _ = migrate(vm, forward_after=(DEV, fwd))
+    dst.pause()
+    lost = dst.unforward(DEV, fwd)  # VFIO: disable vectors...
+    dst.forward(DEV, fwd)  # ...and enable them again
+    assert lost.tolist() == [False, True, True, False]
+    assert sorted(dst.lost.select(reason=LostReason.UNFORWARDED_PENDING)["intid"].tolist()) == [8193, 8194]
+    dst.run()
+    assert Guest(dst, setup=False).take_all() == {0: [], 1: [], 2: [], 3: []}
