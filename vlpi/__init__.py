@@ -44,6 +44,7 @@ How vlpi computes a save.
 
 from vlpi import _config  # noqa: F401  (must precede any numba import)
 from vlpi.errors import GuestMemoryFault
+from vlpi.gicv4 import GICv4, GICv4Error
 from vlpi.lpi import LPITable
 from vlpi.memory import GuestMemory
 from vlpi.pending import (
@@ -54,8 +55,28 @@ from vlpi.pending import (
     sync_pending_status,
     sync_pending_table,
 )
+from vlpi.vm import (
+    VM,
+    LostInterruptLog,
+    LostReason,
+    LostSource,
+    MigrationReport,
+    VMError,
+    VMSaveReport,
+    migrate,
+)
 
 __all__ = [
+    "VM",
+    "VMError",
+    "VMSaveReport",
+    "MigrationReport",
+    "migrate",
+    "LostReason",
+    "LostSource",
+    "LostInterruptLog",
+    "GICv4",
+    "GICv4Error",
     "GuestMemory",
     "GuestMemoryFault",
     "LPITable",
