@@ -444,6 +444,7 @@ class _Job:
         row[_k.N_SLOTS] = sstart.shape[0]
         row[_k.N_VCPUS] = self.n_vcpus
         row[_k.USE_VPT] = 1 if self.use_vpt else 0
+        row[_k.ONE_PER_BYTE] = 1 if p.one_per_byte else 0
         self.row = row
         return row
 
