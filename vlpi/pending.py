@@ -177,7 +177,7 @@ class _Plan:
         v_s = v[o].astype(np.int32)
         addr_s = addr[o]
         del key, ks, iid, v, addr, idx
-        self.runs, self.perm_x = _k.build_runs(perm, v_s, addr_s, _MAX_RUN, _MIN_STRIDED)
+        self.runs, self.perm_x = _k.build_runs(perm, v_s, addr_s, lpis.intid, _MAX_RUN, _MIN_STRIDED)
         lens = self.runs[:, 3]
         e0 = np.zeros(lens.size + 1, dtype=np.int64)
         np.cumsum(lens, out=e0[1:])
@@ -484,7 +484,7 @@ class _Batch:
         for i, jb in enumerate(jobs):
             pu = jb.plan.units
             if whole_vm and pu.shape[0] > 1:
-                u = np.array([[0, 0, jb.plan.runs.shape[0], 0]], np.int64)
+                u = np.array([[0, 0, jb.plan.runs.shape[0], 0]], np.int64)  # all runs, one unit
             else:
                 u = pu.copy()
             u[:, 0] = i

@@ -42,6 +42,7 @@ N_SLOTS = 14
 N_VCPUS = 15
 USE_VPT = 16
 ONE_PER_BYTE = 17
+RUNW = 5  # run columns: vCPU, first (row, or perm_x offset), row stride (0: explicit), length, INTID stride
 NCOL = 18
 
 NO_ADDR = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
@@ -49,15 +50,15 @@ NO_ADDR = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 
 # ------------------------------------------------------------------ plan building
 @jit
-def build_runs(perm, v_s, addr_s, max_run, min_strided):
+def build_runs(perm, v_s, addr_s, intid, max_run, min_strided):
     """Compress a sorted plan (row index ``perm`` and target ``v_s`` per entry, nondecreasing
-    ``addr_s``) into runs ``[v, first, stride, length]`` plus explicit indices.
+    ``addr_s``) into runs ``[v, first, stride, length, intid_stride]`` plus explicit indices.
 
     Runs are split only where the guest byte changes, so a byte's entries stay in one run or in
     consecutive runs, and always where the 4 KiB guest page changes, so the kernels log dirty
     pages once per run instead of testing every LPI."""
     n = perm.shape[0]
-    runs = np.empty((max(n, 1), 4), np.int64)
+    runs = np.zeros((max(n, 1), RUNW), np.int64)
     perm_x = np.empty(n, np.int32)
     nr = 0
     nx = 0
@@ -102,6 +103,24 @@ def build_runs(perm, v_s, addr_s, max_run, min_strided):
         perm_x[nx] = perm[k]
         nx += 1
         k += 1
+    # INTID stride of strided runs whose INTIDs are themselves an arithmetic progression (the
+    # usual layouts: rows created in INTID order): the kernels then compute each INTID instead of
+    # loading it. Measured on host-4096 (two threads): 2.6 -> 2.0 ns/LPI for the save kernel.
+    for r in range(nr):
+        stride = runs[r, 2]
+        length = runs[r, 3]
+        if stride == 0 or length < 2:
+            continue
+        first = runs[r, 1]
+        i0 = np.int64(intid[first])
+        istr = np.int64(intid[first + stride]) - i0
+        ok = True
+        for k in range(2, length):
+            if np.int64(intid[first + k * stride]) != i0 + k * istr:
+                ok = False
+                break
+        if ok:
+            runs[r, 4] = istr
     return runs[:nr].copy(), perm_x[:nx].copy()
 
 
@@ -170,7 +189,7 @@ def _save_unit(vmt, units, u, out_pages, out_cnt):
     nv = np.int64(vmt[j, N_VCPUS])
     vpt = view_u8(vmt[j, P_VPT], max(nv * vb, 1))
     base = view_u64(vmt[j, P_BASE], nv)
-    runs = view_i64(vmt[j, P_RUNS], 4 * np.int64(vmt[j, N_RUNS]))
+    runs = view_i64(vmt[j, P_RUNS], RUNW * np.int64(vmt[j, N_RUNS]))
     permx = view_i32(vmt[j, P_PERMX], np.int64(vmt[j, N_PERMX]))
     nslots = np.int64(vmt[j, N_SLOTS])
     sstart = view_u64(vmt[j, P_SSTART], nslots)
@@ -194,10 +213,10 @@ def _save_unit(vmt, units, u, out_pages, out_cnt):
     val = np.int64(0)
     wrote = np.int64(0)
     for r in range(units[u, 1], units[u, 2]):
-        v = runs[4 * r]
-        first = runs[4 * r + 1]
-        stride = runs[4 * r + 2]
-        length = runs[4 * r + 3]
+        v = runs[RUNW * r]
+        first = runs[RUNW * r + 1]
+        stride = runs[RUNW * r + 2]
+        length = runs[RUNW * r + 3]
         b = base[v]
         vrow = v * vb
         for k in range(length):
@@ -269,7 +288,7 @@ def _restore_unit(vmt, units, u, out_pages, out_cnt):
     latch = view_u8(vmt[j, P_LATCH], n)
     nv = np.int64(vmt[j, N_VCPUS])
     base = view_u64(vmt[j, P_BASE], nv)
-    runs = view_i64(vmt[j, P_RUNS], 4 * np.int64(vmt[j, N_RUNS]))
+    runs = view_i64(vmt[j, P_RUNS], RUNW * np.int64(vmt[j, N_RUNS]))
     permx = view_i32(vmt[j, P_PERMX], np.int64(vmt[j, N_PERMX]))
     nslots = np.int64(vmt[j, N_SLOTS])
     sstart = view_u64(vmt[j, P_SSTART], nslots)
@@ -290,10 +309,10 @@ def _restore_unit(vmt, units, u, out_pages, out_cnt):
     old = np.int64(0)
     val = np.int64(0)
     for r in range(units[u, 1], units[u, 2]):
-        v = runs[4 * r]
-        first = runs[4 * r + 1]
-        stride = runs[4 * r + 2]
-        length = runs[4 * r + 3]
+        v = runs[RUNW * r]
+        first = runs[RUNW * r + 1]
+        stride = runs[RUNW * r + 2]
+        length = runs[RUNW * r + 3]
         b = base[v]
         for k in range(length):
             if stride != 0:
@@ -353,7 +372,7 @@ def first_fault(vmrow, run_lo, run_hi, mode, walk_key_is_intid, sro):
     use_vpt = vmrow[USE_VPT] != 0
     vpt = view_u8(vmrow[P_VPT], np.int64(vmrow[N_VCPUS]) * vb)
     base = view_u64(vmrow[P_BASE], np.int64(vmrow[N_VCPUS]))
-    runs = view_i64(vmrow[P_RUNS], 4 * np.int64(vmrow[N_RUNS]))
+    runs = view_i64(vmrow[P_RUNS], RUNW * np.int64(vmrow[N_RUNS]))
     permx = view_i32(vmrow[P_PERMX], np.int64(vmrow[N_PERMX]))
     nslots = np.int64(vmrow[N_SLOTS])
     sstart = view_u64(vmrow[P_SSTART], nslots)
@@ -365,10 +384,10 @@ def first_fault(vmrow, run_lo, run_hi, mode, walk_key_is_intid, sro):
     best_w = 0
     best_gpa = np.uint64(0)
     for r in range(run_lo, run_hi):
-        v = runs[4 * r]
-        first = runs[4 * r + 1]
-        stride = runs[4 * r + 2]
-        length = runs[4 * r + 3]
+        v = runs[RUNW * r]
+        first = runs[RUNW * r + 1]
+        stride = runs[RUNW * r + 2]
+        length = runs[RUNW * r + 3]
         b = base[v]
         for k in range(length):
             if stride != 0:
@@ -517,7 +536,7 @@ def _run_unit(vmt, units, u, out_pages, out_cnt, scratch, restore, track_bytes):
     vpt = view_u8(vmt[j, P_VPT], vsize)
     vlim = vsize - 1
     base = view_u64(vmt[j, P_BASE], nv)
-    runs = view_i64(vmt[j, P_RUNS], 4 * np.int64(vmt[j, N_RUNS]))
+    runs = view_i64(vmt[j, P_RUNS], RUNW * np.int64(vmt[j, N_RUNS]))
     permx = view_i32(vmt[j, P_PERMX], np.int64(vmt[j, N_PERMX]))
     nslots = np.int64(vmt[j, N_SLOTS])
     sstart = view_u64(vmt[j, P_SSTART], nslots)
@@ -534,10 +553,10 @@ def _run_unit(vmt, units, u, out_pages, out_cnt, scratch, restore, track_bytes):
     grp_old = np.int64(0)  # its value before this call
     last = np.int64(0)  # its value now
     for r in range(units[u, 1], units[u, 2]):
-        v = runs[4 * r]
-        first = runs[4 * r + 1]
-        stride = runs[4 * r + 2]
-        length = runs[4 * r + 3]
+        v = runs[RUNW * r]
+        first = runs[RUNW * r + 1]
+        stride = runs[RUNW * r + 2]
+        length = runs[RUNW * r + 3]
         b = base[v]
         i0 = first if stride != 0 else permx[first]
         a0 = b + np.uint64(intid[i0] >> 3)
@@ -545,12 +564,17 @@ def _run_unit(vmt, units, u, out_pages, out_cnt, scratch, restore, track_bytes):
         hbase = sptr[s] + (b - sstart[s])  # host address of this vCPU's table byte 0
         vrow = v * vb
         wrote = np.int64(0)
+        istr = runs[RUNW * r + 4]
+        iid0 = np.int64(intid[i0])
         for k in range(length):
             if stride != 0:
                 i = first + k * stride
             else:
                 i = permx[first + k]
-            iid = np.int64(intid[i])
+            if istr != 0:  # constant per run: well predicted
+                iid = iid0 + k * istr
+            else:
+                iid = np.int64(intid[i])
             byte = iid >> 3
             bit = iid & 7
             ha = hbase + np.uint64(byte)
