@@ -66,7 +66,7 @@ _UNIT = 32768  # target entries per parallel work unit
 
 
 # ===================================================================== reports
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SaveReport:
     """What a pending-table save did (counts are the kernel loop's, see the contract).
 
@@ -107,7 +107,7 @@ class SaveReport:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SyncReport:
     """What a restore sync (``sync_pending_status``) or EnableLPIs scan did.
 
@@ -513,25 +513,8 @@ class _Batch:
                 kern(self.vmt, units, out_pages, out_cnt)
             else:
                 kern(self.vmt, units, out_pages, out_cnt, np.zeros(units.shape[0] * 64, np.uint8), restore)
-        unit_vm = units[:, 0]
-        counts = np.zeros((self.n, 4), np.int64)
-        np.add.at(counts, unit_vm, out_cnt)
-        # gather every unit's logged pages (in plan = address order per job), drop repeats
-        npg = out_cnt[:, 3]
-        total = int(npg.sum())
-        if total == 0:
-            return counts, [_NO_PAGES] * self.n
-        starts = np.cumsum(npg) - npg
-        idx = np.repeat(units[:, 3] - starts, npg) + np.arange(total)
-        pages = out_pages[idx].astype(np.int64)
-        vms = np.repeat(unit_vm, npg)
-        keep = np.ones(total, bool)
-        keep[1:] = (pages[1:] != pages[:-1]) | (vms[1:] != vms[:-1])
-        pages = pages[keep]
-        vms = vms[keep]
-        bounds = np.searchsorted(vms, np.arange(self.n + 1))
-        counts[:, 3] = np.diff(bounds)
-        return counts, [pages[bounds[i] : bounds[i + 1]] for i in range(self.n)]
+        counts, pages, off = _k.collect(units, out_cnt, out_pages, self.n)
+        return counts, [pages[off[i] : off[i + 1]] if off[i + 1] > off[i] else _NO_PAGES for i in range(self.n)]
 
 
 _SERIAL = {

@@ -638,3 +638,39 @@ def save_units_serial(vmt, units, out_pages, out_cnt):
 def restore_units_serial(vmt, units, out_pages, out_cnt):
     for u in range(units.shape[0]):
         _restore_unit(vmt, units, u, out_pages, out_cnt)
+
+
+@jit
+def collect(units, out_cnt, out_pages, n_jobs):
+    """Per-job counts and deduplicated dirty pages from the per-unit outputs (units are grouped
+    by job and in address order, so a job's repeated page is always the previous one).
+    Returns (counts [n_jobs, 4], pages, offsets [n_jobs + 1])."""
+    counts = np.zeros((n_jobs, 4), np.int64)
+    total = 0
+    for u in range(units.shape[0]):
+        total += out_cnt[u, 3]
+    pages = np.empty(total, np.int64)
+    ends = np.full(n_jobs, -1, np.int64)
+    k = 0
+    cur = -1
+    start = 0
+    for u in range(units.shape[0]):
+        j = units[u, 0]
+        if j != cur:
+            cur = j
+            start = k
+        counts[j, 0] += out_cnt[u, 0]
+        counts[j, 1] += out_cnt[u, 1]
+        counts[j, 2] += out_cnt[u, 2]
+        for q in range(out_cnt[u, 3]):
+            p = np.int64(out_pages[units[u, 3] + q])
+            if k > start and pages[k - 1] == p:
+                continue
+            pages[k] = p
+            k += 1
+        ends[j] = k
+    offsets = np.zeros(n_jobs + 1, np.int64)
+    for j in range(n_jobs):
+        offsets[j + 1] = ends[j] if ends[j] >= 0 else offsets[j]
+        counts[j, 3] = offsets[j + 1] - offsets[j]
+    return counts, pages[:k], offsets
