@@ -11,11 +11,28 @@ from vlpi import LPITable
 
 def test_compact_dtypes_and_nbytes():
     t = LPITable(np.arange(8192, 8192 + 100, dtype=np.int64), np.arange(100) % 4)
-    assert t.intid.dtype == np.uint32 and t.target_vcpu.dtype == np.int16
+    assert t.intid.dtype == np.uint32 and t.target_vcpu.dtype == np.int8
     assert t.pending_latch.dtype == np.bool_ and t.hw.dtype == np.bool_
     assert not t.pending_latch.any() and not t.hw.any()
-    assert t.nbytes == 8 * 100
+    assert t.nbytes == 7 * 100
     assert (len(t), t.max_target, t.max_intid, t.min_intid) == (100, 3, 8291, 8192)
+
+
+@pytest.mark.parametrize(
+    ("max_target", "dtype"), [(-1, np.int8), (126, np.int8), (127, np.int16), (32766, np.int16), (32767, np.int32)]
+)
+def test_target_dtype_is_the_narrowest_that_fits(max_target, dtype):
+    t = LPITable([8192, 8193], [-1, max_target])
+    assert t.target_vcpu.dtype == dtype and t.target_vcpu.tolist() == [-1, max_target]
+
+
+def test_set_targets_widens_the_dtype_and_keeps_values():
+    t = LPITable([8192, 8193, 8194], [0, 5, -1])
+    t.set_targets([2], 300)
+    assert t.target_vcpu.dtype == np.int16 and t.target_vcpu.tolist() == [0, 5, 300]
+    t.set_targets([0], 70000)
+    assert t.target_vcpu.dtype == np.int32 and t.target_vcpu.tolist() == [70000, 5, 300]
+    assert t.max_target == 70000
 
 
 def test_wide_targets_use_int32():

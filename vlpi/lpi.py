@@ -4,8 +4,9 @@ One row per LPI (KVM: one ``struct vgic_irq`` per INTID per VM). Row order is th
 *creation order* (KVM before 6.9 kept LPIs on a list in that order, and ``order="insertion"``
 walks it); the engine walks INTID order by default, as Linux >= 6.9 does with its xarray.
 
-Resident state is compact: ``intid`` uint32, ``target_vcpu`` int16 (int32 only if some target
-needs it), ``pending_latch`` and ``hw`` one byte each: 8 bytes per LPI.
+Resident state is compact: ``intid`` uint32, ``target_vcpu`` in the narrowest signed type that
+holds the largest target (int8 up to 126 vCPUs, then int16, then int32), ``pending_latch`` and
+``hw`` one byte each: 7 bytes per LPI for VMs of up to 126 vCPUs, 8 up to 32766.
 
 ``intid`` and ``target_vcpu`` are read-only arrays: the engine caches derived orderings keyed on
 them (and on the PENDBASERs it is called with), so they change only through
@@ -22,6 +23,14 @@ __all__ = ["LPITable", "LPI_MIN_INTID", "LPI_INTID_LIMIT"]
 LPI_MIN_INTID = 8192
 LPI_INTID_LIMIT = 1 << 24
 _TARGET_MAX = np.iinfo(np.int32).max
+
+
+def _target_dtype(max_target: int) -> np.dtype:
+    """Narrowest signed integer type for targets up to ``max_target`` (and -1)."""
+    for dt in (np.int8, np.int16):
+        if max_target < np.iinfo(dt).max:
+            return np.dtype(dt)
+    return np.dtype(np.int32)
 
 
 def _int_array(x, name: str) -> np.ndarray:
@@ -111,7 +120,7 @@ class LPITable:
                 prev = int(np.flatnonzero(self._intid == val)[0])
                 raise ValueError(f"intid[{row}] = {val} duplicates intid[{prev}]: INTIDs must be unique")
         tmax = int(ta.max()) if n else -1
-        tdt = np.int16 if tmax < np.iinfo(np.int16).max else np.int32
+        tdt = _target_dtype(tmax)
         self._target = ta.astype(tdt, copy=True)
         self._pending_latch = _flag_array(pending_latch, "pending_latch", n)
         self._hw = _flag_array(hw, "hw", n)
@@ -131,7 +140,8 @@ class LPITable:
 
     @property
     def target_vcpu(self) -> np.ndarray:
-        """int16/int32 target vCPU per LPI, -1 = none (read-only; see :meth:`set_targets`)."""
+        """Target vCPU per LPI, -1 = none (int8/int16/int32, the narrowest that fits; read-only:
+        see :meth:`set_targets`)."""
         return self._target
 
     @property
@@ -204,9 +214,7 @@ class LPITable:
         if bad.size:
             raise ValueError(f"set_targets: vcpu[{bad[0]}] = {v[bad[0]]}: must be -1 or a vCPU index < 2**31")
         vmax = int(v.max()) if v.size else -1
-        if vmax >= np.iinfo(self._target.dtype).max:
-            self._target = self._target.astype(np.int32)
-        t = self._target.copy()
+        t = self._target.astype(np.promote_types(self._target.dtype, _target_dtype(vmax)))
         t[idx] = v
         t.flags.writeable = False
         self._target = t
