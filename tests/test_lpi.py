@@ -156,3 +156,17 @@ def test_duplicate_reports_first_offending_index_in_array_order():
     report the smallest row index not among the first occurrences."""
     with pytest.raises(ValueError, match=r"intid\[2\] = 8200 duplicates intid\[0\]"):
         LPITable([8200, 8192, 8200, 8192], [0, 0, 0, 0])
+
+
+def test_cache_nbytes_counts_a_shared_plan_once():
+    import vlpi
+
+    mem = vlpi.GuestMemory()
+    mem.add_slot(0x10000, 0x20000)
+    t = LPITable(np.arange(8192, 8192 + 64), np.arange(64) % 2)
+    pb = np.array([0x10000, 0x20000], np.uint64)
+    vlpi.save_pending_tables(mem, pb, t, order="intid")
+    one = t.cache_nbytes
+    assert one > 0
+    vlpi.save_pending_tables(mem, pb, t, order="insertion")  # no aliased bits: the same plan serves both
+    assert t.cache_nbytes == one

@@ -188,10 +188,9 @@ class LPITable:
     @property
     def cache_nbytes(self) -> int:
         """Bytes held by cached derived orderings (engine plans)."""
-        total = 0
-        for v in self._cache.values():
-            total += getattr(v, "nbytes", 0)
-        return total
+        # a plan may be cached under several keys (one per walk order): count each object once
+        unique = {id(v): v for v in self._cache.values()}
+        return sum(getattr(v, "nbytes", 0) for v in unique.values())
 
     # ------------------------------------------------------------- mutation
     def set_targets(self, index, vcpu) -> None:
