@@ -544,6 +544,9 @@ def _run_unit(vmt, units, u, out_pages, out_cnt, scratch, restore, track_bytes):
     sptr = view_u64(vmt[j, P_SPTR], nslots)
     pg0 = units[u, 3]
     sp = scratch.ctypes.data + np.uint64(u * 64)
+    vbase = vmt[j, P_VPT]
+    lbase = vmt[j, P_LATCH]
+    hwbase = vmt[j, P_HW]
     writes = 0
     vpt_reads = 0
     changed = 0
@@ -566,42 +569,82 @@ def _run_unit(vmt, units, u, out_pages, out_cnt, scratch, restore, track_bytes):
         wrote = np.int64(0)
         istr = runs[RUNW * r + 4]
         iid0 = np.int64(intid[i0])
-        for k in range(length):
-            if stride != 0:
-                i = first + k * stride
-            else:
-                i = permx[first + k]
-            if istr != 0:  # constant per run: well predicted
-                iid = iid0 + k * istr
-            else:
-                iid = np.int64(intid[i])
-            byte = iid >> 3
-            bit = iid & 7
-            ha = hbase + np.uint64(byte)
-            old = np.int64(view_u8(ha, 1)[0])
-            if track_bytes:
-                ga = b + np.uint64(byte)
-                if ga != prev:
-                    if prev != NO_ADDR:
-                        changed += last != grp_old
-                    prev = ga
-                    grp_old = old
-            if restore:
-                diff = (old >> bit) & 1
-                latch[i] = diff
-            else:
-                # the VPT byte is loaded at an index that does not wait for hw[i] (clamped into
-                # the array; validation guarantees hw LPIs are in range), then selected
-                h = use_vpt & np.int64(hw[i])
-                vbit = (np.int64(vpt[min(vrow + byte, vlim)]) >> bit) & 1
-                lt = np.int64(latch[i])
-                want = lt ^ ((lt ^ vbit) & h)
-                diff = ((old >> bit) & 1) ^ want
-                vpt_reads += h
-            last = old ^ (diff << bit)
-            view_u8(sp + (ha - sp) * np.uint64(diff), 1)[0] = last
-            writes += diff
-            wrote |= diff
+        vlast = vrow + ((iid0 + (length - 1) * istr) >> 3)
+        if (
+            not track_bytes
+            and istr > 0
+            and (istr & 7) == 0
+            and (restore or use_vpt == 0 or (vrow + (iid0 >> 3) >= 0 and vlast <= vlim))
+        ):
+            # Arithmetic run with a whole-byte INTID stride (host-4096's layout): the bit is the
+            # same for every LPI, and the guest byte, VPT byte and LPI rows advance by fixed
+            # steps, so every address is a running pointer (measured: 1.82 -> 1.45 ns/LPI for the
+            # save kernel, two threads). The VPT pointer only moves when the VPT is read.
+            bit = iid0 & 7
+            bstep = np.uint64(istr >> 3)
+            ha = hbase + np.uint64(iid0 >> 3)
+            va = vbase + np.uint64(min(vrow + (iid0 >> 3), vlim))
+            vstep = bstep * np.uint64(use_vpt)
+            lp = lbase + np.uint64(first)
+            hp = hwbase + np.uint64(first)
+            rstep = np.uint64(stride)
+            for _k in range(length):
+                old = np.int64(view_u8(ha, 1)[0])
+                if restore:
+                    diff = (old >> bit) & 1
+                    view_u8(lp, 1)[0] = diff
+                else:
+                    h = use_vpt & np.int64(view_u8(hp, 1)[0])
+                    vbit = (np.int64(view_u8(va, 1)[0]) >> bit) & 1
+                    lt = np.int64(view_u8(lp, 1)[0])
+                    want = lt ^ ((lt ^ vbit) & h)
+                    diff = ((old >> bit) & 1) ^ want
+                    vpt_reads += h
+                last = old ^ (diff << bit)
+                view_u8(sp + (ha - sp) * np.uint64(diff), 1)[0] = last
+                writes += diff
+                wrote |= diff
+                ha += bstep
+                va += vstep
+                lp += rstep
+                hp += rstep
+        else:
+            for k in range(length):
+                if stride != 0:
+                    i = first + k * stride
+                else:
+                    i = permx[first + k]
+                if istr != 0:  # constant per run: well predicted
+                    iid = iid0 + k * istr
+                else:
+                    iid = np.int64(intid[i])
+                byte = iid >> 3
+                bit = iid & 7
+                ha = hbase + np.uint64(byte)
+                old = np.int64(view_u8(ha, 1)[0])
+                if track_bytes:
+                    ga = b + np.uint64(byte)
+                    if ga != prev:
+                        if prev != NO_ADDR:
+                            changed += last != grp_old
+                        prev = ga
+                        grp_old = old
+                if restore:
+                    diff = (old >> bit) & 1
+                    latch[i] = diff
+                else:
+                    # the VPT byte is loaded at an index that does not wait for hw[i] (clamped into
+                    # the array; validation guarantees hw LPIs are in range), then selected
+                    h = use_vpt & np.int64(hw[i])
+                    vbit = (np.int64(vpt[min(vrow + byte, vlim)]) >> bit) & 1
+                    lt = np.int64(latch[i])
+                    want = lt ^ ((lt ^ vbit) & h)
+                    diff = ((old >> bit) & 1) ^ want
+                    vpt_reads += h
+                last = old ^ (diff << bit)
+                view_u8(sp + (ha - sp) * np.uint64(diff), 1)[0] = last
+                writes += diff
+                wrote |= diff
         # a run never crosses a 4 KiB guest page (build_runs), so its page is a0's
         page = a0 >> np.uint64(12)
         if wrote and page != last_page:
