@@ -142,6 +142,31 @@ def _find_slot(sstart, send, nslots, addr):
     return -1
 
 
+@jit(inline="always")
+def _views(row):
+    """The arrays of one VM-table row, as views (no copies)."""
+    n = np.int64(row[N_LPIS])
+    nv = np.int64(row[N_VCPUS])
+    vb = np.int64(row[VPT_BYTES])
+    nslots = np.int64(row[N_SLOTS])
+    return (
+        view_u32(row[P_INTID], n),
+        view_u8(row[P_LATCH], n),
+        view_u8(row[P_HW], n),
+        view_u8(row[P_VPT], max(nv * vb, 1)),
+        vb,
+        np.int64(row[USE_VPT]),
+        nv,
+        view_u64(row[P_BASE], nv),
+        view_i64(row[P_RUNS], RUNW * np.int64(row[N_RUNS])),
+        view_i32(row[P_PERMX], np.int64(row[N_PERMX])),
+        nslots,
+        view_u64(row[P_SSTART], nslots),
+        view_u64(row[P_SEND], nslots),
+        view_u64(row[P_SPTR], nslots),
+    )
+
+
 # ------------------------------------------------------------------ fast save
 @pjit
 def save_units(vmt, units, out_pages, out_cnt):
@@ -180,21 +205,7 @@ def _save_unit(vmt, units, u, out_pages, out_cnt):
     # The bit update is arithmetic, and changed bytes are appended to a queue (index advanced by
     # 0 or 1) that is written back in a loop without data-dependent branches.
     j = units[u, 0]
-    n = np.int64(vmt[j, N_LPIS])
-    intid = view_u32(vmt[j, P_INTID], n)
-    latch = view_u8(vmt[j, P_LATCH], n)
-    hw = view_u8(vmt[j, P_HW], n)
-    vb = np.int64(vmt[j, VPT_BYTES])
-    use_vpt = np.int64(vmt[j, USE_VPT])
-    nv = np.int64(vmt[j, N_VCPUS])
-    vpt = view_u8(vmt[j, P_VPT], max(nv * vb, 1))
-    base = view_u64(vmt[j, P_BASE], nv)
-    runs = view_i64(vmt[j, P_RUNS], RUNW * np.int64(vmt[j, N_RUNS]))
-    permx = view_i32(vmt[j, P_PERMX], np.int64(vmt[j, N_PERMX]))
-    nslots = np.int64(vmt[j, N_SLOTS])
-    sstart = view_u64(vmt[j, P_SSTART], nslots)
-    send = view_u64(vmt[j, P_SEND], nslots)
-    sptr = view_u64(vmt[j, P_SPTR], nslots)
+    intid, latch, hw, vpt, vb, use_vpt, nv, base, runs, permx, nslots, sstart, send, sptr = _views(vmt[j])
     pg0 = units[u, 3]
 
     qa = np.empty(_WB + 1, np.uint64)
@@ -283,17 +294,7 @@ def _restore_unit(vmt, units, u, out_pages, out_cnt):
     # Branch-free like _save_unit: a consumed bit is cleared arithmetically, changed bytes are
     # queued and written back together.
     j = units[u, 0]
-    n = np.int64(vmt[j, N_LPIS])
-    intid = view_u32(vmt[j, P_INTID], n)
-    latch = view_u8(vmt[j, P_LATCH], n)
-    nv = np.int64(vmt[j, N_VCPUS])
-    base = view_u64(vmt[j, P_BASE], nv)
-    runs = view_i64(vmt[j, P_RUNS], RUNW * np.int64(vmt[j, N_RUNS]))
-    permx = view_i32(vmt[j, P_PERMX], np.int64(vmt[j, N_PERMX]))
-    nslots = np.int64(vmt[j, N_SLOTS])
-    sstart = view_u64(vmt[j, P_SSTART], nslots)
-    send = view_u64(vmt[j, P_SEND], nslots)
-    sptr = view_u64(vmt[j, P_SPTR], nslots)
+    intid, latch, hw, vpt, vb, use_vpt, nv, base, runs, permx, nslots, sstart, send, sptr = _views(vmt[j])
     pg0 = units[u, 3]
 
     qa = np.empty(_WB + 1, np.uint64)
@@ -364,20 +365,7 @@ def first_fault(vmrow, run_lo, run_hi, mode, walk_key_is_intid, sro):
     faults as for save; a write faults for an entry in a read-only slot whose stored bit is 1.
 
     Returns (row index, is_write, gpa) of the earliest fault, or (-1, 0, 0)."""
-    n = vmrow[N_LPIS]
-    intid = view_u32(vmrow[P_INTID], n)
-    latch = view_u8(vmrow[P_LATCH], n)
-    hw = view_u8(vmrow[P_HW], n)
-    vb = np.int64(vmrow[VPT_BYTES])
-    use_vpt = vmrow[USE_VPT] != 0
-    vpt = view_u8(vmrow[P_VPT], np.int64(vmrow[N_VCPUS]) * vb)
-    base = view_u64(vmrow[P_BASE], np.int64(vmrow[N_VCPUS]))
-    runs = view_i64(vmrow[P_RUNS], RUNW * np.int64(vmrow[N_RUNS]))
-    permx = view_i32(vmrow[P_PERMX], np.int64(vmrow[N_PERMX]))
-    nslots = np.int64(vmrow[N_SLOTS])
-    sstart = view_u64(vmrow[P_SSTART], nslots)
-    send = view_u64(vmrow[P_SEND], nslots)
-    sptr = view_u64(vmrow[P_SPTR], nslots)
+    intid, latch, hw, vpt, vb, use_vpt, nv, base, runs, permx, nslots, sstart, send, sptr = _views(vmrow)
 
     best_key = np.int64(1) << 62
     best_i = -1
@@ -525,23 +513,8 @@ def _run_unit(vmt, units, u, out_pages, out_cnt, scratch, restore, track_bytes):
     # without the branches it does not need. Without shared bytes (``track_bytes`` False), bytes
     # changed = writes: measured 0.45 ns/LPI saved on host-4096 (one thread, 5.6 -> 5.2).
     j = units[u, 0]
-    n = np.int64(vmt[j, N_LPIS])
-    intid = view_u32(vmt[j, P_INTID], n)
-    latch = view_u8(vmt[j, P_LATCH], n)
-    hw = view_u8(vmt[j, P_HW], n)
-    vb = np.int64(vmt[j, VPT_BYTES])
-    use_vpt = np.int64(vmt[j, USE_VPT])
-    nv = np.int64(vmt[j, N_VCPUS])
-    vsize = max(nv * vb, 1)
-    vpt = view_u8(vmt[j, P_VPT], vsize)
-    vlim = vsize - 1
-    base = view_u64(vmt[j, P_BASE], nv)
-    runs = view_i64(vmt[j, P_RUNS], RUNW * np.int64(vmt[j, N_RUNS]))
-    permx = view_i32(vmt[j, P_PERMX], np.int64(vmt[j, N_PERMX]))
-    nslots = np.int64(vmt[j, N_SLOTS])
-    sstart = view_u64(vmt[j, P_SSTART], nslots)
-    send = view_u64(vmt[j, P_SEND], nslots)
-    sptr = view_u64(vmt[j, P_SPTR], nslots)
+    intid, latch, hw, vpt, vb, use_vpt, nv, base, runs, permx, nslots, sstart, send, sptr = _views(vmt[j])
+    vlim = vpt.shape[0] - 1
     pg0 = units[u, 3]
     sp = scratch.ctypes.data + np.uint64(u * 64)
     vbase = vmt[j, P_VPT]
