@@ -636,3 +636,29 @@ def test_vfio_resetting_forwarding_on_load_loses_pending_vlpis():
     assert sorted(dst.lost.select(reason=LostReason.UNFORWARDED_PENDING)["intid"].tolist()) == [8193, 8194]
     dst.run()
     assert Guest(dst, setup=False).take_all() == {0: [], 1: [], 2: [], 3: []}
+
+
+def test_restore_of_a_pintid_beyond_24_bits_is_refused_and_changes_nothing():
+    """KVM restores any pINTID >= 8192; vlpi's LPIs have 24-bit INTIDs: a clear error, no partial state."""
+    from vlpi.its import abi
+
+    vm = VM(2, gic="v3")
+    vm.mem.add_slot(0x4000_0000, 64 << 20)  # large enough for the LPI's config byte (PROPBASER + 16 MiB)
+    vm.write_propbaser(0x4000_0000 | 13)
+    for v in range(2):
+        vm.write_pendbaser(v, 0x4010_0000 + v * 0x10000)
+    vm.its.write_baser(0, (1 << 63) | 0x4020_0000)
+    vm.its.write_baser(1, (1 << 63) | 0x4021_0000)
+
+    def w(gpa, word):
+        vm.mem.write(gpa, np.array([int(word)], "<u8").view(np.uint8))
+
+    w(0x4021_0000, abi.encode_cte(0, 0)[()])
+    w(0x4020_0000 + 8, abi.encode_dte(0, 0x4030_0000, 7)[()])
+    w(0x4030_0000, abi.encode_ite(1, 8192, 0)[()])
+    w(0x4030_0008, abi.encode_ite(0, (1 << 24) + 5, 0)[()])
+    before = vm.mem.slots[0].data.copy()
+    with pytest.raises(ValueError, match=r"device 1 event 1 has pINTID 16777221 >= 2\*\*24"):
+        vm.restore_its_tables()
+    assert vm.its.devices == {} and len(vm.lpis) == 0
+    assert np.array_equal(vm.mem.slots[0].data, before)

@@ -32,6 +32,7 @@ import numpy as np
 from vlpi.errors import GuestMemoryFault
 from vlpi.its import commands as C
 from vlpi.its.commands import ItsCommand, ItsCommandError
+from vlpi.lpi import LPI_INTID_LIMIT
 
 if TYPE_CHECKING:  # pragma: no cover
     from vlpi.vm import VM
@@ -751,6 +752,15 @@ class VirtualITS:
         except ItsTableError:
             self._free_all()
             raise
+        for d in devs:  # KVM checks only pINTID >= 8192; vlpi's LPIs are 24-bit INTIDs
+            big = np.flatnonzero(np.asarray(d.pintid, np.uint64) >= np.uint64(LPI_INTID_LIMIT))
+            if big.size:
+                k = int(big[0])
+                raise ValueError(
+                    f"RESTORE_TABLES: device {int(d.device_id)} event {int(d.event_id[k])} has pINTID "
+                    f"{int(d.pintid[k])} >= 2**24. KVM would create this LPI (it checks only pINTID >= 8192), "
+                    "but vlpi models LPIs with 24-bit INTIDs; nothing was restored"
+                )
         for icid, rd in colls:
             self._new_collection(int(icid), _NOT_MAPPED if rd == COLLECTION_NOT_MAPPED else int(rd))
         for d in devs:
