@@ -26,7 +26,11 @@ if not os.environ.get("NUMBA_CACHE_DIR"):
 # Numba's OpenMP threading layer spins idle workers by default. On a 2-core machine with anything
 # else running, a parallel region then waits for a descheduled spinner: measured (benchmarks, 2-core
 # Sapphire Rapids guest, other core busy) host-4096 save 51.7 -> 27.1 ms and a 4-VM CI-sized save
-# 7.4 -> 0.41 ms with passive waiting. Must be set before libgomp loads; the user's choice wins.
+# 7.4 -> 0.41 ms with passive waiting. Re-measured (ns/LPI, host-4096 one call / 64 per-VM calls):
+# idle machine: passive 1.67 / 3.09, active 1.65 / 2.40, GOMP_SPINCOUNT 2e4-2e5 ~1.68 / 2.40; other core
+# busy: passive 3.07 / 3.93, active 3.61 / 5.84, GOMP_SPINCOUNT 2e4 3.23 / 12.4, 2e5 4.16 / 20.7.
+# Passive costs ~90 us to wake a worker (hence the serial path for small batches) but never collapses.
+# Must be set before libgomp loads; the user's choice wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
