@@ -35,3 +35,10 @@ def test_readme_quickstart_runs_and_prints_what_it_says(capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("SaveReport(lpis=3, skipped=1, reads=2, writes=2, vpt_reads=1, bytes_changed=2, vpes=2/2")
     assert out[1] == str(np.array([True, True, False]))
+
+
+def test_readme_vm_example_runs_and_prints_what_it_says(capsys):
+    readme = (ROOT / "README.md").read_text()
+    code = next(b for b in _code_blocks(readme) if "vlpi.VM(" in b)
+    exec(compile(code, "README VM example", "exec"), {})
+    assert capsys.readouterr().out.strip() == "2 1 {'VPE_UNMAPPED': 1}"
