@@ -43,10 +43,8 @@ def _walker():
     tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
     if tests not in sys.path:
         sys.path.insert(0, tests)
-    try:
-        import its_table_walker
-    except ImportError as e:  # pragma: no cover - depends on the tests tree
-        pytest.skip(f"tests/its_table_walker.py not importable: {e}")
+    import its_table_walker
+
     return its_table_walker
 
 
@@ -198,31 +196,28 @@ def test_its_restore_tables(benchmark, impl, tier):
 
 # --------------------------------------------------------------------------- VM level
 def _build_vm(lay: ItsLayout, *, mapped: bool):
-    """A GICv3 VM set up as vgic_lpi_stress's guest does; skip if the VM API is not there yet."""
-    try:
-        from vlpi.its import queue as Q
-        from vlpi.vm import VM
+    """A GICv3 VM set up as vgic_lpi_stress's guest does."""
+    from vlpi.its import queue as Q
+    from vlpi.vm import VM
 
-        vm = VM(lay.vcpus, gic="v3")
-        vm.mem.add_slot(TABLE_GPA, lay.end - TABLE_GPA)
-        vm.write_propbaser(lay.prop | (lay.id_bits - 1))
-        for v in range(lay.vcpus):
-            vm.write_pendbaser(v, lay.pend + v * lay.pend_stride)
-            vm.enable_lpis(v)
-        its = vm.its
-        its.write_baser(0, lay.baser0)
-        its.write_baser(1, lay.baser1)
-        Q.write_cbaser(its, VALID | lay.cmdq | 15)  # 16 x 4 KiB pages
-        Q.write_ctlr(its, 1)
-        vm.init()
-        for v in range(lay.vcpus):
-            its.mapc(v, v)
-        for d in range(lay.devices):
-            its.mapd(d, lay.itt(d), lay.event_bits - 1)
-        if mapped:
-            its.map_events(*lay.mapping())
-    except (ImportError, AttributeError, TypeError, NotImplementedError) as e:
-        pytest.skip(f"vlpi.VM API not available for the MSI benchmarks yet: {type(e).__name__}: {e}")
+    vm = VM(lay.vcpus, gic="v3")
+    vm.mem.add_slot(TABLE_GPA, lay.end - TABLE_GPA)
+    vm.write_propbaser(lay.prop | (lay.id_bits - 1))
+    for v in range(lay.vcpus):
+        vm.write_pendbaser(v, lay.pend + v * lay.pend_stride)
+        vm.enable_lpis(v)
+    its = vm.its
+    its.write_baser(0, lay.baser0)
+    its.write_baser(1, lay.baser1)
+    Q.write_cbaser(its, VALID | lay.cmdq | 15)  # 16 x 4 KiB pages
+    Q.write_ctlr(its, 1)
+    vm.init()
+    for v in range(lay.vcpus):
+        its.mapc(v, v)
+    for d in range(lay.devices):
+        its.mapd(d, lay.itt(d), lay.event_bits - 1)
+    if mapped:
+        its.map_events(*lay.mapping())
     return vm
 
 

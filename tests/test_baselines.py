@@ -175,9 +175,8 @@ def test_alias_case_really_aliases():
 @pytest.mark.parametrize("impl", ["engine", "engine_many"])
 @pytest.mark.parametrize("case", ["disjoint", "alias", "sparse"])
 def test_numpy_baseline_matches_engine(impl, case):
-    vlpi = pytest.importorskip("vlpi")
-    if not hasattr(vlpi, "save_pending_tables"):
-        pytest.skip("engine not importable yet (vlpi.save_pending_tables)")
+    import vlpi
+
     c = make_case(11, **CASES[case])
     m_e, pb, l_e, vpt = c.build()
     if impl == "engine":
@@ -292,10 +291,10 @@ def test_scan_fault_keeps_earlier_updates():
 @pytest.mark.parametrize("kind", ["host", "sparse"])
 def test_baselines_match_engine_on_benchmark_scenarios(impl, kind):
     """The benchmark scenarios themselves (vlpi.scenarios, small): engine_many vs each baseline."""
-    vlpi = pytest.importorskip("vlpi")
-    scen = pytest.importorskip("vlpi.scenarios")
-    if not hasattr(vlpi, "save_pending_tables_many") or bl.unavailable_reason(impl):
-        pytest.skip("engine or baseline not importable yet")
+    import vlpi
+    import vlpi.scenarios as scen
+
+    assert not bl.unavailable_reason(impl), bl.unavailable_reason(impl)
 
     def build():
         if kind == "host":
@@ -330,10 +329,10 @@ def test_numpy_fast_and_general_paths_are_both_exercised(case, fast):
 @pytest.mark.parametrize("impl", ["numpy", "kernel_loop"])
 @pytest.mark.parametrize("kind", ["host", "sparse"])
 def test_restore_baselines_match_engine_on_benchmark_scenarios(impl, kind):
-    vlpi = pytest.importorskip("vlpi")
-    scen = pytest.importorskip("vlpi.scenarios")
-    if not hasattr(vlpi, "sync_pending_status") or bl.unavailable_reason(impl):
-        pytest.skip("engine or baseline not importable yet")
+    import vlpi
+    import vlpi.scenarios as scen
+
+    assert not bl.unavailable_reason(impl), bl.unavailable_reason(impl)
 
     def build():
         if kind == "host":
