@@ -952,5 +952,5 @@ def unavailable_reason(name: str) -> str | None:
         elif name == "bitarray":
             import bitarray  # noqa: F401
     except ImportError as e:
-        return f"baseline {name!r} not importable yet: {e}"
+        return f"baseline {name!r} not importable: {e}"
     return None

@@ -128,15 +128,16 @@ def impl_unavailable(name: str) -> str | None:
 
     if name.startswith("engine"):
         if not hasattr(vlpi, "save_pending_tables"):
-            return "engine not importable yet"
+            return "vlpi does not export the engine"
         return None
     return bl.unavailable_reason(name)
 
 
-def skip_unavailable(name: str) -> None:
+def require_available(name: str) -> None:
+    """Every implementation ships with vlpi (dependencies included): unavailable is a failure."""
     r = impl_unavailable(name)
     if r:
-        pytest.skip(r)
+        pytest.fail(r)
 
 
 # ------------------------------------------------------------------------------- harness

@@ -23,7 +23,7 @@ from harness import (
     get_host,
     get_vm,
     run_bench,
-    skip_unavailable,
+    require_available,
 )
 
 RANDOMIZE_SEED = 12345  # every round of every implementation sees the same tables
@@ -60,7 +60,7 @@ RESTORE = ["engine", "kernel_loop", "numpy", "python"]
 @pytest.mark.parametrize("tier", TIERS)
 @pytest.mark.parametrize("impl", SAVE_HOST)
 def test_save_host(benchmark, impl, tier):
-    skip_unavailable(impl)
+    require_available(impl)
     scen = _scenario("host-4096", tier)
     jobs, note = _jobs_for(impl, scen)
     f = SAVE_IMPLS[impl]
@@ -82,7 +82,7 @@ def test_save_host(benchmark, impl, tier):
 @pytest.mark.parametrize("tier", TIERS)
 @pytest.mark.parametrize("impl", SAVE_HOST)
 def test_resave_host_nothing_changed(benchmark, impl, tier):
-    skip_unavailable(impl)
+    require_available(impl)
     scen = _scenario("host-4096", tier)
     jobs, note = _jobs_for(impl, scen)
     f = SAVE_IMPLS[impl]
@@ -109,7 +109,7 @@ def test_resave_host_nothing_changed(benchmark, impl, tier):
 @pytest.mark.parametrize("tier", TIERS)
 @pytest.mark.parametrize("impl", RESTORE)
 def test_restore_host(benchmark, impl, tier):
-    skip_unavailable(impl)
+    require_available(impl)
     scen = _scenario("host-4096", tier)
     jobs, note = _jobs_for(impl, scen)
     f = RESTORE_IMPLS[impl]
@@ -131,7 +131,7 @@ def test_restore_host(benchmark, impl, tier):
 @pytest.mark.parametrize("impl", SAVE_VM)
 @pytest.mark.parametrize("scenario", ["vm-512", "sparse", "dense"])
 def test_save_vm(benchmark, scenario, impl, tier):
-    skip_unavailable(impl)
+    require_available(impl)
     scen = _scenario(scenario, tier)
     jobs = scen.jobs
     f = SAVE_IMPLS[impl]
@@ -152,7 +152,7 @@ def test_save_vm(benchmark, scenario, impl, tier):
 @pytest.mark.parametrize("impl", RESTORE)
 @pytest.mark.parametrize("scenario", ["vm-512", "sparse"])
 def test_restore_vm(benchmark, scenario, impl, tier):
-    skip_unavailable(impl)
+    require_available(impl)
     scen = _scenario(scenario, tier)
     jobs = scen.jobs
     f = RESTORE_IMPLS[impl]

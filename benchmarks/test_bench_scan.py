@@ -9,13 +9,13 @@ scan; the NumPy baseline plays that role in the table.
 from __future__ import annotations
 
 import pytest
-from harness import PYTHON_MAX_LPIS, SCAN_IMPLS, TIERS, get_vm, run_bench, skip_unavailable
+from harness import PYTHON_MAX_LPIS, SCAN_IMPLS, TIERS, get_vm, run_bench, require_available
 
 
 @pytest.mark.parametrize("tier", TIERS)
 @pytest.mark.parametrize("impl", ["engine", "numpy", "python"])
 def test_scan_all_vcpus(benchmark, impl, tier):
-    skip_unavailable(impl)
+    require_available(impl)
     scen = get_vm("vm-512", tier)
     mem, pb, lpis, _ = scen.jobs[0]
     n_vcpus = pb.shape[0]
