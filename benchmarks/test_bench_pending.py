@@ -22,8 +22,8 @@ from harness import (
     TIERS,
     get_host,
     get_vm,
-    run_bench,
     require_available,
+    run_bench,
 )
 
 RANDOMIZE_SEED = 12345  # every round of every implementation sees the same tables

@@ -9,7 +9,7 @@ scan; the NumPy baseline plays that role in the table.
 from __future__ import annotations
 
 import pytest
-from harness import PYTHON_MAX_LPIS, SCAN_IMPLS, TIERS, get_vm, run_bench, require_available
+from harness import PYTHON_MAX_LPIS, SCAN_IMPLS, TIERS, get_vm, require_available, run_bench
 
 
 @pytest.mark.parametrize("tier", TIERS)
