@@ -476,7 +476,7 @@ class _Batch:
     """The stacked kernel inputs of a list of jobs (one kernel flavour). Reused by the next call
     with the same jobs (same cached _Job objects), so a steady-state call stacks nothing."""
 
-    def __init__(self, jobs: list[_Job], run_kernel: bool, whole_vm: bool) -> None:
+    def __init__(self, jobs: list[_Job], whole_vm: bool) -> None:
         self.refs = [weakref.ref(j) for j in jobs]
         self.vmt = np.stack([j.make_row() for j in jobs]) if jobs else np.zeros((0, _k.NCOL), np.uint64)
         parts = []
@@ -494,13 +494,12 @@ class _Batch:
         self.units = np.concatenate(parts) if parts else np.zeros((0, 4), np.int64)
         self.pages_cap = max(poff, 1)
         self.n = len(jobs)
-        self.run_kernel = run_kernel
         self.serial = self.units.shape[0] < 2 or sum(j.plan.n_entries for j in jobs) < _SERIAL_BELOW
 
     def matches(self, jobs: list[_Job]) -> bool:
         return len(jobs) == len(self.refs) and all(r() is j for r, j in zip(self.refs, jobs, strict=True))
 
-    def run(self, kernel, restore: bool | None):
+    def run(self, kernel, restore: bool):
         """Run the kernel; returns (counts [n, 4], list of per-job page arrays)."""
         units = self.units
         out_pages = np.empty(self.pages_cap, dtype=np.uint64)
@@ -509,19 +508,12 @@ class _Batch:
             # small batches and single units run serially: waking the thread pool costs more
             # than it saves, and badly so when the machine is oversubscribed
             kern = _SERIAL[kernel] if self.serial else kernel
-            if not self.run_kernel:
-                kern(self.vmt, units, out_pages, out_cnt)
-            else:
-                kern(self.vmt, units, out_pages, out_cnt, np.zeros(units.shape[0] * 64, np.uint8), restore)
+            kern(self.vmt, units, out_pages, out_cnt, np.zeros(units.shape[0] * 64, np.uint8), restore)
         counts, pages, off = _k.collect(units, out_cnt, out_pages, self.n)
         return counts, [pages[off[i] : off[i + 1]] if off[i + 1] > off[i] else _NO_PAGES for i in range(self.n)]
 
 
-_SERIAL = {
-    _k.save_units: _k.save_units_serial,
-    _k.restore_units: _k.restore_units_serial,
-    _k.run_units: _k.run_units_serial,
-}
+_SERIAL = {_k.run_units: _k.run_units_serial, _k.merge_units: _k.merge_units_serial}
 _SERIAL_BELOW = 1 << 15  # LPIs per batch below which the kernels run on one thread (measured: a
 # 57,344-LPI VM saves at 3.8 ns/LPI on two threads vs 4.6 on one, passive OpenMP wait policy)
 _BATCHES: dict = {}  # (flavour, restore) -> the last _Batch
@@ -542,12 +534,9 @@ def _run(jobs: list[_Job], restore: bool) -> list[tuple[np.ndarray, np.ndarray]]
         key = (run_kernel, restore)
         batch = _BATCHES.get(key)
         if batch is None or not batch.matches(sub):
-            batch = _Batch(sub, run_kernel, whole_vm=restore)
+            batch = _Batch(sub, whole_vm=restore)
             _BATCHES[key] = batch
-        if run_kernel:
-            counts, pages = batch.run(_k.run_units, restore)
-        else:
-            counts, pages = batch.run(_k.restore_units if restore else _k.save_units, None)
+        counts, pages = batch.run(_k.run_units if run_kernel else _k.merge_units, restore)
         for k, i in enumerate(idx):
             if len(pages[k]):
                 jobs[i].mem._mark_dirty(pages[k])

@@ -169,14 +169,16 @@ def _views(row):
 
 # ------------------------------------------------------------------ fast save
 @pjit
-def save_units(vmt, units, out_pages, out_cnt):
-    """Merge wanted pending state into guest bytes, one pass per unit in memory order.
-
-    ``units[u] = (vm, run_lo, run_hi, page_offset)``; ``out_cnt[u] = (guest_writes, vpt_reads,
-    bytes_changed, n_pages)``. Every address is known to be in a slot and no write is needed in
-    a read-only slot (checked by the caller). Units never share a guest byte."""
+def merge_units(vmt, units, out_pages, out_cnt, scratch, restore):
+    """Save (or restore) for plans with runs that straddle memslots: each guest byte is merged in
+    a register and written back once. ``units[u] = (vm, run_lo, run_hi, page_offset)``;
+    ``out_cnt[u] = (guest_writes, vpt_reads, bytes_changed, n_pages)``. Every address is known to
+    be in a slot and no write is needed in a read-only slot (checked by the caller). Units never
+    share a guest byte. ``scratch`` is unused (same signature as :func:`run_units`). For restore,
+    the entries of one (byte, bit) are in row order, so the first LPI in row order consumes a
+    shared bit, as the kernel's sequential sync does."""
     for u in prange(units.shape[0]):
-        _save_unit(vmt, units, u, out_pages, out_cnt)
+        merge_unit(vmt, units, u, out_pages, out_cnt, restore)
 
 
 _WB = 256  # write-back queue length (entries)
@@ -198,12 +200,21 @@ def _drain(arr, lo, qa, qv, nq, out_pages, pg0, npages, last_page):
 
 
 @jit
-def _save_unit(vmt, units, u, out_pages, out_cnt):
-    # A plain (non-parfor) function, so loop-carried arrays are safe.
+def merge_unit(vmt, units, u, out_pages, out_cnt, restore):
+    if restore:
+        _merge_unit(vmt, units, u, out_pages, out_cnt, True)
+    else:
+        _merge_unit(vmt, units, u, out_pages, out_cnt, False)
+
+
+@jit(inline="always")
+def _merge_unit(vmt, units, u, out_pages, out_cnt, restore):
     # Branch-free merge: with about half the bits changing, "does this bit change?" and
     # "does this byte change?" are coin flips; as branches they are mispredicted half the time.
     # The bit update is arithmetic, and changed bytes are appended to a queue (index advanced by
-    # 0 or 1) that is written back in a loop without data-dependent branches.
+    # 0 or 1) that is written back in a loop without data-dependent branches. ``restore`` is a
+    # constant at each call site. For restore, "a bit was consumed" and "the byte changed" are the
+    # same condition (consumed bits only go 1 -> 0), so ``wrote`` serves both.
     j = units[u, 0]
     intid, latch, hw, vpt, vb, use_vpt, nv, base, runs, permx, nslots, sstart, send, sptr = _views(vmt[j])
     pg0 = units[u, 3]
@@ -258,15 +269,19 @@ def _save_unit(vmt, units, u, out_pages, out_cnt):
                 val = old
                 wrote = 0
             bit = iid & 7
-            h = use_vpt & np.int64(hw[i])
-            vbit = (np.int64(vpt[(vrow + (iid >> 3)) * h]) >> bit) & 1
-            lt = np.int64(latch[i])
-            want = lt ^ ((lt ^ vbit) & h)
-            diff = ((val >> bit) & 1) ^ want
+            if restore:
+                diff = (val >> bit) & 1
+                latch[i] = diff
+            else:
+                h = use_vpt & np.int64(hw[i])
+                vbit = (np.int64(vpt[(vrow + (iid >> 3)) * h]) >> bit) & 1
+                lt = np.int64(latch[i])
+                want = lt ^ ((lt ^ vbit) & h)
+                diff = ((val >> bit) & 1) ^ want
+                vpt_reads += h
             val ^= diff << bit
             writes += diff
             wrote |= diff
-            vpt_reads += h
     qa[nq] = cur
     qv[nq] = val
     nq += wrote
@@ -275,82 +290,6 @@ def _save_unit(vmt, units, u, out_pages, out_cnt):
     out_cnt[u, 0] = writes
     out_cnt[u, 1] = vpt_reads
     out_cnt[u, 2] = changed
-    out_cnt[u, 3] = npages
-
-
-# ------------------------------------------------------------------ fast restore
-@pjit
-def restore_units(vmt, units, out_pages, out_cnt):
-    """Consume pending bits into ``pending_latch`` (one pass per unit in memory order).
-
-    ``out_cnt[u] = (guest_writes, 0, 0, n_pages)``. Entries of one (byte, bit) are in row order,
-    so the first LPI in row order consumes a shared bit, as the kernel's sequential sync does."""
-    for u in prange(units.shape[0]):
-        _restore_unit(vmt, units, u, out_pages, out_cnt)
-
-
-@jit
-def _restore_unit(vmt, units, u, out_pages, out_cnt):
-    # Branch-free like _save_unit: a consumed bit is cleared arithmetically, changed bytes are
-    # queued and written back together.
-    j = units[u, 0]
-    intid, latch, hw, vpt, vb, use_vpt, nv, base, runs, permx, nslots, sstart, send, sptr = _views(vmt[j])
-    pg0 = units[u, 3]
-
-    qa = np.empty(_WB + 1, np.uint64)
-    qv = np.empty(_WB + 1, np.uint8)
-    nq = 0
-    writes = 0
-    npages = 0
-    last_page = NO_ADDR
-    cur = NO_ADDR
-    lo = np.uint64(1)
-    hi = np.uint64(0)
-    arr = np.empty(0, np.uint8)
-    old = np.int64(0)
-    val = np.int64(0)
-    for r in range(units[u, 1], units[u, 2]):
-        v = runs[RUNW * r]
-        first = runs[RUNW * r + 1]
-        stride = runs[RUNW * r + 2]
-        length = runs[RUNW * r + 3]
-        b = base[v]
-        for k in range(length):
-            if stride != 0:
-                i = first + k * stride
-            else:
-                i = permx[first + k]
-            iid = np.int64(intid[i])
-            addr = b + np.uint64(iid >> 3)
-            if addr != cur:
-                qa[nq] = cur
-                qv[nq] = val
-                nq += val != old
-                if not (lo <= addr and addr < hi):
-                    npages, last_page = _drain(arr, lo, qa, qv, nq, out_pages, pg0, npages, last_page)
-                    nq = 0
-                    s = _find_slot(sstart, send, nslots, addr)
-                    lo = sstart[s]
-                    hi = send[s]
-                    arr = view_u8(sptr[s], hi - lo)
-                elif nq >= _WB:
-                    npages, last_page = _drain(arr, lo, qa, qv, nq, out_pages, pg0, npages, last_page)
-                    nq = 0
-                cur = addr
-                old = np.int64(arr[addr - lo])
-                val = old
-            bit = iid & 7
-            st = (val >> bit) & 1
-            latch[i] = st
-            val &= ~(st << bit)
-            writes += st
-    qa[nq] = cur
-    qv[nq] = val
-    nq += val != old
-    npages, last_page = _drain(arr, lo, qa, qv, nq, out_pages, pg0, npages, last_page)
-    out_cnt[u, 0] = writes
-    out_cnt[u, 1] = 0
-    out_cnt[u, 2] = 0
     out_cnt[u, 3] = npages
 
 
@@ -645,15 +584,9 @@ def run_units_serial(vmt, units, out_pages, out_cnt, scratch, restore):
 
 
 @jit
-def save_units_serial(vmt, units, out_pages, out_cnt):
+def merge_units_serial(vmt, units, out_pages, out_cnt, scratch, restore):
     for u in range(units.shape[0]):
-        _save_unit(vmt, units, u, out_pages, out_cnt)
-
-
-@jit
-def restore_units_serial(vmt, units, out_pages, out_cnt):
-    for u in range(units.shape[0]):
-        _restore_unit(vmt, units, u, out_pages, out_cnt)
+        merge_unit(vmt, units, u, out_pages, out_cnt, restore)
 
 
 @jit
