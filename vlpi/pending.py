@@ -654,11 +654,15 @@ def _save_many(jobs, has_gicv4_1: bool, order: str, atomic: bool, single: bool) 
         other = mems.index(mems[first])
         raise ValueError(f"jobs[{first}] shares its GuestMemory with jobs[{other}]; one GuestMemory per VM")
     key_intid = order == "intid"
-    faults = [c.first_fault(0, key_intid) for c in ctx]
-    bad = next((j for j, f in enumerate(faults) if f is not None), None)
+    bad, fault = None, None
+    for j, c in enumerate(ctx):  # the first VM whose walk would fault, if any
+        fault = c.first_fault(0, key_intid)
+        if fault is not None:
+            bad = j
+            break
     if bad is not None and atomic:
         c = ctx[bad]
-        row, w, gpa = faults[bad]
+        row, w, gpa = fault
         rep = _save_report(c, has_gicv4_1, order, 0, 0, 0, 0, _NO_PAGES, time.perf_counter() - t0)
         exc = _fault(c, row, w, gpa, rep, "atomic save: nothing was written")
         exc.job = bad
