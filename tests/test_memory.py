@@ -187,3 +187,17 @@ def test_add_slot_data_list_names_data():
     mem = GuestMemory()
     with pytest.raises(TypeError, match=r"\bdata\b"):
         mem.add_slot(0, data=[1, 2, 3])
+
+
+def test_extents_merge_adjacent_slots_and_are_read_only():
+    from vlpi import GuestMemory
+
+    m = GuestMemory()
+    m.add_slot(0x1000, 0x1000)
+    m.add_slot(0x2000, 0x800, readonly=True)  # adjacent, read-only
+    m.add_slot(0x5000, 0x100)
+    st, en = m.extents()
+    assert st.tolist() == [0x1000, 0x5000] and en.tolist() == [0x2800, 0x5100]
+    st, en = m.extents(writable=True)
+    assert st.tolist() == [0x1000, 0x5000] and en.tolist() == [0x2000, 0x5100]
+    assert not st.flags.writeable and not en.flags.writeable

@@ -186,10 +186,16 @@ class GuestMemory:
             self._tables = (starts, ends, ptrs, ro, _merge(self._slots, False), _merge(self._slots, True))
         return self._tables
 
+    def extents(self, writable: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Guest address ranges covered by slots, adjacent slots merged: (starts, ends) as
+        read-only uint64 arrays, sorted, ends exclusive. ``writable``: read-only slots left out.
+        Cached until the slots change."""
+        return self._kernel_tables()[5 if writable else 4]
+
     def _covered(self, lo: np.ndarray, hi: np.ndarray, writable: bool) -> np.ndarray:
         """For inclusive address ranges [lo, hi]: True where one extent of adjacent slots (writable
         ones only if ``writable``) covers the whole range."""
-        ext = self._kernel_tables()[5 if writable else 4]
+        ext = self.extents(writable)
         if ext[0].size == 0:
             return np.zeros(np.shape(lo), dtype=bool)
         i = np.searchsorted(ext[0], lo, side="right") - 1
@@ -352,4 +358,7 @@ def _merge(slots: list[MemSlot], writable_only: bool):
         else:
             st.append(s.gpa)
             en.append(s.end)
-    return np.array(st, dtype=np.uint64), np.array(en, dtype=np.uint64)
+    starts, ends = np.array(st, dtype=np.uint64), np.array(en, dtype=np.uint64)
+    starts.flags.writeable = False
+    ends.flags.writeable = False
+    return starts, ends

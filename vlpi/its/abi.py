@@ -405,8 +405,8 @@ class _Map:
 
     def __init__(self, mem: GuestMemory) -> None:
         self.mem = mem
-        self.rd = _extents(mem, False)
-        self.wr = _extents(mem, True)
+        self.rd = mem.extents(writable=False)
+        self.wr = mem.extents(writable=True)
         self._rd_starts = self.rd[0].tolist()  # scalar lookups: bisect on lists beats numpy
         self._rd_ends = self.rd[1].tolist()
 
@@ -445,20 +445,6 @@ class _Map:
         if n == 0:
             return np.zeros(0, np.uint64), 0
         return self.mem.read(gpa, n * ESZ).view("<u8"), n
-
-
-def _extents(mem: GuestMemory, writable_only: bool):
-    st: list[int] = []
-    en: list[int] = []
-    for s in mem.slots:
-        if writable_only and s.readonly:
-            continue
-        if en and en[-1] == s.gpa:
-            en[-1] = s.end
-        else:
-            st.append(s.gpa)
-            en.append(s.end)
-    return np.array(st, dtype=np.uint64), np.array(en, dtype=np.uint64)
 
 
 def _check_mem(mem) -> None:
