@@ -58,7 +58,7 @@ import numpy as np
 
 from vlpi.errors import GuestMemoryFault
 from vlpi.gicv4 import VPT_BYTES, GICv4
-from vlpi.its.its import VirtualITS
+from vlpi.its.its import VirtualITS, _first_of
 from vlpi.lpi import LPI_MIN_INTID, LPITable
 from vlpi.memory import GuestMemory
 
@@ -1146,11 +1146,3 @@ def _pair_ids(device_ids, event_ids) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"device_ids has {d.size} entries but event_ids has {e.size}")
     return d, e
 
-
-def _first_of(key: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    out = np.zeros(key.size, bool)
-    idx = np.flatnonzero(mask)
-    if idx.size:
-        _, fi = np.unique(key[idx], return_index=True)
-        out[idx[fi]] = True
-    return out
