@@ -1145,4 +1145,3 @@ def _pair_ids(device_ids, event_ids) -> tuple[np.ndarray, np.ndarray]:
         else:
             raise ValueError(f"device_ids has {d.size} entries but event_ids has {e.size}")
     return d, e
-
