@@ -458,7 +458,7 @@ class Vgic:
         self._a["enabled"][rows[ok]] = (cfg[ok] & 1).astype(bool)
 
     # ================================================================ pending state
-    def inject(self, intids, vcpus, refused, direct, *, source, device_ids, event_ids, host_int: bool) -> np.ndarray:
+    def inject(self, intids, vcpus, refused, forwarded, *, source, device_ids, event_ids, host_int: bool) -> np.ndarray:
         """Make LPIs pending, one element per interrupt, after the ITS has translated them.
 
         Parameters
@@ -469,8 +469,9 @@ class Vgic:
             The vCPU the ITS routes it to (the ITE's collection target; -1 where none).
         refused : array of int8
             ``-LostReason`` where the ITS refused the interrupt, 0 where it passed.
-        direct : array of bool
-            Forwarded MSIs that the host's ITS delivers straight to the vPE (no vgic checks).
+        forwarded : array of bool
+            Device MSIs of events forwarded through VFIO: where the LPI is ``hw`` the host's ITS
+            delivers them straight to the vPE, and the ITS's and vgic's checks do not apply.
         source : LostSource
         device_ids, event_ids : array of int
             For the log.
@@ -487,6 +488,8 @@ class Vgic:
         vc = np.asarray(vcpus, dtype=np.int64)
         lr = self.rows(intid)
         hw = (lr >= 0) & (self._a["hw"][np.maximum(lr, 0)] if self.n else False)
+        direct = forwarded & hw
+        out[direct] = 0
         checks = (out == 0) & ~direct
         off = checks & ~self.lpis_enabled[np.maximum(vc, 0)]
         out[off] = -LostReason.LPIS_DISABLED

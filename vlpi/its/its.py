@@ -229,13 +229,12 @@ class VirtualITS:
         known_dev = np.isin(d, np.fromiter(self.devices, dtype=np.int64, count=len(self.devices)))
         refused[~have] = -np.where(known_dev[~have], LostReason.NO_ITE, LostReason.NO_DEVICE)
         coll_t = self._coll_target(self._ite.arrays["coll"][np.maximum(r, 0)]) if self._ite.n else np.full(n, -1)
-        direct = have & self.vgic.hw_of(intid) & self.forwarded(r) & (not via_its)
-        checks = have & ~direct
         if not self.ctlr_enabled:
-            refused[checks] = -LostReason.ITS_DISABLED
+            refused[have] = -LostReason.ITS_DISABLED
         else:
-            refused[checks & (coll_t < 0)] = -LostReason.UNMAPPED_COLLECTION
-        return self.vgic.inject(intid, np.where(have, coll_t, -1), refused, direct, source=source, device_ids=d,
+            refused[have & (coll_t < 0)] = -LostReason.UNMAPPED_COLLECTION
+        fwd = np.zeros(n, bool) if via_its else self.forwarded(r)
+        return self.vgic.inject(intid, np.where(have, coll_t, -1), refused, fwd, source=source, device_ids=d,
                                 event_ids=e, host_int=via_its)
 
     def _serials(self, icids: np.ndarray) -> np.ndarray:
