@@ -51,7 +51,7 @@ myst_heading_anchors = 3
 # API reference
 autosummary_generate = True
 autosummary_imported_members = False
-autodoc_default_options = {"members": True, "show-inheritance": False}
+autodoc_default_options = {"members": True, "undoc-members": True, "show-inheritance": False}
 autodoc_typehints = "none"  # numpydoc's Parameters sections carry the types
 autodoc_member_order = "bysource"
 numpydoc_show_class_members = False  # autosummary pages list members themselves
@@ -67,3 +67,14 @@ html_title = f"vlpi {release}"
 vlpi_bench_json = [p for p in os.environ.get("VLPI_BENCH_JSON", "").split(os.pathsep) if p] or sorted(
     str(p) for p in (ROOT / "benchmarks" / "results").glob("*.json")
 )
+
+
+def _drop_type_docstrings(app, what, name, obj, options, lines):
+    """Module-level data (a numpy dtype, a dict, a dict of fields) has no docstring of its own:
+    autodoc would show its *type's* docstring (numpy.dtype's, dict's). Show none instead."""
+    if what in ("data", "attribute") and lines and getattr(obj, "__doc__", None) == getattr(type(obj), "__doc__", 0):
+        lines[:] = []
+
+
+def setup(app):
+    app.connect("autodoc-process-docstring", _drop_type_docstrings)
