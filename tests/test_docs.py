@@ -63,8 +63,8 @@ def test_a_wrong_example_fails():
 
 
 def test_api_page_lists_every_public_name():
-    """Every name of ``vlpi.__all__``, ``vlpi.its.__all__`` and ``vlpi.its.abi.__all__`` is on the API page, under its module,
-    and the page lists nothing else."""
+    """Every name of ``vlpi.__all__``, ``vlpi.its.__all__`` and ``vlpi.its.abi.__all__`` is on the
+    API page, under its module, and the page lists nothing else."""
     import importlib
 
     listed: dict[str, set[str]] = {}
