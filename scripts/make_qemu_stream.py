@@ -37,10 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-MODULES = [  # dependency order: virtio_ring and virtio first, the device drivers last
-    "virtio", "virtio_ring", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
-    "failover", "net_failover", "virtio_net", "virtio_blk",
-]
+DRIVERS = ["virtio_pci", "virtio_net", "virtio_blk"]  # loaded with their dependencies, in order
 HERE = Path(__file__).resolve().parent
 
 
@@ -60,6 +57,34 @@ def _cpio_newc(entries: list[tuple[str, int, bytes]]) -> bytes:
     return bytes(out)
 
 
+def module_order(moddir: Path, wanted: list[str]) -> list[tuple[str, Path]]:
+    """``wanted`` modules and everything they depend on (each .ko's ``depends=`` modinfo), in an
+    order where every module comes after its dependencies (virtio_ring before virtio, ...)."""
+    index = {p.name[: -len(".ko")]: p for p in moddir.rglob("*.ko")}
+    out: list[tuple[str, Path]] = []
+    seen: set[str] = set()
+
+    def visit(m: str, stack: tuple[str, ...]) -> None:
+        if m in seen:
+            return
+        if m in stack:
+            raise SystemExit(f"module dependency cycle: {' -> '.join(stack + (m,))}")
+        path = index.get(m.replace("-", "_")) or index.get(m)
+        if path is None:
+            raise SystemExit(f"module {m}.ko not found under {moddir}")
+        info = path.read_bytes()
+        i = info.find(b"\0depends=")
+        deps = info[i + 9 : info.index(b"\0", i + 1)].decode() if i >= 0 else ""
+        for d in filter(None, deps.split(",")):
+            visit(d, stack + (m,))
+        seen.add(m)
+        out.append((m, path))
+
+    for m in wanted:
+        visit(m, ())
+    return out
+
+
 def build_initramfs(root: Path, out: Path) -> None:
     """Write a gzip'd initramfs with busybox, the virtio modules and the init script."""
     kver = sorted(p.name for p in (root / "lib/modules").iterdir())[-1]
@@ -68,27 +93,26 @@ def build_initramfs(root: Path, out: Path) -> None:
         (d, 0o40755, b"") for d in ("bin", "dev", "proc", "sys", "tmp", "lib", "lib/modules")]
     ents.append(("bin/busybox", 0o100755, (root / "bin/busybox").read_bytes()))
     ents.append(("init", 0o100755, (HERE / "qemu_guest/init").read_bytes()))
-    for m in MODULES:
-        found = list(moddir.rglob(f"{m}.ko"))
-        if len(found) != 1:
-            raise SystemExit(f"module {m}.ko: found {len(found)} copies under {moddir}")
-        ents.append((f"lib/modules/{m}.ko", 0o100644, found[0].read_bytes()))
-    ents.append(("modules.order", 0o100644, ("\n".join(MODULES) + "\n").encode()))
+    order = module_order(moddir, DRIVERS)
+    for m, path in order:
+        ents.append((f"lib/modules/{m}.ko", 0o100644, path.read_bytes()))
+    ents.append(("modules.order", 0o100644, ("\n".join(m for m, _ in order) + "\n").encode()))
     out.write_bytes(gzip.compress(_cpio_newc(ents), 6))
 
 
 class Guest:
     """A running QEMU with its serial console on stdio and its monitor/gdb stub on unix sockets."""
 
-    def __init__(self, work: Path, kernel: Path, initrd: Path, log: Path) -> None:
+    def __init__(self, work: Path, kernel: Path, initrd: Path, log: Path, incoming: Path | None = None) -> None:
         self.work = work
         self.mon_path = work / "mon.sock"
         self.gdb_path = work / "gdb.sock"
         for p in (self.mon_path, self.gdb_path):
             p.unlink(missing_ok=True)
         disk = work / "disk.img"
-        with open(disk, "wb") as f:
-            f.write(os.urandom(1 << 20) * 4)
+        if not disk.exists():
+            with open(disk, "wb") as f:
+                f.write(os.urandom(1 << 20) * 4)
         cmd = [
             "qemu-system-aarch64", "-M", "virt,gic-version=3,its=on", "-cpu", "max,pauth-impdef=on",
             "-smp", "2", "-m", "256", "-nographic", "-no-reboot",
@@ -101,6 +125,8 @@ class Guest:
             "-monitor", f"unix:{self.mon_path},server=on,wait=off",
             "-gdb", f"unix:{self.gdb_path},server=on,wait=off",
         ]
+        if incoming is not None:
+            cmd += ["-incoming", f"exec:cat {incoming}"]
         self.log = open(log, "wb")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
@@ -210,6 +236,25 @@ class Guest:
         self.log.close()
 
 
+def check_loads(work: Path, kernel: Path, initrd: Path, stream: Path) -> str:
+    """Start a second QEMU with ``-incoming`` from ``stream``; return its final migration status
+    (``completed`` when QEMU accepted every section)."""
+    g = Guest(work, kernel, initrd, work / "incoming.log", incoming=stream)
+    try:
+        for _ in range(600):
+            status = g.monitor("info status")
+            info = g.monitor("info migrate")
+            if "inmigrate" not in status and "Migration status: completed" in info:
+                return "completed"  # loaded; the VM stays paused as the source was
+            time.sleep(0.1)
+        return "timeout"
+    except (OSError, SystemExit):
+        out = g.proc.stdout.read().decode(errors="replace") if g.proc.poll() is not None else ""
+        return "failed: " + out.strip()
+    finally:
+        g.close()
+
+
 def its_msi_irqs(interrupts: str) -> list[dict]:
     """The ITS-MSI lines of /proc/interrupts: Linux irq, per-CPU counts, hwirq, name."""
     lines = interrupts.strip("\n").split("\n")
@@ -232,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="output directory")
     ap.add_argument("--no-pending", action="store_true",
                     help="skip step 4 (no LPIs left pending on purpose)")
+    ap.add_argument("--fixture", type=Path, default=None,
+                    help="also write a small fixture here: the stream with every RAM page the GIC does "
+                    "not use sent as a zero page (gzip), checked by loading it into a second QEMU")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.out
@@ -241,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     g = Guest(work, kernel, initrd, work / "console.log")
     try:
-        g.expect(b"VLPI-READY", 300)
+        boot = g.expect(b"VLPI-READY", 300)
+        if b"VLPI-FAIL" in boot:
+            raise SystemExit("guest could not load its modules:\n" + boot.decode(errors="replace")[-2000:])
         print(f"guest up after {time.monotonic() - t0:.1f} s", file=sys.stderr)
         g.sh("stty -echo; PS1=", 30)
         uname = g.sh("uname -r").strip()
@@ -268,7 +318,28 @@ def main(argv: list[str] | None = None) -> int:
     size = (work / "stream.bin").stat().st_size
     print(f"stream: {work / 'stream.bin'} ({size} bytes), kernel {uname}, QEMU {qemu_version}",
           file=sys.stderr)
+    if args.fixture is not None:
+        make_fixture(work, kernel, initrd, args.fixture)
     return 0
+
+
+def make_fixture(work: Path, kernel: Path, initrd: Path, dest: Path) -> None:
+    """Minimise ``work/stream.bin`` into ``dest`` and check that QEMU still loads it."""
+    sys.path.insert(0, str(HERE.parent))
+    from vlpi.qemu import read_gic
+    from vlpi.qemu.rewrite import minimize
+
+    small = work / "fixture.bin"
+    small.write_bytes(minimize(read_gic(work / "stream.bin")))
+    status = check_loads(work, kernel, initrd, small)
+    if status != "completed":
+        raise SystemExit(f"QEMU does not load the minimised stream: {status}")
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "stream.bin.gz").write_bytes(gzip.compress(small.read_bytes(), 9, mtime=0))
+    for name in ("interrupts.txt", "guest.json"):
+        (dest / name).write_bytes((work / name).read_bytes())
+    print(f"fixture: {dest} ({(dest / 'stream.bin.gz').stat().st_size} bytes gzip, QEMU loads it)",
+          file=sys.stderr)
 
 
 def _disable_and_fire(g: Guest, work: Path, irqs: list[dict]) -> list[dict]:
@@ -289,8 +360,8 @@ def _disable_and_fire(g: Guest, work: Path, irqs: list[dict]) -> list[dict]:
         dev, ev = d["hwirq"] >> 11 & 0xFFFF, d["hwirq"] & 0x7FF
         lpi = gic.lpi_for(dev, ev)
         addr = gic.config_address(lpi.intid)
-        old = gic.memory.read(addr, 1)[0]
-        writes[addr] = bytes([old & ~1])
+        old = int(gic.memory.read(addr, 1)[0])
+        writes[addr] = bytes([old & 0xFE])
         disabled.append({"irq": d["irq"], "name": d["name"], "device_id": dev, "event_id": ev,
                          "intid": lpi.intid})
     g.write_phys(writes)
@@ -299,7 +370,7 @@ def _disable_and_fire(g: Guest, work: Path, irqs: list[dict]) -> list[dict]:
     # virtio-net receive: a ping of QEMU's user-mode gateway; virtio-blk queue 0: a direct read
     # pinned to CPU 0 (its completion never arrives, so dd stays blocked: run it in background).
     g.sh("ping -c 3 -W 1 10.0.2.2 >/dev/null 2>&1", 60)
-    g.sh("taskset 1 dd if=/dev/vda of=/dev/null bs=4096 count=1 iflag=direct 2>/dev/null &", 60)
+    g.sh("(taskset 1 dd if=/dev/vda of=/dev/null bs=4096 count=1 iflag=direct 2>/dev/null &)", 60)
     g.sh("sleep 2", 60)
     return disabled
 

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from vlpi.errors import GuestMemoryFault
 from vlpi.its import abi
 from vlpi.memory import GuestMemory
 from vlpi.qemu.stream import Stream, StreamError, machine_version, read_stream
@@ -120,6 +121,16 @@ class LPI:
 
 
 @dataclass
+class DeviceEntry:
+    """One valid device table entry: the device's ITT and its EventID width."""
+
+    device_id: int
+    itt_addr: int
+    eventid_bits: int
+    itt_bytes: int
+
+
+@dataclass
 class TableInfo:
     """One ITS table as programmed in a GITS_BASERn."""
 
@@ -167,6 +178,8 @@ class GicState:
         ICID -> target vCPU (None: not mapped).
     unmapped_pending : dict of int to list of int
         Per vCPU: INTIDs pending in its table that no ITE targeting it maps.
+    devices : list of DeviceEntry
+        Valid device table entries (DeviceID, ITT address, EventID bits).
     virtual_ites : int
         ITEs of the emulated ITS that map a vLPI (GICv4; not listed in ``lpis``).
     """
@@ -191,10 +204,17 @@ class GicState:
         self.layout = self._decide_layout(layout, its.offset)
         self.memory = _guest_memory(stream, ram_base)
         self.virtual_ites = 0
+        self.devices: list[DeviceEntry] = []
         if self.layout == LAYOUT_KVM:
             dev, ev, intid, icid, self.collections = self._kvm_tables()
         else:
-            dev, ev, intid, icid, self.collections = self._qemu_tables()
+            try:
+                dev, ev, intid, icid, self.collections = self._qemu_tables()
+            except GuestMemoryFault as e:
+                raise GicLayoutError(
+                    f"ITS tables in QEMU's layout point outside guest RAM ({self._where}): {e}", its.offset,
+                    "arm_gicv3_its",
+                ) from e
         self.lpis = self._lpis(dev, ev, intid, icid)
 
     @property
@@ -211,7 +231,9 @@ class GicState:
         if (iidr >> 24) == KVM_IIDR_PRODUCT and (iidr & 0xFFF) == ARM_IMPLEMENTER:
             rev = (iidr >> 12) & 0xF
             if rev not in abi.ABI_REVISIONS:
-                raise GicLayoutError(f"ITS IIDR {iidr:#x}: KVM table ABI revision {rev} is not supported", at, "arm_gicv3_its")
+                raise GicLayoutError(
+                    f"ITS IIDR {iidr:#x}: KVM table ABI revision {rev} is not supported", at, "arm_gicv3_its"
+                )
             return LAYOUT_KVM
         if iidr == 0:
             board, ver = machine_version(self.machine)
@@ -237,6 +259,9 @@ class GicState:
         except abi.ItsTableError as e:
             raise GicLayoutError(f"KVM ITS tables (ABI rev 0) do not restore: {e}", 0, "ram") from e
         collections = {int(i): (None if r == abi.COLLECTION_NOT_MAPPED else int(r)) for i, r in colls}
+        self.devices = [
+            DeviceEntry(d.device_id, d.itt_addr, d.eventid_bits, (1 << d.eventid_bits) * abi.ESZ) for d in devices
+        ]
         parts = [
             (np.full(len(d.event_id), d.device_id, np.uint32), d.event_id, d.pintid, d.icid) for d in devices
         ]
@@ -276,20 +301,24 @@ class GicState:
         dt = self._table(BASER_TYPE_DEVICE)
         ct = self._table(BASER_TYPE_COLLECTION)
         collections: dict[int, int | None] = {}
+        self._where = "collection table"
         if ct is not None:
             icids, w = self._entries(ct, 1 << 16)
             ok = (w & np.uint64(1)).astype(bool)
-            for i, x in zip(icids[ok], w[ok]):
+            for i, x in zip(icids[ok], w[ok], strict=True):
                 rd = int(x >> np.uint64(1)) & 0xFFFF
                 collections[int(i)] = rd if rd < self.n_vcpus else None
         parts = []
+        self._where = "device table"
         if dt is not None:
             devids, w = self._entries(dt, 1 << 16)
             ok = (w & np.uint64(1)).astype(bool)
-            for d, x in zip(devids[ok], w[ok]):
+            for d, x in zip(devids[ok], w[ok], strict=True):
                 x = int(x)
                 size, itt = (x >> 1) & 0x1F, ((x >> 6) & ((1 << 44) - 1)) << 8
                 n = 1 << (size + 1)
+                self._where = f"ITT of DeviceID {int(d):#x} at GPA {itt:#x}, {n} events"
+                self.devices.append(DeviceEntry(int(d), itt, size + 1, n * 12))
                 raw = self.memory.read(itt, n * 12).reshape(n, 12)
                 lo = raw[:, :8].copy().view("<u8").reshape(n)
                 valid = (lo & np.uint64(1)).astype(bool)
@@ -327,7 +356,7 @@ class GicState:
         pend = [self._pending_bits(v) for v in range(self.n_vcpus)]
         out = []
         mapped: list[set[int]] = [set() for _ in range(self.n_vcpus)]
-        for d, e, i, c in zip(dev.tolist(), ev.tolist(), intid.tolist(), icid.tolist()):
+        for d, e, i, c in zip(dev.tolist(), ev.tolist(), intid.tolist(), icid.tolist(), strict=True):
             v = self.collections.get(c)
             enabled = prio = None
             rd = self.redistributors[v if v is not None else 0]

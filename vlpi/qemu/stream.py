@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from vlpi._kernels.qemu_ram import ram_run
+
 MAGIC = 0x5145564D  # "QEVM"
 VERSION = 3
 
@@ -114,7 +116,7 @@ class Section:
     data_end: int  # of the data, footer excluded
     end: int  # first byte after the footer
     fields: dict[str, Any] | None = None  # decoded device state (FULL sections with a description)
-    offsets: dict[str, int] | None = None  # stream offset of each decoded scalar field ("a.b[1]")
+    offsets: dict[str, tuple[int, int]] | None = None  # (stream offset, size) of each decoded field ("a.b[1]")
 
 
 @dataclass
@@ -186,6 +188,7 @@ class _Reader:
     def __init__(self, data: bytes) -> None:
         self.d = data
         self.mv = memoryview(data)
+        self.arr = np.frombuffer(data, np.uint8)
         self.pos = 0
         self.section = "header"
 
@@ -286,8 +289,10 @@ def read_stream(source, *, page_size: int | None = None) -> Stream:
     last_block: list = [None]
     while True:
         at = r.pos
-        r.section = None
+        r.section = f"header of the section after {sections[-1].name!r}" if sections else "configuration"
         kind = r.u8("section type")
+        if kind in SECTION_NAMES:
+            r.section = f"{SECTION_NAMES[kind]} section header at byte {at}"
         if kind == CONFIGURATION:
             r.section = "configuration"
             machine, bits, caps = _configuration(r)
@@ -414,6 +419,8 @@ def _ram(r: _Reader, ram: dict[str, RamBlock], psize: int, caps: list[str], last
     block: RamBlock | None = last[0]
     pos = r.pos
     while True:
+        if block is not None:  # the common records (pages continuing this block) in one call
+            pos = int(ram_run(r.arr, pos, psize, block.data, block.sent, block.zero))
         if pos + 8 > n:
             r.pos = pos
             raise TruncatedStream("stream truncated in a RAM page header", pos, "ram")
@@ -457,7 +464,8 @@ def _ram(r: _Reader, ram: dict[str, RamBlock], psize: int, caps: list[str], last
             if d[pos] != 0:
                 raise StreamError(f"zero page with fill byte {d[pos]:#x} (QEMU sends only 0)", pos, "ram")
             pos += 1
-            block.data[addr : addr + psize] = 0
+            if block.sent[pg] and not block.zero[pg]:
+                block.data[addr : addr + psize] = 0
             block.zero[pg] = True
         elif flags & RAM_PAGE:
             if pos + psize > n:
@@ -528,12 +536,12 @@ def _field(r: _Reader, f: dict, out: dict, offs: dict, prefix: str) -> None:
         vals = []
         for i in range(count):
             key = f"{prefix}{name}" + (f"[{i}]" if "array_len" in f else "")
-            offs[key] = r.pos
+            offs[key] = (r.pos, size)
             raw = r.take(size, f"field {prefix}{name}")
             vals.append(int.from_bytes(raw, "big", signed=signed))
         out[name] = vals if "array_len" in f else vals[0]
     else:
-        offs[f"{prefix}{name}"] = r.pos
+        offs[f"{prefix}{name}"] = (r.pos, size * count)
         out[name] = r.take(size * count, f"field {prefix}{name}")
 
 
