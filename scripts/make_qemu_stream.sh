@@ -14,14 +14,16 @@ out="${1:?usage: $0 OUTDIR [--fixture DIR] [--no-pending]}"
 shift
 py="${PYTHON:-python3}"
 export DEBIAN_FRONTEND=noninteractive
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
 if ! command -v qemu-system-aarch64 >/dev/null; then
-    apt-get update -q
-    apt-get install -y -q qemu-system-arm >/dev/null
+    $sudo apt-get update -q
+    $sudo apt-get install -y -q qemu-system-arm >/dev/null
 fi
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
-    dpkg --add-architecture arm64
+    $sudo dpkg --add-architecture arm64
 fi
-apt-get update -q >/dev/null
+$sudo apt-get update -q >/dev/null
 kpkg="$(apt-cache pkgnames linux-image- | grep -E '^linux-image-[0-9][0-9.]*-[0-9]+-cloud-arm64-unsigned$' | sort -V | tail -n 1)"
 if [ -z "$kpkg" ]; then
     echo "make_qemu_stream.sh: no linux-image-*-cloud-arm64-unsigned package found" >&2
