@@ -342,3 +342,25 @@ def test_cli_inspect(capsys, tmp_path):
 
 def test_truncated_is_a_streamerror_subclass():
     assert issubclass(TruncatedStream, StreamError) and issubclass(StreamError, ValueError)
+
+
+def test_random_corruption_never_escapes_as_another_error():
+    """Byte changes anywhere (headers, RAM records, device state, the JSON description): the stream
+    is either still readable or refused with a StreamError -- never another exception."""
+    raw = _raw(DATA)
+    s = read_stream(raw)
+    rng = np.random.default_rng(10)
+    ram_end = next(x for x in s.sections if x.kind == SECTION_FULL).offset
+    outcomes = {"read": 0, "refused": 0}
+    for k in range(160):
+        data = bytearray(raw)
+        lo = 0 if k % 2 else ram_end  # half in the device state and description, half anywhere
+        for _ in range(1 + k % 3):
+            data[int(rng.integers(lo, len(raw)))] = int(rng.integers(0, 256))
+        try:
+            read_gic(bytes(data))
+            outcomes["read"] += 1
+        except StreamError as e:
+            assert e.offset >= 0 and "at byte" in str(e)
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 20 and outcomes["read"] > 0, outcomes

@@ -83,8 +83,9 @@ class Redistributor:
 
     @property
     def id_bits(self) -> int:
-        """INTID bits covered by the tables (PROPBASER.IDbits + 1)."""
-        return (self.propbaser & 0x1F) + 1
+        """INTID bits the tables cover: PROPBASER.IDbits + 1, at most 16 (KVM and QEMU's GIC both
+        cap LPI INTIDs at 16 bits whatever PROPBASER asks for)."""
+        return min(self.propbaser & 0x1F, 15) + 1
 
 
 @dataclass
@@ -104,7 +105,7 @@ class LPI:
     """One LPI the ITS maps: where it comes from, where it goes, and its state in guest RAM.
 
     ``vcpu`` is None when the collection is not mapped; ``enabled``/``priority`` come from the
-    configuration table (None when the INTID lies beyond it); ``pending`` is the bit in the target
+    configuration table (None when the INTID lies beyond it or the table outside guest RAM); ``pending`` is the bit in the target
     vCPU's pending table (None without a target); ``pending_on`` lists every vCPU whose pending
     table has the bit set.
     """
@@ -186,21 +187,32 @@ class GicState:
 
     def __init__(self, stream: Stream, *, layout: str | None = None, ram_base: dict[str, int] | None = None):
         self.stream = stream
+        self._ram_base = ram_base
         self.machine = stream.machine
         try:
             gic = stream.device("arm_gicv3")
             its = stream.device("arm_gicv3_its")
         except KeyError as e:
             raise GicLayoutError(f"no GICv3 ITS state in the stream: {e.args[0]}", 0, None) from None
-        self.redistributors = [
-            Redistributor(v, int(c["gicr_ctlr"]), int(c["gicr_propbaser"]), int(c["gicr_pendbaser"]))
-            for v, c in enumerate(gic.fields["cpu"])
-        ]
-        f = its.fields
-        self.its = ItsRegisters(
-            int(f["ctlr"]), int(f["iidr"]), int(f["cbaser"]), int(f["cwriter"]), int(f["creadr"]),
-            tuple(int(b) for b in f["baser"]),
-        )
+        try:
+            self.redistributors = [
+                Redistributor(v, int(c["gicr_ctlr"]), int(c["gicr_propbaser"]), int(c["gicr_pendbaser"]))
+                for v, c in enumerate(gic.fields["cpu"])
+            ]
+        except (KeyError, TypeError, ValueError) as e:
+            raise GicLayoutError(f"GIC section lacks a redistributor field ({e!r})", gic.offset, gic.name) from None
+        try:
+            f = its.fields
+            self.its = ItsRegisters(
+                int(f["ctlr"]), int(f["iidr"]), int(f["cbaser"]), int(f["cwriter"]), int(f["creadr"]),
+                tuple(int(b) for b in f["baser"]),
+            )
+            if len(self.its.baser) != 8:
+                raise ValueError(f"{len(self.its.baser)} GITS_BASER registers")
+        except (KeyError, TypeError, ValueError) as e:
+            raise GicLayoutError(f"ITS section lacks a register field ({e!r})", its.offset, its.name) from None
+        if not self.redistributors:
+            raise GicLayoutError("GIC section has no redistributor", gic.offset, gic.name)
         self.layout = self._decide_layout(layout, its.offset)
         self.memory = _guest_memory(stream, ram_base)
         self.virtual_ites = 0
@@ -318,6 +330,8 @@ class GicState:
                 size, itt = (x >> 1) & 0x1F, ((x >> 6) & ((1 << 44) - 1)) << 8
                 n = 1 << (size + 1)
                 self._where = f"ITT of DeviceID {int(d):#x} at GPA {itt:#x}, {n} events"
+                if n * 12 > sum(sl.size for sl in self.memory.slots):
+                    raise GuestMemoryFault(itt, detail=f"a {n * 12}-byte ITT is larger than guest RAM")
                 self.devices.append(DeviceEntry(int(d), itt, size + 1, n * 12))
                 raw = self.memory.read(itt, n * 12).reshape(n, 12)
                 lo = raw[:, :8].copy().view("<u8").reshape(n)
@@ -361,8 +375,11 @@ class GicState:
             enabled = prio = None
             rd = self.redistributors[v if v is not None else 0]
             if MIN_LPI <= i < 1 << rd.id_bits:
-                b = int(self.memory.read(rd.config_table + i - MIN_LPI, 1)[0])
-                enabled, prio = bool(b & 1), b & 0xFC
+                try:
+                    b = int(self.memory.read(rd.config_table + i - MIN_LPI, 1)[0])
+                    enabled, prio = bool(b & 1), b & 0xFC
+                except GuestMemoryFault:  # PROPBASER points outside guest RAM: state unknown
+                    pass
             on = [u for u in range(self.n_vcpus) if i < len(pend[u]) and pend[u][i]]
             pending = None if v is None else (v in on)
             if v is not None:
@@ -414,8 +431,6 @@ class GicState:
         vm = VM(self.n_vcpus, gic="v3", mem=_guest_memory(self.stream, self._ram_base, copy=True))
         vm.set_registers(self.registers())
         return vm
-
-    _ram_base: dict[str, int] | None = None
 
     # ------------------------------------------------------------------ views
     def summary(self) -> dict:
@@ -522,6 +537,4 @@ def read_gic(source, *, layout: str | None = None, ram_base: dict[str, int] | No
         No GIC/ITS state, an undecidable or unsupported ITS table layout, unknown RAM placement.
     """
     stream = source if isinstance(source, Stream) else read_stream(source)
-    g = GicState(stream, layout=layout, ram_base=ram_base)
-    g._ram_base = ram_base
-    return g
+    return GicState(stream, layout=layout, ram_base=ram_base)

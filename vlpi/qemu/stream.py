@@ -268,6 +268,11 @@ def read_stream(source, *, page_size: int | None = None) -> Stream:
     TruncatedStream
         The stream ends early (a :class:`StreamError`).
     """
+    if page_size is not None:
+        if isinstance(page_size, bool) or not isinstance(page_size, int):
+            raise TypeError(f"page_size must be an int, got {type(page_size).__name__}")
+        if not 1024 <= page_size <= 65536 or page_size & (page_size - 1):
+            raise ValueError(f"page_size must be a power of two in [1024, 65536], got {page_size}")
     data = load_bytes(source)
     r = _Reader(data)
     if r.be(4, "magic") != MAGIC:
@@ -278,8 +283,11 @@ def read_stream(source, *, page_size: int | None = None) -> Stream:
     desc, desc_at = _find_description(data)
     by_name: dict[tuple[str, int], dict] = {}
     if desc is not None:
-        for d in desc.get("devices", []):
-            by_name[(d.get("name"), int(d.get("instance_id", 0)))] = d
+        try:
+            for d in desc["devices"]:
+                by_name[(str(d["name"]), int(d.get("instance_id", 0)))] = d
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise StreamError(f"JSON device description has no usable device list ({e!r})", desc_at, "description")
     machine, bits, caps = "", None, []
     ram: dict[str, RamBlock] = {}
     sections: list[Section] = []
@@ -330,12 +338,10 @@ def read_stream(source, *, page_size: int | None = None) -> Stream:
             sec.fields, sec.offsets = {}, {}
             try:
                 _vmsd(r, by_name[(name, inst)], sec.fields, sec.offsets, "")
-            except TruncatedStream:
-                raise
             except StreamError:
                 raise
-            except (KeyError, TypeError, ValueError) as e:
-                raise r.fail(f"device description of {name!r} not understood: {e}") from e
+            except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
+                raise r.fail(f"device description of {name!r} not understood: {e!r}") from e
         else:
             _skip_to_footer(r, sid)
             skipped.append(f"{name} ({SECTION_NAMES[kind]}, id {sid})")
@@ -350,7 +356,7 @@ def read_stream(source, *, page_size: int | None = None) -> Stream:
         raise StreamError("no valid JSON device description after EOF", r.pos, "description")
     if desc_at != r.pos:
         raise StreamError(f"JSON device description found at {desc_at}, expected right after EOF", r.pos, "description")
-    if "page_size" in desc and psize is not None and int(desc["page_size"]) != psize:
+    if psize is not None and desc.get("page_size", psize) != psize:
         raise StreamError(
             f"RAM was read with {psize}-byte pages but the description says {desc['page_size']}", r.pos, "description"
         )
@@ -488,9 +494,13 @@ def _ram_blocks(r: _Reader, ram: dict[str, RamBlock], total: int, psize: int, ca
             raise StreamError(f"RAM block {name!r} length {length:#x} does not fit the announced total", at, "ram")
         if "x-ignore-shared" in caps:
             r.be(8, "RAM block address")
-        ram[name] = RamBlock(
-            name, length, np.zeros(length, np.uint8), np.zeros(length // psize, bool), np.zeros(length // psize, bool)
-        )
+        if name in ram:
+            raise StreamError(f"RAM block {name!r} listed twice", at, "ram")
+        try:
+            data = np.zeros(length, np.uint8)  # calloc: only the pages written are committed
+        except MemoryError:
+            raise StreamError(f"RAM block {name!r} of {length:#x} bytes cannot be held here", at, "ram") from None
+        ram[name] = RamBlock(name, length, data, np.zeros(length // psize, bool), np.zeros(length // psize, bool))
         left -= length
 
 
@@ -531,6 +541,8 @@ def _field(r: _Reader, f: dict, out: dict, offs: dict, prefix: str) -> None:
             out[name] = elems if "array_len" in f else elems[0]
         return
     size = int(f["size"])
+    if size < 0 or count < 0:
+        raise ValueError(f"field {name!r}: negative size {size} or array_len {count}")
     if typ in _INT_TYPES and _INT_TYPES[typ][0] == size:
         signed = _INT_TYPES[typ][1]
         vals = []
