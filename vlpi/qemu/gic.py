@@ -105,9 +105,9 @@ class LPI:
     """One LPI the ITS maps: where it comes from, where it goes, and its state in guest RAM.
 
     ``vcpu`` is None when the collection is not mapped; ``enabled``/``priority`` come from the
-    configuration table (None when the INTID lies beyond it or the table outside guest RAM); ``pending`` is the bit in the target
-    vCPU's pending table (None without a target); ``pending_on`` lists every vCPU whose pending
-    table has the bit set.
+    configuration table (None when the INTID lies beyond it or the table outside guest RAM);
+    ``pending`` is the bit in the target vCPU's pending table (None without a target);
+    ``pending_on`` lists every vCPU whose pending table has the bit set.
     """
 
     device_id: int

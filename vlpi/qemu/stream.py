@@ -287,7 +287,9 @@ def read_stream(source, *, page_size: int | None = None) -> Stream:
             for d in desc["devices"]:
                 by_name[(str(d["name"]), int(d.get("instance_id", 0)))] = d
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise StreamError(f"JSON device description has no usable device list ({e!r})", desc_at, "description")
+            raise StreamError(
+                f"JSON device description has no usable device list ({e!r})", desc_at, "description"
+            ) from None
     machine, bits, caps = "", None, []
     ram: dict[str, RamBlock] = {}
     sections: list[Section] = []
