@@ -163,6 +163,7 @@ def test_registers(src):
 
 
 # ------------------------------------------------------------------------------ bad streams
+@pytest.mark.engine  # the RAM page kernel on bad input: re-run with NUMBA_BOUNDSCHECK=1
 def test_truncated_everywhere_refused():
     raw = _raw(DATA)
     s = read_stream(raw)
@@ -184,6 +185,7 @@ def _patched(raw: bytes, at: int, new: bytes) -> bytes:
     return raw[:at] + new + raw[at + len(new):]
 
 
+@pytest.mark.engine  # the RAM page kernel on bad input: re-run with NUMBA_BOUNDSCHECK=1
 def test_corruption_refused_with_offset_and_section():
     raw = _raw(DATA)
     s = read_stream(raw)
@@ -219,6 +221,7 @@ def _insert_before_eof(raw: bytes, s, blob: bytes) -> bytes:
     return raw[:eof] + blob + raw[eof:]
 
 
+@pytest.mark.engine  # the RAM page kernel on bad input: re-run with NUMBA_BOUNDSCHECK=1
 def test_unknown_sections_skipped():
     raw = _raw(DATA)
     s = read_stream(raw)
@@ -344,6 +347,7 @@ def test_truncated_is_a_streamerror_subclass():
     assert issubclass(TruncatedStream, StreamError) and issubclass(StreamError, ValueError)
 
 
+@pytest.mark.engine  # the RAM page kernel on bad input: re-run with NUMBA_BOUNDSCHECK=1
 def test_random_corruption_never_escapes_as_another_error():
     """Byte changes anywhere (headers, RAM records, device state, the JSON description): the stream
     is either still readable or refused with a StreamError -- never another exception."""

@@ -12,6 +12,9 @@ A stream (``migrate "exec:cat > FILE"``, or the state part of a savevm) is laid 
   device's state is one ``FULL`` section;
 * ``EOF``, then the JSON description of every device section (field names, types, sizes).
 
+Supported: streams written to a file or pipe (``exec:``, ``file:``, a savevm's state) without multifd,
+compression or XBZRLE; their page flags are refused with an error naming the offset.
+
 Device sections are decoded with that JSON description: field names and sizes come from it, not
 from offsets written here. A section the description does not cover is skipped by its footer and
 listed in :attr:`Stream.skipped`. A truncated or corrupt stream raises :class:`StreamError` (or its
