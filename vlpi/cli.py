@@ -152,10 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.cmd == "inspect":
             from vlpi.qemu import read_gic
 
-            g = read_gic(a.stream, layout=a.layout)
+            try:
+                g = read_gic(a.stream, layout=a.layout)
+            except OSError as e:  # unreadable file
+                raise ValueError(str(e)) from e
             print(g.to_json() if a.json else g.format_table())
             return 0
-    except (ValueError, OSError) as e:  # bad sizes etc.: say what, exit 2
+    except ValueError as e:  # bad sizes etc.: say what, exit 2
         print(f"vlpi {a.cmd}: error: {e}", file=sys.stderr)
         return 2
     return 2
