@@ -237,13 +237,14 @@ def _find_description(data: bytes) -> tuple[dict | None, int | None]:
     end = len(data)
     lo = max(0, end - (64 << 20))
     pos = data.rfind(b"{", lo)
-    while pos >= 5 and pos >= lo:  # the JSON cannot contain a raw '{' that starts it... check each
+    while pos >= 5 and pos >= lo:  # try each '{' from the end: the right one has its length before it
         p = pos - 5
         if data[p] == VMDESCRIPTION and int.from_bytes(data[p + 1 : p + 5], "big") == end - pos:
             try:
-                return json.loads(data[pos:].decode()), p
+                desc = json.loads(data[pos:].decode())
             except (UnicodeDecodeError, ValueError):
                 return None, None
+            return (desc, p) if isinstance(desc, dict) else (None, None)
         pos = data.rfind(b"{", lo, pos)
     return None, None
 
