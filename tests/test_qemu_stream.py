@@ -264,10 +264,10 @@ def test_undecidable_layout_is_an_error():
     odd = write_stream(s, fields={("arm_gicv3_its", 0, "iidr"): 0x0123_443B})
     with pytest.raises(GicLayoutError, match="cannot tell which layout"):
         read_gic(odd)
+    assert read_gic(odd, layout="qemu").lpis == _gic(DATA).lpis  # the caller may name the layout
+    # an older machine type: QEMU's ITS tables have kept their field positions since 6.2
     old = _config_patched(_raw(DATA), b"virt-6.2")
-    with pytest.raises(GicLayoutError, match="older than 7.0"):
-        read_gic(old)
-    assert read_gic(old, layout="qemu").lpis == _gic(DATA).lpis
+    assert read_gic(old).lpis == _gic(DATA).lpis
     with pytest.raises(GicLayoutError, match="revision 3"):
         read_gic(write_stream(s, fields={("arm_gicv3_its", 0, "iidr"): KVM_IIDR | 3 << 12}))
 

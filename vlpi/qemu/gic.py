@@ -15,12 +15,12 @@ Who wrote the ITS tables decides their layout:
   address >> 8 in bits [49:6]), 12-byte ITEs indexed by EventID (valid bit 0, physical/virtual bit 1,
   INTID bits [25:2], ICID bits [47:32], vPEID bits [63:48]; a doorbell in the top 4 bytes), CTEs
   indexed by ICID (valid bit 0, target processor number in bits [16:1]). That ITS keeps its IIDR
-  out of the saved state, so the field reads 0. This layout exists since QEMU 7.0; a stream whose
-  machine type predates 7.0 may come from an older QEMU and is refused unless the caller names the
-  layout.
+  out of the saved state, so the field reads 0. The memory positions of these fields have not
+  moved since QEMU first emulated the ITS (6.2): when QEMU 7.1 rewrote the ITE as ICID-in-the-low-
+  word it kept the ICID exactly where the older code's misplaced 4-byte write had put it, so that
+  tables written by older versions still load; only the GICv4 doorbell and vPEID are new.
 
-The choice is made from the IIDR (and the machine type), never guessed: anything else raises
-:class:`GicLayoutError`.
+The choice is made from the IIDR, never guessed: any other IIDR raises :class:`GicLayoutError`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ LAYOUT_QEMU = "qemu"
 LAYOUTS = (LAYOUT_KVM, LAYOUT_QEMU)
 KVM_IIDR_PRODUCT = 0x4B  # 'K'
 ARM_IMPLEMENTER = 0x43B
-QEMU_LAYOUT_SINCE = (7, 0)
 
 # Where each machine board puts its RAM blocks in the guest physical address space (the stream
 # names the blocks but not their addresses).
@@ -248,14 +247,6 @@ class GicState:
                 )
             return LAYOUT_KVM
         if iidr == 0:
-            board, ver = machine_version(self.machine)
-            if ver is None or ver < QEMU_LAYOUT_SINCE:
-                raise GicLayoutError(
-                    f"ITS IIDR 0 (QEMU's emulated ITS) with machine type {self.machine!r}: the stream may "
-                    f"come from a QEMU older than {QEMU_LAYOUT_SINCE[0]}.{QEMU_LAYOUT_SINCE[1]}, whose ITS table "
-                    "layout differs; cannot tell which layout the tables use (pass layout= to choose)",
-                    at, "arm_gicv3_its",
-                )
             return LAYOUT_QEMU
         raise GicLayoutError(
             f"ITS IIDR {iidr:#x} is neither KVM's (ProductID 0x4b) nor QEMU's emulated ITS (0): "
