@@ -16,9 +16,9 @@ Who wrote the ITS tables decides their layout:
   INTID bits [25:2], ICID bits [47:32], vPEID bits [63:48]; a doorbell in the top 4 bytes), CTEs
   indexed by ICID (valid bit 0, target processor number in bits [16:1]). That ITS keeps its IIDR
   out of the saved state, so the field reads 0. The memory positions of these fields have not
-  moved since QEMU first emulated the ITS (6.2): when QEMU 7.1 rewrote the ITE as ICID-in-the-low-
-  word it kept the ICID exactly where the older code's misplaced 4-byte write had put it, so that
-  tables written by older versions still load; only the GICv4 doorbell and vPEID are new.
+  moved since QEMU first emulated the ITS (6.2): when QEMU reworked the ITE in early 2022 (ICID
+  into the low word) it kept the ICID exactly where the older code's misplaced 4-byte write had put
+  it, so that tables written by older versions still load; only the GICv4 doorbell and vPEID moved.
 
 The choice is made from the IIDR, never guessed: any other IIDR raises :class:`GicLayoutError`.
 """
