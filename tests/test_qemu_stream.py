@@ -321,6 +321,21 @@ def test_kvm_layout_stream_decodes_and_replays_the_restore():
     assert sum(x.pending for x in read_gic(to_kvm_layout(tcg)).lpis) == 2
     with pytest.raises(GicLayoutError, match="only a KVM-layout"):
         tcg.to_vm()
+    r = kvm.restore_summary()
+    pend = sorted(x.intid for x in tcg.lpis if x.pending)
+    assert r == {"lpis_created": len(tcg.lpis), "pending_after_restore": pend, "pending_bits_consumed": len(pend),
+                 "lost": {}}
+
+
+def test_cli_inspect_kvm_stream(capsys, tmp_path):
+    f = tmp_path / "kvm.bin"
+    f.write_bytes(to_kvm_layout(_gic(DATA)))
+    assert cli_main(["inspect", str(f)]) == 0
+    out = capsys.readouterr().out
+    assert "ITS table layout kvm-abi-0" in out
+    assert "destination restore (KVM, replayed): 6 LPIs created, 2 pending [8193, 8197], 2 pending-table bits" in out
+    assert cli_main(["inspect", str(f), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["destination_restore"]["pending_bits_consumed"] == 2
 
 
 # ---------------------------------------------------------------------------------------- CLI

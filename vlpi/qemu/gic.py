@@ -347,15 +347,7 @@ class GicState:
         return rd.config_table + intid - MIN_LPI
 
     def _pending_bits(self, vcpu: int) -> np.ndarray:
-        rd = self.redistributors[vcpu]
-        nbytes = (1 << rd.id_bits) // 8
-        try:
-            raw = self.memory.read(rd.pending_table, nbytes)
-        except OSError:
-            return np.zeros(1 << rd.id_bits, bool)
-        bits = np.unpackbits(raw, bitorder="little").astype(bool)
-        bits[:MIN_LPI] = False
-        return bits
+        return _pending_bits_of(self.memory, self.redistributors[vcpu])
 
     def _lpis(self, dev, ev, intid, icid) -> list[LPI]:
         pend = [self._pending_bits(v) for v in range(self.n_vcpus)]
@@ -423,6 +415,20 @@ class GicState:
         vm.set_registers(self.registers())
         return vm
 
+    def restore_summary(self) -> dict:
+        """What the destination's restore of a KVM-layout stream does (replayed with :meth:`to_vm`):
+        LPIs it creates, which of them come up pending, how many pending-table bits it consumes
+        (clears in guest RAM), and the interrupts the model logs as lost."""
+        vm = self.to_vm()
+        lp = vm.lpis
+        pending = sorted(int(i) for i in np.asarray(lp.intid)[np.asarray(lp.pending_latch, bool)])
+        consumed = 0
+        for v, rd in enumerate(self.redistributors):
+            before, after = self._pending_bits(v), _pending_bits_of(vm.mem, rd)
+            consumed += int((before & ~after).sum())
+        return {"lpis_created": len(lp), "pending_after_restore": pending, "pending_bits_consumed": consumed,
+                "lost": vm.lost.summary()}
+
     # ------------------------------------------------------------------ views
     def summary(self) -> dict:
         """A JSON-ready description: machine, layout, registers, LPIs, unmapped pending bits."""
@@ -440,6 +446,7 @@ class GicState:
             "unmapped_pending": {str(k): v for k, v in self.unmapped_pending.items()},
             "virtual_ites": self.virtual_ites,
             "skipped_sections": list(self.stream.skipped),
+            "destination_restore": self.restore_summary() if self.layout == LAYOUT_KVM else None,
         }
 
     def to_json(self) -> str:
@@ -468,10 +475,28 @@ class GicState:
             lines.append("")
             lines.append("unmapped collection (no target vCPU):")
             lines += _lpi_rows(groups[None])
+        if self.layout == LAYOUT_KVM:
+            r = self.restore_summary()
+            lines.append("")
+            lines.append(f"destination restore (KVM, replayed): {r['lpis_created']} LPIs created, "
+                         f"{len(r['pending_after_restore'])} pending {r['pending_after_restore']}, "
+                         f"{r['pending_bits_consumed']} pending-table bits consumed, lost: {r['lost'] or 'none'}")
         if self.stream.skipped:
             lines.append("")
             lines.append("skipped sections: " + ", ".join(self.stream.skipped))
         return "\n".join(lines)
+
+
+def _pending_bits_of(mem: GuestMemory, rd: Redistributor) -> np.ndarray:
+    """One bool per INTID: the bits of ``rd``'s pending table (none below 8192; all clear when the
+    table lies outside guest RAM)."""
+    try:
+        raw = mem.read(rd.pending_table, (1 << rd.id_bits) // 8)
+    except GuestMemoryFault:
+        return np.zeros(1 << rd.id_bits, bool)
+    bits = np.unpackbits(raw, bitorder="little").astype(bool)
+    bits[:MIN_LPI] = False
+    return bits
 
 
 def _lpi_rows(lpis: list[LPI]) -> list[str]:
