@@ -214,6 +214,13 @@ def test_corruption_refused_with_offset_and_section():
     with pytest.raises(StreamError) as e:
         read_stream(bad)
     assert e.value.section == "arm_gicv3"
+    # ... or describes fewer bytes than were sent (the ITS's eight BASERs as seven)
+    i = raw.index(b'"name": "baser", "array_len": 8', desc_at)
+    bad = _patched(raw, i + len(b'"name": "baser", "array_len": '), b"7")
+    with pytest.raises(StreamError, match="does not end where expected") as e:
+        read_stream(bad)
+    its = s.device("arm_gicv3_its")
+    assert (e.value.section, e.value.offset) == ("arm_gicv3_its", its.data_end - 8)
 
 
 def _insert_before_eof(raw: bytes, s, blob: bytes) -> bytes:

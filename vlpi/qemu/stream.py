@@ -402,6 +402,12 @@ def _footer(r: _Reader, sid: int) -> None:
             raise StreamError(f"section footer names section id {got}, expected {sid}", at, r.section)
     elif r.pos >= len(r.d):
         raise TruncatedStream("stream truncated before the section footer", r.pos, r.section)
+    elif r.d[r.pos] not in (EOF, SECTION_START, SECTION_PART, SECTION_END, SECTION_FULL, COMMAND):
+        # no footer (streams of old machine types) is fine, but then a section must follow
+        raise StreamError(
+            f"section data does not end where expected (byte {r.d[r.pos]:#04x} is neither a footer nor a "
+            "section)", r.pos, r.section
+        )
 
 
 def _skip_to_footer(r: _Reader, sid: int) -> None:
