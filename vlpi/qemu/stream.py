@@ -192,6 +192,7 @@ class _Reader:
         self.d = data
         self.mv = memoryview(data)
         self.arr = np.frombuffer(data, np.uint8)
+        self.footers: bool | None = None  # does this stream close sections with footers?
         self.pos = 0
         self.section = "header"
 
@@ -394,20 +395,26 @@ def _configuration(r: _Reader) -> tuple[str, int | None, list[str]]:
 
 
 def _footer(r: _Reader, sid: int) -> None:
-    if r.pos < len(r.d) and r.d[r.pos] == SECTION_FOOTER:
+    """The section footer (``0x7e`` + section id). Streams of machine types older than QEMU 2.6
+    have none; whether this stream has them is settled by its first section."""
+    has = r.pos < len(r.d) and r.d[r.pos] == SECTION_FOOTER
+    if r.footers is None and r.pos < len(r.d):
+        r.footers = has
+    if r.footers and not has:
+        if r.pos >= len(r.d):
+            raise TruncatedStream("stream truncated before the section footer", r.pos, r.section)
+        raise StreamError(
+            f"section data does not end where expected (byte {r.d[r.pos]:#04x} where the footer belongs)",
+            r.pos, r.section,
+        )
+    if has:
         at = r.pos
         r.pos += 1
         got = r.be(4, "footer section id")
         if got != sid:
             raise StreamError(f"section footer names section id {got}, expected {sid}", at, r.section)
     elif r.pos >= len(r.d):
-        raise TruncatedStream("stream truncated before the section footer", r.pos, r.section)
-    elif r.d[r.pos] not in (EOF, SECTION_START, SECTION_PART, SECTION_END, SECTION_FULL, COMMAND):
-        # no footer (streams of old machine types) is fine, but then a section must follow
-        raise StreamError(
-            f"section data does not end where expected (byte {r.d[r.pos]:#04x} is neither a footer nor a "
-            "section)", r.pos, r.section
-        )
+        raise TruncatedStream("stream truncated after a section", r.pos, r.section)
 
 
 def _skip_to_footer(r: _Reader, sid: int) -> None:
