@@ -48,6 +48,8 @@ __all__ = [
     "in_ram",
     "check_vcpu",
     "check_vcpus",
+    "check_reg",
+    "check_flag",
 ]
 
 PENDBASER_PTZ = 1 << 62
@@ -610,3 +612,23 @@ def check_vcpus(vcpus, n_vcpus: int) -> np.ndarray:
     if bad.size:
         raise ValueError(f"vcpus[{bad[0]}] = {v[bad[0]]} is not a vCPU (0 <= vcpu < {n_vcpus})")
     return v.astype(np.int64)
+
+
+def check_reg(value, name: str, bits: int = 64) -> int:
+    """A register value as an int: TypeError unless an integer (a bool is not one), ValueError
+    unless 0 <= value < 2**bits; both name ``name`` and the value."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a non-negative integer of at most {bits} bits, got {value!r} "
+                        f"({type(value).__name__})")
+    v = int(value)
+    if not 0 <= v < 1 << bits:
+        raise ValueError(f"{name} = {v:#x} does not fit the {bits}-bit register (0 <= {name} < 2**{bits})"
+                         if v >= 0 else f"{name} = {v} is negative; a {bits}-bit register value is >= 0")
+    return v
+
+
+def check_flag(value, name: str) -> bool:
+    """A flag as a bool: TypeError naming ``name`` unless it is a bool (or numpy bool)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
