@@ -453,3 +453,63 @@ def test_issue_hang_reproductions_end(what):
     assert "cwriter 0 creadr 0" in out.stdout, out.stdout
     if "directly" in what and "unaligned" not in what:
         assert "refused: cwriter = 0x10020" in out.stdout
+
+
+# ----------------------------------------------------------------------------- more entry points
+def test_gicv4_sizes_and_lost_log_queries_refuse():
+    with pytest.raises(TypeError, match="vpt_bytes"):
+        VM(2, vpt_bytes="64k")
+    with pytest.raises(TypeError, match="vpt_bytes"):
+        VM(2, vpt_bytes=65536.0)
+    vm, _ = source()
+    vm.signal_msi(9, 9)  # no such device: logged
+    assert vm.lost.count(source=1) == 1 and vm.lost.count(reason=[2, 3]) == 1
+    refused(vm, TypeError, "reason", vm.lost.select, reason="NO_DEVICE")
+    refused(vm, TypeError, "vcpu", vm.lost.count, vcpu=[0.5])
+
+
+def test_command_writer_refuses_what_is_not_a_command(vm):
+    w = GuestCommandWriter.attach(vm.its)
+    refused(vm, TypeError, r"cmds\[1\]", w.send, ItsCommand.sync(0), "SYNC")
+    refused(vm, ValueError, "32 per command", w.send_slots, np.zeros(40, np.uint8))
+    refused(vm, ValueError, "uint8", w.send_slots, np.zeros(32, np.float64))
+
+
+# ----------------------------------------------------------------------------- guest-written tables
+@pytest.mark.parametrize("seed", range(6))
+def test_garbage_its_tables_restore_in_bounded_time_with_a_clear_error_or_a_result(seed):
+    """The guest scribbles over its device table, collection table and ITTs before migration."""
+    src, g = source()
+    src.save_its_tables()
+    src.save_pending_tables()
+    regs = src.get_registers()
+    rng = np.random.default_rng(seed)
+    for base, n in ((regs["gits_baser"][0] & 0xFFFF_FFFF_0000, 4096), (regs["gits_baser"][1] & 0xFFFF_FFFF_0000, 64),
+                    (g.itts[2][0], 2048), (g.itts[7][0], 2048)):
+        junk = rng.integers(0, 256, n, dtype=np.uint8)
+        junk[rng.random(n) < 0.7] = 0  # mostly invalid entries, some valid-looking ones
+        src.mem.write(base, junk)
+    dst = destination(src)
+    try:
+        with deadline(60, f"RESTORE_TABLES of garbage (seed {seed})"):
+            dst.set_registers(regs)
+    except (ValueError, OSError) as e:
+        assert str(e), repr(e)
+        assert dst.its.n_ites == 0 and not dst.its.devices  # KVM frees everything on a failed restore
+    else:
+        t = dst.its.ites()
+        assert set(t["intid"].tolist()) == set(dst.lpis.intid.tolist())  # every ITE holds its LPI
+    with deadline(60, "the VM after the restore"):
+        dst.run()
+        dst.signal_msi(np.arange(8), np.arange(8))
+        dst.describe()
+
+
+def test_guest_pendbaser_outside_ram_is_ignored_as_kvm_does():
+    vm, _ = source()
+    vm.redist.enable_lpis(0, False)
+    vm.write_pendbaser(0, 0x7000_0000)  # no memslot there
+    before = vm.lpis.pending_latch.copy()
+    vm.enable_lpis(0)  # the scan faults: KVM ignores the error, so does vlpi (kept for users)
+    assert vm.last_scan_error is not None and vm.read_ctlr(0) == 1
+    assert (vm.lpis.pending_latch == before).all()

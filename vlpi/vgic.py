@@ -152,7 +152,10 @@ class LostInterruptLog:
         for name, val in (("reason", reason), ("source", source), ("vcpu", vcpu), ("intid", intid),
                           ("device_id", device_id)):
             if val is not None:
-                m &= np.isin(r[name], np.asarray(val, dtype=np.int64).reshape(-1))
+                v = np.asarray(val).reshape(-1)
+                if v.size and (v.dtype == np.bool_ or not np.issubdtype(v.dtype, np.integer)):
+                    raise TypeError(f"{name} must be an integer or a list of integers, got {val!r}")
+                m &= np.isin(r[name], v.astype(np.int64))
         return r[m]
 
     def count(self, **kw) -> int:

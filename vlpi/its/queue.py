@@ -344,12 +344,18 @@ class GuestCommandWriter:
 
     def send(self, *cmds: ItsCommand) -> None:
         """Write the commands after CWRITER (waiting for nothing: KVM runs them synchronously)."""
+        bad = [i for i, c in enumerate(cmds) if not isinstance(c, ItsCommand)]
+        if bad:
+            raise TypeError(f"cmds[{bad[0]}] must be an ItsCommand, got {type(cmds[bad[0]]).__name__}")
         if cmds:
             self.send_slots(np.stack([encode(c) for c in cmds]))
 
     def send_slots(self, slots: np.ndarray) -> None:
         """Write pre-encoded ``[n, 32]`` slots and run them, in chunks that fit the queue."""
-        slots = np.ascontiguousarray(slots, dtype=np.uint8).reshape(-1, 32)
+        a = np.asarray(slots)
+        if a.dtype != np.uint8 or a.size % 32:
+            raise ValueError(f"slots must be uint8 bytes, 32 per command, got dtype {a.dtype} and {a.size} bytes")
+        slots = np.ascontiguousarray(a).reshape(-1, 32)
         per = self.size // 32 - 1
         mem = self.its.mem
         for i in range(0, slots.shape[0], per):
