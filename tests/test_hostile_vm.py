@@ -357,14 +357,17 @@ def test_process_commands_ends_within_one_lap_even_if_pointers_are_forced():
 # ----------------------------------------------------------------------------- register bit flips
 def _sanitise_cbaser(v: int) -> int:
     """KVM's vgic_sanitise_its_cbaser as §10.1 states it (written independently of vlpi)."""
-    inner = (v >> 59) & 7
-    if inner in (0, 1):
-        v = (v & ~(7 << 59)) | (3 << 59)
-    if ((v >> 53) & 7) not in (0, 1):
-        v &= ~(7 << 53)
-    if ((v >> 10) & 3) == 2:
-        v = (v & ~(3 << 10)) | (1 << 10)
-    return v & ~(0xF << 12)
+    fields = {"inner": (59, 7), "outer": (53, 7), "share": (10, 3), "pa_15_12": (12, 0xF)}
+    get = {k: (v >> sh) & m for k, (sh, m) in fields.items()}
+    want = {
+        "inner": 3 if get["inner"] < 2 else get["inner"],  # nCnB, nC -> RaWb
+        "outer": get["outer"] if get["outer"] < 2 else 0,  # else SameAsInner
+        "share": 1 if get["share"] == 2 else get["share"],  # Outer -> Inner shareable
+        "pa_15_12": 0,  # the queue is 64 KiB aligned in KVM
+    }
+    for k, (sh, m) in fields.items():
+        v = (v & ~(m << sh)) | (want[k] << sh)
+    return v
 
 
 def _flips(regs):
