@@ -516,3 +516,13 @@ def test_guest_pendbaser_outside_ram_is_ignored_as_kvm_does():
     vm.enable_lpis(0)  # the scan faults: KVM ignores the error, so does vlpi (kept for users)
     assert vm.last_scan_error is not None and vm.read_ctlr(0) == 1
     assert (vm.lpis.pending_latch == before).all()
+
+
+def test_its_is_built_on_a_vgic_core():
+    from vlpi.its import VirtualITS
+
+    vm = VM(1)
+    with pytest.raises(TypeError, match=r"vm\.vgic"):
+        VirtualITS(vm)
+    with pytest.raises(ValueError, match="kernel"):
+        VirtualITS(vm.vgic, kernel="2.6")

@@ -205,6 +205,12 @@ class Vgic:
         Number of vCPUs (redistributors).
     gicv4 : GICv4 or None
         The host's GICv4.x, holding the state of forwarded (``hw``) LPIs.
+
+    Notes
+    -----
+    Not thread-safe: one thread at a time per VM. Column views (``vgic["pending"]``) and the
+    :meth:`lpitable` share memory with the core; only ``pending_latch`` and ``hw`` of the
+    LPITable may be written in place (as the engine does), the rest is changed through the API.
     """
 
     FIELDS = LPI_FIELDS

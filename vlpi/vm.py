@@ -16,6 +16,10 @@ A :class:`VM` ties together
   :class:`~vlpi.gicv4.GICv4`), and forwarding as VFIO does it (``vm.v4``,
   :class:`~vlpi.forwarding.Forwarding`).
 
+A VM is not thread-safe: drive it from one thread at a time. Its parts are reached as
+attributes for inspection; change them through the VM's verbs, the ITS's commands and
+registers, or guest memory.
+
 Operations: :meth:`VM.signal_msi` (vectorised device MSIs), :meth:`VM.forward` /
 :meth:`VM.unforward`, :meth:`VM.acknowledge` (the guest takes interrupts),
 :meth:`VM.save_pending_tables` (``KVM_DEV_ARM_VGIC_SAVE_PENDING_TABLES`` with the GICv4.1

@@ -128,11 +128,20 @@ class VirtualITS:
     ----------
     vgic : Vgic
         The vgic core of the VM: its LPIs, guest memory and vCPUs.
+
+    Notes
+    -----
+    Not thread-safe: one thread at a time per VM (KVM serialises with ``its_lock`` and
+    ``cmd_lock``). The registers are checked properties; ``devices`` and ``baser`` are the ITS's
+    own state, to be changed only through commands and :meth:`write_baser`.
     kernel : {"new", "old"}
         Which KVM generation to model (see the module docstring).
     """
 
     def __init__(self, vgic: Vgic, *, kernel: str = "new") -> None:
+        if not isinstance(vgic, Vgic):
+            raise TypeError(f"vgic must be a vlpi.vgic.Vgic (a VM's is vm.vgic, and its ITS vm.its), "
+                            f"got {type(vgic).__name__}")
         if kernel not in ("new", "old"):
             raise ValueError(f"kernel must be 'new' or 'old', got {kernel!r}")
         self.vgic = vgic
