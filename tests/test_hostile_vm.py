@@ -418,7 +418,12 @@ def test_every_single_bit_flip_of_migrated_registers_restores_in_bounded_time(gi
         assert its.creadr == (wr if its.ctlr_enabled else rd), where  # an enabled ITS ran the queue
         can_enable = bool(its.baser[0] >> 63 and its.baser[1] >> 63 and cb >> 63)  # else the write is ignored
         assert its.ctlr_enabled == (bool(flipped["gits_ctlr"] & 1) and can_enable), where
-        assert dst.read_propbaser() == dst.vgic.propbaser, where
+        # redistributors (§5.1): RES0 bits read as 0, PTZ reads as 0, EnableLPIs is GICR_CTLR bit 0
+        pend_res0 = (1 << 63) | (1 << 62) | (7 << 59) | (0xF << 52) | (0xF << 12) | 0x7F
+        assert dst.read_propbaser() == flipped["propbaser"] & ~((0x1F << 59) | (0xF << 52) | (3 << 5)), where
+        for v in range(dst.n_vcpus):
+            assert dst.read_pendbaser(v) == flipped["pendbaser"][v] & ~pend_res0, where
+            assert dst.read_ctlr(v) == flipped["ctlr"][v] & 1, where
     # the flips that must be refused (ABI revision, wide 32-bit registers) and accepted ones both occur
     assert outcomes["ok"] > 300 and outcomes["refused"] > 50, outcomes
 
