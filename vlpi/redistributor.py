@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vlpi import pending as engine
 from vlpi.errors import GuestMemoryFault
 from vlpi.pending import ORDERS
 from vlpi.vgic import PENDBASER_PTZ, LostReason, LostSource, Vgic, check_flag, check_reg, check_vcpu
@@ -29,12 +30,6 @@ __all__ = ["Redistributors", "VMSaveReport", "PENDBASER_RES0_MASK", "PROPBASER_R
 
 PENDBASER_RES0_MASK = (1 << 63) | (7 << 59) | (0xF << 52) | (0xF << 12) | 0x7F
 PROPBASER_RES0_MASK = (0x1F << 59) | (0xF << 52) | (3 << 5)
-
-
-def _engine():
-    from vlpi import pending
-
-    return pending
 
 
 @dataclass(frozen=True)
@@ -128,7 +123,7 @@ class Redistributors:
         if enable and not was and not (int(g.pendbaser[v]) & PENDBASER_PTZ):
             before = g["pending"].copy()
             try:
-                _engine().sync_pending_table(g.mem, g.pendbaser, g.lpitable(), v, atomic=False)
+                engine.sync_pending_table(g.mem, g.pendbaser, g.lpitable(), v, atomic=False)
                 self.last_scan_error = None
             except GuestMemoryFault as e:
                 self.last_scan_error = e
@@ -206,7 +201,7 @@ class Redistributors:
         try:
             if during is not None and during_at == "before_walk":
                 during()
-            rep = _engine().save_pending_tables(
+            rep = engine.save_pending_tables(
                 g.mem, g.pendbaser, g.lpitable(), vpt=gicv4.vpt if v41 else None,
                 has_gicv4_1=v41, order=order, atomic=atomic,
             )

@@ -28,6 +28,7 @@ import errno as _errno
 
 import numpy as np
 
+from vlpi import pending as engine
 from vlpi.errors import GuestMemoryFault
 from vlpi.gicv4 import GICv4
 from vlpi.lpi import LPI_MIN_INTID, LPITable
@@ -60,12 +61,6 @@ INITIAL_PENDBASER = (1 << 10) | (7 << 7)  # inner RaWb, inner shareable, address
 #: The LPI columns and their dtypes.
 LPI_FIELDS = {"intid": np.uint32, "target": np.int32, "pending": bool, "hw": bool, "priority": np.uint8,
               "enabled": bool, "refs": np.int32}
-
-
-def _engine():
-    from vlpi import pending
-
-    return pending
 
 
 class VMError(OSError):
@@ -388,7 +383,7 @@ class Vgic:
         pend = np.zeros(cr.size, bool)
         if cr.size:
             tbl = LPITable(it[cr], tg[cr], np.zeros(cr.size, bool))
-            rep = _engine().sync_pending_status(self.mem, self.pendbaser, tbl, atomic=False, stop_on_error=False)
+            rep = engine.sync_pending_status(self.mem, self.pendbaser, tbl, atomic=False, stop_on_error=False)
             pend = tbl.pending_latch.astype(bool).copy()
             bad = np.asarray(rep.lpi_errno) != 0
             if bad.any():  # defensive: the prediction missed a fault
