@@ -66,6 +66,10 @@ __all__ = [
     "verify",
     "migrate_host",
     "coarsen_pages",
+    "FAULTS",
+    "FaultPlan",
+    "plan_fault",
+    "protect",
 ]
 
 POLICIES = ("strict", "qemu")
@@ -823,3 +827,107 @@ def _report(policy, page_size, costs, phases, tolerated, vms, src: SourceSave | 
         rem, 0 if src is None else src.traffic_sent, lost, 0.0 if src is None else src.window_vlpi_s,
         0.0 if src is None else src.window_kernel_s, costs, snapshot_bytes, aborted, rollback_lost,
     )
+
+
+# ============================================================================ fault injection
+FAULTS = ("none", "its-save", "pending-save", "restore", "snapshot")
+
+
+def protect(mem, gpa: int, size: int = 4096, *, hole: bool = False) -> Callable[[], None]:
+    """Make ``[gpa, gpa + size)`` read-only (``hole=True``: unmapped) by splitting its memslot
+    (the bytes stay where they are); returns a function that puts the slot back as it was.
+    The split slot's dirty log is cleared."""
+    s = mem.slot_at(gpa)
+    if s is None:
+        raise ValueError(f"GPA {gpa:#x} is not in a memslot")
+    lo = max(s.gpa, gpa)
+    hi = min(s.end, gpa + size)
+    base, data, ro = s.gpa, s.data, s.readonly
+    mem.remove_slot(base)
+    made = []
+    for a, b, r in ((base, lo, ro), (lo, hi, True), (hi, base + s.size, ro)):
+        if b > a and not (hole and a == lo):
+            mem.add_slot(a, b - a, readonly=r, data=data[a - base : b - base])
+            made.append(a)
+
+    def undo() -> None:
+        for a in made:
+            mem.remove_slot(a)
+        mem.add_slot(base, data.size, readonly=ro, data=data)
+
+    return undo
+
+
+@dataclass
+class FaultPlan:
+    """A fault to inject into a migration: ``undo`` heals the source, ``prepare`` (for the
+    destination) and ``corrupt`` (for the snapshot bytes) go to :func:`migrate_host`."""
+
+    kind: str
+    describe: str
+    undo: Callable[[], None] = lambda: None
+    prepare: Callable | None = None
+    corrupt: Callable[[bytes], bytes] | None = None
+
+
+def _pending_byte(vm, at: float) -> tuple[int, int, int]:
+    p = pending_set(vm)
+    p = p[np.argsort(p["intid"], kind="stable")]
+    if p.size == 0:
+        raise ValueError("the VM has no pending LPI to aim a fault at")
+    r = p[min(p.size - 1, int(at * p.size))]
+    pend = int(vm.read_pendbaser(int(r["vcpu"]))) & 0x000F_FFFF_FFFF_0000
+    return pend + int(r["intid"]) // 8, int(r["intid"]), int(r["vcpu"])
+
+
+def plan_fault(vms: Sequence, kind: str, at: float = 0.5) -> FaultPlan:
+    """Aim a fault of ``kind`` (:data:`FAULTS`) at position ``at`` in [0, 1): which VM, and
+    which pending LPI (in INTID order) or device inside it.
+
+    * "its-save": the page of a device's ITT becomes read-only (``SAVE_TABLES`` faults);
+    * "pending-save": the page holding a pending LPI's bit becomes read-only
+      (``SAVE_PENDING_TABLES`` faults writing it);
+    * "restore": on the destination, that page is read-only (``RESTORE_TABLES`` faults clearing
+      the bit);
+    * "snapshot": one bit of the snapshot's bytes is flipped in transit.
+    """
+    if kind not in FAULTS:
+        raise ValueError(f"fault must be one of {FAULTS}, got {kind!r}")
+    if not 0.0 <= at < 1.0:
+        raise ValueError(f"fault position must be in [0, 1), got {at}")
+    vms = list(vms)
+    i = min(len(vms) - 1, int(at * len(vms)))
+    vm = vms[i]
+    if kind == "none":
+        return FaultPlan(kind, "no fault")
+    if kind == "its-save":
+        devs = sorted(vm.its.devices)
+        if not devs:
+            raise ValueError("the VM has no device whose ITT could fault")
+        d = devs[min(len(devs) - 1, int(at * len(devs)))]
+        itt = vm.its.devices[d][0]
+        return FaultPlan(kind, f"VM {i}: ITT of device {d} at {itt:#x} read-only",
+                         undo=protect(vm.mem, itt & ~0xFFF))
+    if kind == "pending-save":
+        gpa, intid, v = _pending_byte(vm, at)
+        return FaultPlan(kind, f"VM {i}: pending table byte {gpa:#x} (INTID {intid}, vCPU {v}) read-only",
+                         undo=protect(vm.mem, gpa & ~0xFFF))
+    if kind == "restore":
+        gpa, intid, v = _pending_byte(vm, at)
+        seen = {"n": 0}
+
+        def prepare(dst) -> None:
+            if seen["n"] == i:
+                protect(dst.mem, gpa & ~0xFFF)
+            seen["n"] += 1
+
+        return FaultPlan(kind, f"destination VM {i}: pending table byte {gpa:#x} (INTID {intid}) read-only",
+                         prepare=prepare)
+
+    def corrupt(data: bytes) -> bytes:
+        b = bytearray(data)
+        k = int(at * len(b) * 8)
+        b[k // 8] ^= 1 << (k % 8)
+        return bytes(b)
+
+    return FaultPlan(kind, f"bit {int(at * 100)}% into the snapshot flipped", corrupt=corrupt)

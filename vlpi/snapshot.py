@@ -396,6 +396,8 @@ def _seal_state(data: bytes) -> str:
 
 
 def _check(data: bytes, path) -> None:
+    if not data:
+        raise SnapshotError("truncated", "the file is empty", path)
     state = _seal_state(data)
     if state == "absent":
         head = data[: len(_ZIP_HEAD)]
