@@ -70,6 +70,7 @@ _SEAL = re.compile(rb"\nvlpi-snapshot-seal v1 size=([0-9a-f]{16}) sha256=([0-9a-
 _SEAL_LEN = len(b"\nvlpi-snapshot-seal v1 size=") + 16 + len(b" sha256=") + 64 + 1
 _SEAL_TEMPLATE = b"\nvlpi-snapshot-seal v1 size=" + b"0" * 16 + b" sha256=" + b"0" * 64 + b"\n"
 _ZIP_HEAD = b"PK\x03\x04"
+_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member times: the same snapshot gives the same bytes
 
 #: the pending set of a VM: one row per pending interrupt (pending_latch, or the VPT bit of a
 #: forwarded VLPI), with the first event that maps it (-1 if none)
@@ -320,9 +321,9 @@ def _flat(snap: Snapshot) -> tuple[dict, dict]:
 
 def _zip_bytes(manifest: dict, arrays: dict, out) -> None:
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        zf.writestr(MANIFEST, json.dumps(manifest, sort_keys=True).encode())
+        zf.writestr(zipfile.ZipInfo(MANIFEST, _EPOCH), json.dumps(manifest, sort_keys=True).encode())
         for k, a in arrays.items():
-            with zf.open(k + ".npy", "w", force_zip64=True) as f:
+            with zf.open(zipfile.ZipInfo(k + ".npy", _EPOCH), "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, a, allow_pickle=False)
         zf.comment = _SEAL_TEMPLATE
 
@@ -410,8 +411,8 @@ def _check(data: bytes, path) -> None:
     m = _SEAL.match(data[-_SEAL_LEN:])
     size = int(m.group(1), 16)
     if size != len(data):
-        raise SnapshotError("corrupt" if size < len(data) else "truncated",
-                            f"the seal says {size} bytes, the file has {len(data)}", path)
+        # a cut file loses its seal: an intact seal with another size was changed
+        raise SnapshotError("corrupt", f"the seal says {size} bytes, the file has {len(data)}", path)
     if hashlib.sha256(data[:-_SEAL_LEN]).hexdigest().encode() != m.group(2):
         raise SnapshotError("corrupt", "SHA-256 of the content does not match the seal (bytes were changed)", path)
 
