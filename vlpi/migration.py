@@ -322,11 +322,11 @@ class HostMigrationReport:
 
     def table(self) -> str:
         """The human-readable table (``vlpi migrate``)."""
-        lines = [f"{'side':<12} {'phase':<34} {'time':>10}  detail"]
+        lines = [f"{'side':<12} {'phase':<38} {'time':>10}  detail"]
         for p in self.phases:
-            lines.append(f"{p.side:<12} {p.name:<34} {p.seconds * 1e3:>8.1f} ms  {p.detail}")
+            lines.append(f"{p.side:<12} {p.name:<38} {p.seconds * 1e3:>8.1f} ms  {p.detail}")
         tot = sum(p.seconds for p in self.phases)
-        lines.append(f"{'':<12} {'total':<34} {tot * 1e3:>8.1f} ms")
+        lines.append(f"{'':<12} {'total':<38} {tot * 1e3:>8.1f} ms")
         d = self.to_dict()
         lines += [
             "",
@@ -387,14 +387,16 @@ def pending_set(vm) -> np.ndarray:
 def _events_of(vm, intids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ites = vm.its.ites()
     ii = ites["intid"].astype(np.int64)
-    u, first = np.unique(ii, return_index=True)
     d = np.full(intids.size, -1, np.int64)
     e = np.full(intids.size, -1, np.int64)
-    if u.size and intids.size:
-        j = np.minimum(np.searchsorted(u, intids), u.size - 1)
-        hit = u[j] == intids
-        d[hit] = ites["device_id"][first[j[hit]]]
-        e[hit] = ites["event_id"][first[j[hit]]]
+    if ii.size == 0 or intids.size == 0:
+        return d, e
+    first = np.full(int(max(ii.max(), intids.max())) + 1, -1, np.int64)
+    first[ii[::-1]] = np.arange(ii.size - 1, -1, -1)  # the last write wins: the first ITE per INTID
+    r = first[intids]
+    hit = r >= 0
+    d[hit] = ites["device_id"][r[hit]]
+    e[hit] = ites["event_id"][r[hit]]
     return d, e
 
 
@@ -786,7 +788,9 @@ def migrate_host(
             phases.append(Phase("destination", "read + check snapshot", time.perf_counter() - t0))
         if progress is not None:
             progress("restore")
-        dst, dphases, ver = restore_destination(snap, gic=gic, run=run, prepare=prepare)
+        dst, dphases, ver = restore_destination(
+            snap, gic=gic, run=run, prepare=prepare,
+            progress=None if progress is None else (lambda _n: progress("vm restored")))
     except Exception as e:  # noqa: BLE001  (any destination failure rolls the source back)
         lost = resume_source(vms, expected) if resume_on_abort else None
         rep = _report(policy, page_size, costs, phases, src.tolerated, vms, src, None,
