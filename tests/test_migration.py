@@ -267,3 +267,47 @@ def test_quiesced_loses_nothing_and_kernel_window_follows_the_costs():
     vms = host(1, 4, 14, seed=8)
     _, b = M.migrate_host(vms, costs=M.KernelCosts(read_ns=0, write_ns=0, lpi_ns=0, vpt_read_ns=0, vmapp_ns=1000))
     assert b.window_kernel_s == pytest.approx(2 * 4 * 1e-6)
+
+
+# ----------------------------------------------------------------------------- command line
+def _cli(argv, capsys):
+    from vlpi.cli import main
+
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+SMALL = ["migrate", "--vms", "2", "--vcpus", "2", "--id-bits", "14"]
+
+
+def test_cli_migrate_json_and_table(capsys, tmp_path):
+    path = tmp_path / "host.snap"
+    rc, out, _ = _cli(SMALL + ["--json", "--out", str(path), "--page-size", "64"], capsys)
+    d = json.loads(out)
+    assert rc == 0 and d["ok"] and d["verification"]["differences"] == 0 and d["interrupts_lost"] == 0
+    assert d["page_size"] == 65536 and d["snapshot_bytes"] == path.stat().st_size
+    assert S.is_snapshot(path) and len(S.summarize(path)["vms"]) == 2
+    rc, out, _ = _cli(SMALL, capsys)
+    assert rc == 0 and "verification OK" in out and "SAVE_PENDING_TABLES" in out
+
+
+def test_cli_migrate_fault_and_traffic_exit_status(capsys):
+    rc, out, _ = _cli(SMALL + ["--fault", "pending-save", "--json"], capsys)
+    d = json.loads(out)
+    assert rc == 1 and not d["ok"] and d["rollback_lost"] == 0 and "SAVE_PENDING_TABLES" in d["aborted"]
+    rc, out, _ = _cli(SMALL + ["--fault", "pending-save", "--policy", "qemu"], capsys)
+    assert rc == 1 and "verification FAILED" in out and "PENDING_NOT_SAVED" in out
+    rc, out, _ = _cli(SMALL + ["--traffic", "3e6", "--json"], capsys)
+    d = json.loads(out)
+    assert rc == 0 and d["traffic_sent"] > 0 and d["interrupts_lost"] > 0 and d["lost"][0]["reason"]
+
+
+def test_cli_version_and_bad_options(capsys):
+    from vlpi import __version__
+
+    with pytest.raises(SystemExit) as ei:
+        _cli(["--version"], capsys)
+    assert ei.value.code == 0 and __version__ in capsys.readouterr().out
+    rc, _, err = _cli(SMALL + ["--fault-at", "1.5"], capsys)
+    assert rc == 2 and "--fault-at" in err
