@@ -311,3 +311,32 @@ def test_cli_version_and_bad_options(capsys):
     assert ei.value.code == 0 and __version__ in capsys.readouterr().out
     rc, _, err = _cli(SMALL + ["--fault-at", "1.5"], capsys)
     assert rc == 2 and "--fault-at" in err
+
+
+# ----------------------------------------------------------------------------- one VM, files
+def test_single_vm_migrate_is_compatible_and_verifies():
+    a = build_model_vm(4, 14, gic="v4.1", seed=12)
+    it = a.its.ites()
+    f = it["forwarded"]
+    before = M.pending_set(a)
+    dst, rep = M.migrate(a, forward_after=(it["device_id"][f], it["event_id"][f]))
+    assert rep.forwarded.all() and rep.verification.ok and rep.pending_save.vpes_unmapped == 4
+    assert rep.registers["propbaser"] == a.propbaser and rep.its_save.ites_written == len(it["intid"])
+    assert keys(M.pending_set(dst)) == keys(before)
+    b = build_model_vm(4, 14, gic="v4.1", seed=12)
+    dst2, rep2 = M.migrate(b)  # nothing forwarded: the VLPIs' state travels as pending_latch
+    assert rep2.forwarded is None and not dst2.lpis.hw.any() and rep2.verification.ok
+    assert keys(M.pending_set(dst2)) == keys(before)
+
+
+def test_save_and_load_through_a_file(tmp_path):
+    vms = host(2, 3, 14, seed=31)
+    before = [keys(M.pending_set(vm)) for vm in vms]
+    path = tmp_path / "h.snap"
+    src = M.save(path, vms)
+    assert [im.pending.size for im in src.snapshot.vms] == [len(b) for b in before]
+    dst, _, ver = M.load(path)
+    assert all(v.ok for v in ver) and [keys(M.pending_set(d)) for d in dst] == before
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(S.SnapshotError, match="truncated"):
+        M.load(path)

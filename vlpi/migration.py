@@ -65,6 +65,11 @@ __all__ = [
     "resume_source",
     "verify",
     "migrate_host",
+    "migrate",
+    "MigrationReport",
+    "copy_memory",
+    "save",
+    "load",
     "coarsen_pages",
     "FAULTS",
     "FaultPlan",
@@ -692,12 +697,15 @@ def restore_destination(
     *,
     gic: str | None = None,
     run: bool = True,
-    forward: bool = True,
+    forward=True,
     prepare: Callable | None = None,
     progress: Callable[[int], object] | None = None,
+    forwarded_out: list | None = None,
 ) -> tuple[list, list[Phase], list[Verification]]:
     """The destination side: each VM restored in QEMU's order (:func:`vlpi.snapshot.restore`)
-    and verified against the source's pending set.
+    and verified against the source's pending set. ``forward``: True forwards the events the
+    source had forwarded, False none, or (device_ids, event_ids) those (one-VM snapshots);
+    ``forwarded_out``, if a list, receives per VM which events ended up forwarded.
 
     Returns
     -------
@@ -705,12 +713,14 @@ def restore_destination(
     """
     out, ver = [], []
     t = {"ram": 0.0, "registers": 0.0, "forward": 0.0}
+    fwd_masks = []
     tv = 0.0
     for im in snap.vms:
         ti: dict = {}
         vm = S.restore(im, gic=gic, forward=forward, run=run, prepare=prepare, timings=ti)
         for k in t:
             t[k] += ti.get(k, 0.0)
+        fwd_masks.append(ti.get("forwarded"))
         t0 = time.perf_counter()
         fb = 0
         if not im.meta.get("pending_saved", True):
@@ -728,6 +738,8 @@ def restore_destination(
         Phase("destination", "forwarding (VFIO)", t["forward"]),
         Phase("destination", "verify", tv),
     ]
+    if forwarded_out is not None:
+        forwarded_out.extend(fwd_masks)
     return out, phases, ver
 
 
@@ -743,6 +755,7 @@ def migrate_host(
     order: str = "intid",
     gic: str | None = None,
     run: bool = True,
+    forward=True,
     snapshot_path=None,
     through_bytes: bool = False,
     corrupt: Callable[[bytes], bytes] | None = None,
@@ -788,8 +801,9 @@ def migrate_host(
             phases.append(Phase("destination", "read + check snapshot", time.perf_counter() - t0))
         if progress is not None:
             progress("restore")
+        fwd_masks: list = []
         dst, dphases, ver = restore_destination(
-            snap, gic=gic, run=run, prepare=prepare,
+            snap, gic=gic, run=run, prepare=prepare, forward=forward, forwarded_out=fwd_masks,
             progress=None if progress is None else (lambda _n: progress("vm restored")))
     except Exception as e:  # noqa: BLE001  (any destination failure rolls the source back)
         lost = resume_source(vms, expected) if resume_on_abort else None
@@ -797,13 +811,14 @@ def migrate_host(
                       aborted=f"destination: {type(e).__name__}: {e}", rollback_lost=lost, snapshot_bytes=size)
         raise MigrationAborted(f"destination failed: {e}", phase="destination", cause=e, report=rep) from e
     phases += dphases
-    rep = _report(policy, page_size, costs, phases, src.tolerated, vms, src, ver, snapshot_bytes=size, dst=dst)
+    rep = _report(policy, page_size, costs, phases, src.tolerated, vms, src, ver, snapshot_bytes=size, dst=dst,
+                  forwarded=fwd_masks)
     return dst, rep
 
 
 def _report(policy, page_size, costs, phases, tolerated, vms, src: SourceSave | None, ver, *, aborted=None,
-            rollback_lost=None, snapshot_bytes=None, dst=None) -> HostMigrationReport:
-    from vlpi.vm import LOST_DTYPE, MigrationReport
+            rollback_lost=None, snapshot_bytes=None, dst=None, forwarded=None) -> HostMigrationReport:
+    from vlpi.vm import LOST_DTYPE
 
     entries = []
     bytes_changed = dirty = unm = rem = 0
@@ -820,9 +835,8 @@ def _report(policy, page_size, costs, phases, tolerated, vms, src: SourceSave | 
             bytes_changed += 0 if e is None else int(e.bytes_changed)
             unm += pr.vpes_unmapped
             rem += pr.vpes_remapped
-            fwd = im.arrays["forwarded"]
             entries.append(MigrationReport(its, pr, im.meta["registers"],
-                                           None if dst is None else np.ones(fwd.shape[0], bool)))
+                                           None if not forwarded else forwarded[i]))
         lost = np.concatenate(src.window_lost) if src.window_lost else lost
     lpis = sum(len(vm.lpis) for vm in vms)
     fw = sum(int(np.count_nonzero(vm.lpis.hw)) for vm in vms)
@@ -935,3 +949,79 @@ def plan_fault(vms: Sequence, kind: str, at: float = 0.5) -> FaultPlan:
         return bytes(b)
 
     return FaultPlan(kind, f"bit {int(at * 100)}% into the snapshot flipped", corrupt=corrupt)
+
+
+# ============================================================================ one VM, files
+@dataclass(frozen=True)
+class MigrationReport:
+    """What :func:`migrate` did for one VM.
+
+    Attributes
+    ----------
+    its_save : ItsSaveReport or None
+        Source ``SAVE_TABLES`` (None if it failed and policy "qemu" went on).
+    pending_save : VMSaveReport
+        Source ``SAVE_PENDING_TABLES`` (vPEs unmapped/remapped, interrupts lost in the window).
+    registers : dict
+        The register state carried over (:meth:`vlpi.VM.get_registers`).
+    forwarded : numpy.ndarray or None
+        Destination: per ``forward_after`` event, whether it is forwarded again.
+    verification : Verification or None
+        The destination's pending set against the source's.
+    host : HostMigrationReport or None
+        Phases, times, tolerated errors, dirty pages, window, as for a host.
+    """
+
+    its_save: object
+    pending_save: object
+    registers: dict
+    forwarded: np.ndarray | None = None
+    verification: Verification | None = None
+    host: HostMigrationReport | None = field(default=None, repr=False)
+
+
+def copy_memory(mem):
+    """A new GuestMemory with the same slots and a copy of their bytes (RAM sent to the target)."""
+    from vlpi.memory import GuestMemory
+
+    out = GuestMemory()
+    for s in mem.slots:
+        out.add_slot(s.gpa, s.size, readonly=s.readonly, data=s.data.copy())
+    return out
+
+
+def migrate(
+    src,
+    *,
+    during: Callable | None = None,
+    forward_after=None,
+    gic: str | None = None,
+    run: bool = True,
+    **kw,
+):
+    """Migrate one VM the way QEMU drives KVM: :func:`migrate_host` for ``[src]``.
+
+    ``forward_after`` = (device_ids, event_ids) forwarded on the destination after the restore
+    (VFIO); None forwards nothing; ``"source"`` forwards what the source had forwarded. Other
+    keywords (``policy``, ``traffic``, ``page_size``, ``snapshot_path``, ...) go to
+    :func:`migrate_host`. Returns ``(dst, MigrationReport)``.
+    """
+    fa = True if isinstance(forward_after, str) and forward_after == "source" else forward_after
+    (dst,), rep = migrate_host([src], during=during, gic=gic, run=run, forward=fa is not None and fa, **kw)
+    m = rep.vms[0]
+    return dst, MigrationReport(m.its_save, m.pending_save, m.registers, m.forwarded, rep.verification[0], rep)
+
+
+def save(path, vms, **kw) -> SourceSave:
+    """Source side into a file: :func:`save_host` then :func:`vlpi.snapshot.write`
+    (``vms`` a VM or a list). Returns the source's report."""
+    vms = vms if isinstance(vms, (list, tuple)) else [vms]
+    src = save_host(vms, **kw)
+    S.write(path, src.snapshot)
+    return src
+
+
+def load(path, **kw) -> tuple[list, list[Phase], list[Verification]]:
+    """Destination side from a file: :func:`vlpi.snapshot.read` (checked whole first) then
+    :func:`restore_destination`."""
+    return restore_destination(S.read(path), **kw)

@@ -237,7 +237,7 @@ def restore(
     image: VMImage,
     *,
     gic: str | None = None,
-    forward: bool = True,
+    forward=True,
     run: bool = True,
     prepare: Callable[[object], object] | None = None,
     timings: dict | None = None,
@@ -254,12 +254,14 @@ def restore(
     ----------
     gic : str, optional
         The destination host's GIC (default: the source's). Forwarding is skipped on "v3".
+    forward : bool or (device_ids, event_ids)
+        True: forward the events the source had forwarded; False: none; a pair: those.
     prepare : callable(vm), optional
         Called after RAM is loaded and before the registers are restored (tests use it to
         inject destination faults).
     timings : dict, optional
         Filled with seconds per step: ``ram``, ``registers`` (incl. RESTORE_TABLES),
-        ``forward``.
+        ``forward``; and ``forwarded`` (:meth:`vlpi.VM.forward`'s result) when forwarding ran.
 
     Returns
     -------
@@ -284,9 +286,11 @@ def restore(
     dst.set_registers(m["registers"])
     t["registers"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    fwd = image.arrays["forwarded"]
-    if forward and dst.gicv4 is not None and fwd.shape[0]:
-        dst.forward(fwd[:, 0], fwd[:, 1])
+    if isinstance(forward, tuple):
+        t["forwarded"] = dst.forward(*forward)
+    elif forward and dst.gicv4 is not None:
+        fwd = image.arrays["forwarded"]
+        t["forwarded"] = dst.forward(fwd[:, 0], fwd[:, 1])
     t["forward"] = time.perf_counter() - t0
     if run:
         dst.run()
