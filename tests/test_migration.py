@@ -311,6 +311,28 @@ def test_cli_version_and_bad_options(capsys):
     assert ei.value.code == 0 and __version__ in capsys.readouterr().out
     rc, _, err = _cli(SMALL + ["--fault-at", "1.5"], capsys)
     assert rc == 2 and "--fault-at" in err
+    rc, _, err = _cli(SMALL + ["--costs", "read=abc"], capsys)
+    assert rc == 2 and "nanoseconds" in err
+    rc, _, err = _cli(SMALL + ["--costs", "disk=3"], capsys)
+    assert rc == 2 and "--costs" in err
+
+
+def test_cli_costs_and_inspect(capsys, tmp_path):
+    rc, out, _ = _cli(SMALL + ["--costs", "read=0,write=0,lpi=0,vpt_read=0,vmapp=1000", "--json"], capsys)
+    d = json.loads(out)
+    assert rc == 0 and d["window_kernel_s"] == pytest.approx(2 * 2 * 2 * 1e-6)
+    assert d["kernel_costs"]["source"].startswith("user-set")
+    path = tmp_path / "s.snap"
+    assert _cli(SMALL + ["--out", str(path)], capsys)[0] == 0
+    rc, out, _ = _cli(["inspect", str(path)], capsys)
+    assert rc == 0 and "vm1" in out and "PENDBASER" in out
+    rc, out, _ = _cli(["inspect", str(path), "--json"], capsys)
+    assert rc == 0 and len(json.loads(out)["vms"]) == 2
+    other = tmp_path / "x.bin"
+    other.write_bytes(b"\x00" * 100)
+    for p in (other, tmp_path / "missing"):
+        rc, _, err = _cli(["inspect", str(p)], capsys)
+        assert rc == 2 and str(p) in err
 
 
 # ----------------------------------------------------------------------------- one VM, files

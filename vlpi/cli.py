@@ -74,7 +74,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="host page size for the dirty log: 4, 16 or 64 KiB (default 4)")
     m.add_argument("--out", metavar="SNAPSHOT", default=None,
                    help="write the snapshot to this file; the destination reads it back from there")
+    m.add_argument("--costs", default="", metavar="K=NS,...",
+                   help="per-access kernel costs in ns for the window estimate: read, write, lpi, vpt_read, vmapp "
+                   "(default: 100, 150, 10, 5, 2000, assumptions)")
     m.add_argument("--json", action="store_true", help="print the report as JSON")
+    i = sub.add_parser("inspect", help="summarise a vlpi snapshot (per VM and vCPU: LPIs, pending, forwarded, tables)")
+    i.add_argument("path", metavar="SNAPSHOT")
+    i.add_argument("--vcpus", type=int, default=8, help="vCPU lines per VM (default 8)")
+    i.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
 
 
@@ -172,6 +179,39 @@ def _kernels_cached() -> bool:
     return bool(glob.glob(os.path.join(CACHE_DIR, "**", "*.nbi"), recursive=True))
 
 
+def _costs(spec: str):
+    from vlpi.migration import DEFAULT_COSTS, KernelCosts
+
+    if not spec:
+        return DEFAULT_COSTS
+    kw = {}
+    for part in spec.split(","):
+        k, sep, v = part.partition("=")
+        k = k.strip().replace("-", "_")
+        name = k if k.endswith("_ns") else k + "_ns"
+        if not sep or name not in ("read_ns", "write_ns", "lpi_ns", "vpt_read_ns", "vmapp_ns"):
+            raise ValueError(f"--costs: {part!r} is not K=NS with K one of read, write, lpi, vpt_read, vmapp")
+        try:
+            kw[name] = float(v)
+        except ValueError:
+            raise ValueError(f"--costs: {v!r} in {part!r} is not a number of nanoseconds") from None
+    return KernelCosts(**kw, source="user-set (--costs); the others: assumptions")
+
+
+def _cmd_inspect(a: argparse.Namespace) -> int:
+    import json
+
+    from vlpi import snapshot as S
+
+    if not os.path.isfile(a.path):
+        raise ValueError(f"{a.path}: no such file")
+    if not S.is_snapshot(a.path):
+        raise ValueError(f"{a.path}: not a vlpi snapshot")
+    summary = S.summarize(a.path)
+    print(json.dumps(summary, indent=1) if a.json else S.format_summary(summary, max_vcpus=a.vcpus))
+    return 0
+
+
 def _cmd_migrate(a: argparse.Namespace) -> int:
     import json
 
@@ -195,6 +235,7 @@ def _cmd_migrate(a: argparse.Namespace) -> int:
     M.migrate_host(tiny, through_bytes=True)
     t_kernels = time.perf_counter() - t0
     traffic = M.Traffic(a.traffic, seed=a.seed) if a.traffic > 0 else None
+    costs = _costs(a.costs)
     t0 = time.perf_counter()
     with tqdm(total=a.vms, desc="build host", unit="VM", file=err, disable=quiet or None, leave=False) as bar:
         vms = build_model_host(a.vms, a.vcpus, a.id_bits, gic=a.gic, hw_fraction=a.hw_fraction,
@@ -211,7 +252,7 @@ def _cmd_migrate(a: argparse.Namespace) -> int:
         try:
             _, rep = M.migrate_host(vms, policy=a.policy, traffic=traffic, page_size=a.page_size * 1024,
                                     order=a.order, snapshot_path=a.out, prepare=plan.prepare, corrupt=plan.corrupt,
-                                    progress=progress)
+                                    costs=costs, progress=progress)
         except M.MigrationAborted as e:
             rep = e.report
             if rep is None:
@@ -236,6 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_save(a)
         if a.cmd == "migrate":
             return _cmd_migrate(a)
+        if a.cmd == "inspect":
+            return _cmd_inspect(a)
     except ValueError as e:  # bad sizes etc.: say what, exit 2
         print(f"vlpi {a.cmd}: error: {e}", file=sys.stderr)
         return 2

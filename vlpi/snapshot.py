@@ -514,6 +514,11 @@ def _validate_image(im: VMImage, i: int, path) -> None:
         bad("page_index is not sorted unique page numbers inside the memslots")
     if a["forwarded"].ndim != 2 or a["forwarded"].shape[1] != 2:
         bad("forwarded is not [n, 2]")
+    if m["gic"] not in ("v3", "v4.0", "v4.1") or m["kernel"] not in ("new", "old"):
+        bad(f"gic {m['gic']!r} / kernel {m['kernel']!r} unknown")
+    vb = m.get("vpt_bytes")
+    if vb is not None and (not isinstance(vb, int) or vb < 1024 or vb % 8 or vb > 1 << 24):
+        bad(f"vpt_bytes {vb!r} invalid")
     if m["page_size"] not in PAGE_SIZES:
         bad(f"page_size {m['page_size']!r} not in {PAGE_SIZES}")
     nv = m["n_vcpus"]
