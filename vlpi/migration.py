@@ -352,7 +352,8 @@ class HostMigrationReport:
             lines.append(f"ABORTED: {self.aborted}; source resumed, interrupts lost in rollback: {self.rollback_lost}")
         v = d["verification"]
         lines.append(f"verification {'OK' if v['ok'] and not self.aborted else 'FAILED'}: {v['expected']:,} pending "
-                     f"before, {v['found']:,} after, {v['differences']:,} differences {v['reasons'] or ''}")
+                     f"when the source stopped, {v['found']:,} on the destination, {v['differences']:,} differences "
+                     f"{v['reasons'] or ''}")
         for ver in self.verification:
             if not ver.ok:
                 lines.append(ver.describe(10))
@@ -541,7 +542,10 @@ def save_host(
             tol.append(Tolerated(i, "SAVE_TABLES", int(e.errno or 0), str(e),
                                  f"ITS tables in guest RAM not (fully) written: up to {vm.its.n_ites:,} ITEs may "
                                  "restore stale or not at all"))
-    phase("SAVE_TABLES", t0, f"{sum(r.ites_written for r in its_reps if r is not None):,} ITEs")
+    ok_its = [r for r in its_reps if r is not None]
+    phase("SAVE_TABLES", t0, f"{sum(r.ites_written for r in ok_its):,} ITEs, "
+          f"{sum(r.bytes_written for r in ok_its):,} bytes written, "
+          f"{sum(coarsen_pages(r.dirty_pages, page_size).size for r in ok_its):,} dirty pages")
 
     say("SAVE_PENDING_TABLES")
     t0 = time.perf_counter()
@@ -647,8 +651,11 @@ def save_host(
         raise abort
     pend_reps = [VMSaveReport(reports[i], unmapped[i], remapped[i], int(window_lost[i].size), window_lost[i])
                  for i in range(len(vms))]
+    ok_rep = [r for r in reports if r is not None]
     phase("SAVE_PENDING_TABLES", t0,
-          f"{sum(r.guest_writes for r in reports if r is not None):,} writes, {sum(unmapped)} vPEs unmapped")
+          f"{sum(r.lpis_total for r in ok_rep):,} LPIs, {sum(r.bytes_changed for r in ok_rep):,} bytes changed, "
+          f"{sum(coarsen_pages(r.dirty_pages, page_size).size for r in ok_rep):,} dirty pages, "
+          f"{sum(unmapped)} vPEs unmapped")
 
     t0 = time.perf_counter()
     images = []
