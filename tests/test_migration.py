@@ -362,3 +362,27 @@ def test_save_and_load_through_a_file(tmp_path):
     path.write_bytes(path.read_bytes()[:-1])
     with pytest.raises(S.SnapshotError, match="truncated"):
         M.load(path)
+
+
+def test_vm_save_and_load_hooks_and_names(tmp_path):
+    import vlpi
+    import vlpi.vm
+
+    assert vlpi.vm.migrate is M.migrate is vlpi.migrate
+    assert vlpi.vm.MigrationReport is M.MigrationReport and vlpi.vm.copy_memory is M.copy_memory
+    vm = build_model_vm(3, 14, gic="v4.1", seed=40)
+    vm.unforward([0], [1])  # leaves a record in the lost-interrupt log if the VLPI was pending
+    vm.signal_msi([99], [0])  # no such device: NO_DEVICE, logged
+    log = vm.lost.records.copy()
+    before = keys(M.pending_set(vm))
+    path = tmp_path / "one.snap"
+    src = vm.save(path, page_size=65536)
+    assert src.snapshot.vms[0].meta["page_size"] == 65536 and not vm.running.any()
+    dst = VM.load(path)
+    assert keys(M.pending_set(dst)) == before and dst.running.all()
+    got = dst.lost.records  # the source's log continues on the destination
+    for f in ("source", "reason", "device_id", "event_id", "intid", "vcpu"):
+        assert np.array_equal(np.sort(got[f][: log.size]), np.sort(log[f]))
+    M.save(path, host(2, 2, 14))
+    with pytest.raises(ValueError, match="2 VMs"):
+        VM.load(path)

@@ -43,6 +43,8 @@ import numpy as np
 
 from vlpi import snapshot as S
 from vlpi.errors import GuestMemoryFault
+from vlpi.redistributor import VMSaveReport
+from vlpi.vgic import LOST_DTYPE, LostReason, LostSource, VMError
 
 __all__ = [
     "POLICIES",
@@ -211,8 +213,6 @@ class Verification:
 
 
 def _reason_name(r: int) -> str:
-    from vlpi.vm import LostReason
-
     if r == NOT_SAVED:
         return "PENDING_NOT_SAVED"
     if r == ITS_NOT_SAVED:
@@ -289,8 +289,6 @@ class HostMigrationReport:
 
     def to_dict(self) -> dict:
         """JSON-able summary (what ``vlpi migrate --json`` prints)."""
-        from vlpi.vm import LostReason
-
         lost = self.lost_in_window
         return {
             "ok": self.ok,
@@ -467,8 +465,6 @@ def _check_policy(policy: str) -> None:
 
 
 def _not_quiescent(vm) -> OSError | None:
-    from vlpi.vm import VMError
-
     if not vm.initialized:
         return VMError(_errno.ENXIO, "SAVE_PENDING_TABLES: the vgic is not initialised")
     if vm.running.any():
@@ -501,8 +497,6 @@ def save_host(
     from vlpi.its.abi import ItsTableError
     from vlpi.its.its import ItsStateError
     from vlpi.pending import save_pending_tables_many
-    from vlpi.vm import LOST_DTYPE, LostReason, LostSource, VMError, VMSaveReport
-
     _check_policy(policy)
     if page_size not in S.PAGE_SIZES:
         raise ValueError(f"page_size must be one of {S.PAGE_SIZES}, got {page_size}")
@@ -626,26 +620,20 @@ def save_host(
                 same = (len(lp) == intid0.size) and np.array_equal(np.asarray(lp.intid), intid0)
                 if same:
                     newly = np.flatnonzero(np.asarray(lp.pending_latch, bool) & ~latch0)
-                    if newly.size:
-                        rec = np.zeros(newly.size, LOST_DTYPE)
-                        rec["seq"] = -1
-                        rec["source"] = LostSource.SAVE
-                        rec["reason"] = LostReason.NOT_IN_SAVED_IMAGE
-                        rec["intid"] = np.asarray(lp.intid)[newly]
-                        rec["vcpu"] = np.asarray(lp.target_vcpu)[newly]
-                        d2, e2 = _events_of(vm, rec["intid"].astype(np.int64))
-                        rec["device_id"], rec["event_id"] = d2, e2
-                        window_lost[i] = rec
+                    if newly.size:  # pending now, but after the walk: not in the image
+                        it = np.asarray(lp.intid, np.int64)[newly]
+                        d2, e2 = _events_of(vm, it)
+                        vm.lost.record(LostSource.SAVE, LostReason.NOT_IN_SAVED_IMAGE, d2, e2, it,
+                                       np.asarray(lp.target_vcpu)[newly])
     finally:
         for i, vm in enumerate(vms):
             if v41[i]:
                 remapped[i] = vm.gicv4.map_all_vpes()
         t_window = time.perf_counter() - tw
-    for i, vm in enumerate(vms):  # interrupts the VM logged itself in the window (VLPIs on unmapped vPEs)
-        own = np.asarray(vm.lost.records[marks[i]:]).copy()
+    for i, vm in enumerate(vms):  # what the VM logged in the window (VLPIs on unmapped vPEs, ...)
         if vm.gic == "v4.0" and reports[i] is not None:
-            own = np.concatenate([own, _unsaved_vlpis(vm)])
-        window_lost[i] = np.concatenate([own, window_lost[i]])
+            _log_unsaved_vlpis(vm)
+        window_lost[i] = np.asarray(vm.lost.records[marks[i]:]).copy()
     if abort is not None:
         phase("SAVE_PENDING_TABLES", t0, "fault")
         raise abort
@@ -661,8 +649,6 @@ def save_host(
     images = []
     for i, vm in enumerate(vms):
         im = S.capture(vm, pending=expected[i], name=f"vm{i}", page_size=page_size)
-        if window_lost[i].size:  # carried to the destination with the VM's own log
-            im.arrays["lost"] = np.concatenate([im.arrays["lost"], window_lost[i][window_lost[i]["seq"] < 0]])
         im.meta["its_saved"] = not bool(its_failed[i])
         im.meta["pending_saved"] = not bool(pend_failed[i])
         images.append(im)
@@ -672,20 +658,17 @@ def save_host(
     return SourceSave(snap, phases, tol, its_reps, pend_reps, window_lost, t_window, t_kernel, sent)
 
 
-def _unsaved_vlpis(vm) -> np.ndarray:
-    """GICv4.0: pending VLPIs whose state the save could not read (saved as not pending)."""
-    from vlpi.vm import LOST_DTYPE, LostReason, LostSource
-
+def _log_unsaved_vlpis(vm) -> None:
+    """GICv4.0: pending VLPIs whose state the save could not read (saved as not pending) go
+    into the VM's lost-interrupt log as VLPI_UNSAVED."""
     lp = vm.lpis
     tg = np.asarray(lp.target_vcpu, np.int64)
     it = np.asarray(lp.intid, np.int64)
     h = np.flatnonzero(np.asarray(lp.hw, bool) & ~np.asarray(lp.pending_latch, bool) & (tg >= 0))
     p = vm.gicv4.vlpi_pending(tg[h], it[h]) if h.size else np.zeros(0, bool)
-    rec = np.zeros(int(p.sum()), LOST_DTYPE)
-    rec["seq"], rec["source"], rec["reason"] = -1, LostSource.SAVE, LostReason.VLPI_UNSAVED
-    rec["intid"], rec["vcpu"] = it[h[p]], tg[h[p]]
-    rec["device_id"], rec["event_id"] = _events_of(vm, it[h[p]])
-    return rec
+    if p.any():
+        d, e = _events_of(vm, it[h[p]])
+        vm.lost.record(LostSource.SAVE, LostReason.VLPI_UNSAVED, d, e, it[h[p]], tg[h[p]])
 
 
 def save_source(vm, **kw) -> SourceSave:
@@ -836,8 +819,6 @@ def migrate_host(
 
 def _report(policy, page_size, costs, phases, tolerated, vms, src: SourceSave | None, ver, *, aborted=None,
             rollback_lost=None, snapshot_bytes=None, dst=None, forwarded=None) -> HostMigrationReport:
-    from vlpi.vm import LOST_DTYPE
-
     entries = []
     bytes_changed = dirty = unm = rem = 0
     lost = np.zeros(0, LOST_DTYPE)

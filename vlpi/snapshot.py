@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vlpi.vgic import LOST_DTYPE
+
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
@@ -174,8 +176,6 @@ def capture(vm, *, pending: np.ndarray, name: str = "vm0", page_size: int = 4096
     """The image of a stopped source VM whose tables were saved (``SAVE_TABLES`` and
     ``SAVE_PENDING_TABLES`` done): RAM pages with data, registers, forwarded events, the lost
     log, and ``pending`` (the pending set when the VM stopped, :data:`PENDING_DTYPE`)."""
-    from vlpi.vm import LOST_DTYPE
-
     if page_size not in PAGE_SIZES:
         raise ValueError(f"page_size must be one of {PAGE_SIZES}, got {page_size}")
     pending = np.asarray(pending)
@@ -279,6 +279,10 @@ def restore(
     dst = VM(int(m["n_vcpus"]), gic=dst_gic, mem=mem, kernel=m["kernel"],
              vpt_bytes=int(m["vpt_bytes"] or VPT_BYTES))
     dst.init()
+    lost = image.arrays["lost"]  # the source's log continues on the destination
+    for src in np.unique(lost["source"]).tolist():
+        r = lost[lost["source"] == src]
+        dst.lost.record(src, r["reason"], r["device_id"], r["event_id"], r["intid"], r["vcpu"])
     t["ram"] = time.perf_counter() - t0
     if prepare is not None:
         prepare(dst)
@@ -483,8 +487,6 @@ _IMAGE_ARRAYS = {"slot_gpa": "<u8", "slot_size": "<u8", "slot_readonly": "|b1", 
 
 
 def _validate_image(im: VMImage, i: int, path) -> None:
-    from vlpi.vm import LOST_DTYPE
-
     def bad(msg):
         raise SnapshotError("invalid", f"vm {i}: {msg}", path)
 
