@@ -368,10 +368,10 @@ def _merge_counts(dicts) -> dict:
 
 
 # ============================================================================ pending sets
-def pending_set(vm) -> np.ndarray:
+def pending_set(vm, *, events: bool = True) -> np.ndarray:
     """The VM's pending interrupts (:data:`vlpi.snapshot.PENDING_DTYPE`, sorted by vCPU then
     INTID): software ``pending_latch`` ∪ the hardware state of forwarded VLPIs, each with the
-    first event (creation order) that maps it."""
+    first event (creation order) that maps it (``events=False``: device and event left -1)."""
     lp = vm.lpis
     it = np.asarray(lp.intid, np.int64)
     tg = np.asarray(lp.target_vcpu, np.int64)
@@ -384,8 +384,10 @@ def pending_set(vm) -> np.ndarray:
     rows = rows[np.argsort((tg[rows] << 32) | it[rows], kind="stable")]  # by vCPU, then INTID
     out = np.zeros(rows.size, S.PENDING_DTYPE)
     out["intid"], out["vcpu"], out["forwarded"] = it[rows], tg[rows], hw[rows]
-    d, e = _events_of(vm, it[rows])
-    out["device_id"], out["event_id"] = d, e
+    if events:
+        out["device_id"], out["event_id"] = _events_of(vm, it[rows])
+    else:
+        out["device_id"] = out["event_id"] = -1
     return out
 
 
@@ -426,10 +428,12 @@ def verify(expected: np.ndarray, dst, *, logs: Sequence[np.ndarray] = (), fallba
     the record has one) in ``logs`` (lost-interrupt records, most relevant first) or in
     ``dst.lost``; otherwise ``fallback_reason``.
     """
-    found = pending_set(dst)
+    found = pending_set(dst, events=False)
     ke, kf = _keys(expected), _keys(found)
     miss = expected[~_member(ke, kf)]
     extra = found[~_member(kf, ke)]
+    if extra.size:  # name the events only where needed
+        extra["device_id"], extra["event_id"] = _events_of(dst, extra["intid"].astype(np.int64))
     diff = np.zeros(miss.size + extra.size, DIFF_DTYPE)
     for name in ("intid", "vcpu", "device_id", "event_id"):
         diff[name] = np.concatenate([miss[name], extra[name]])
@@ -687,7 +691,7 @@ def resume_source(vms, expected: Sequence[np.ndarray] | None = None) -> int:
             vm.gicv4.map_all_vpes()
         vm.run()
         if expected is not None:
-            now = pending_set(vm)
+            now = pending_set(vm, events=False)
             lost += int(np.count_nonzero(~_member(_keys(expected[i]), _keys(now))))
     return lost
 

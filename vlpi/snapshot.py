@@ -161,7 +161,7 @@ def _pages_with_data(mem) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
             pages[:full] = view
             pages[full, : s.size - full * _RAM_PAGE] = s.data[full * _RAM_PAGE :]
             view = pages
-        used = np.flatnonzero(view.any(axis=1))
+        used = np.flatnonzero(view.view(np.uint64).any(axis=1))  # 8 bytes at a time
         idx.append(used + base)
         data.append(view[used])
         base += n
