@@ -386,3 +386,13 @@ def test_vm_save_and_load_hooks_and_names(tmp_path):
     M.save(path, host(2, 2, 14))
     with pytest.raises(ValueError, match="2 VMs"):
         VM.load(path)
+
+
+@pytest.mark.parametrize(("src_gic", "dst_gic"), [("v4.1", "v3"), ("v3", "v4.1"), ("v4.1", "v4.0")])
+def test_destination_on_another_gic(src_gic, dst_gic):
+    vms = host(2, 3, 14, gic=src_gic, seed=50)
+    before = [keys(M.pending_set(vm)) for vm in vms]
+    dst, rep = M.migrate_host(vms, gic=dst_gic, through_bytes=True)
+    assert rep.ok and [keys(M.pending_set(d)) for d in dst] == before
+    assert all(d.gic == dst_gic for d in dst)
+    assert all((d.lpis.hw.any()) == (dst_gic != "v3" and src_gic != "v3") for d in dst)
