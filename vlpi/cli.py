@@ -78,10 +78,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="per-access kernel costs in ns for the window estimate: read, write, lpi, vpt_read, vmapp "
                    "(default: 100, 150, 10, 5, 2000, assumptions)")
     m.add_argument("--json", action="store_true", help="print the report as JSON")
-    i = sub.add_parser("inspect", help="summarise a vlpi snapshot (per VM and vCPU: LPIs, pending, forwarded, tables)")
-    i.add_argument("path", metavar="SNAPSHOT")
-    i.add_argument("--vcpus", type=int, default=8, help="vCPU lines per VM (default 8)")
-    i.add_argument("--json", action="store_true", help="print the summary as JSON")
+    i = sub.add_parser(
+        "inspect",
+        help="summarise a vlpi snapshot or list every LPI of a QEMU migration stream",
+        description="FILE is a vlpi snapshot (vlpi migrate --out, VM.save): per VM and vCPU its LPIs, pending and "
+        "forwarded interrupts and tables. Otherwise FILE is read as a QEMU migration stream "
+        "(migrate \"exec:cat > FILE\"; gzip accepted) and the GIC in it is printed: redistributor and ITS "
+        "registers, and per vCPU every LPI the ITS maps.",
+    )
+    i.add_argument("path", metavar="FILE", help="a vlpi snapshot or a QEMU migration stream")
+    i.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    i.add_argument("--layout", choices=("kvm-abi-0", "qemu"), default=None,
+                   help="QEMU stream: force the ITS table layout (default: decided from the stream)")
+    i.add_argument("--vcpus", type=int, default=8, help="vlpi snapshot: vCPU lines per VM (default 8)")
     return p
 
 
@@ -199,16 +208,24 @@ def _costs(spec: str):
 
 
 def _cmd_inspect(a: argparse.Namespace) -> int:
+    """A vlpi snapshot (recognised by its manifest or seal) or else a QEMU migration stream."""
     import json
 
     from vlpi import snapshot as S
 
     if not os.path.isfile(a.path):
         raise ValueError(f"{a.path}: no such file")
-    if not S.is_snapshot(a.path):
-        raise ValueError(f"{a.path}: not a vlpi snapshot")
-    summary = S.summarize(a.path)
-    print(json.dumps(summary, indent=1) if a.json else S.format_summary(summary, max_vcpus=a.vcpus))
+    if S.is_snapshot(a.path):
+        summary = S.summarize(a.path)
+        print(json.dumps(summary, indent=1) if a.json else S.format_summary(summary, max_vcpus=a.vcpus))
+        return 0
+    from vlpi.qemu import read_gic
+
+    try:
+        g = read_gic(a.path, layout=a.layout)
+    except (OSError, ValueError) as e:  # unreadable, or neither kind of file
+        raise ValueError(f"{a.path}: not a vlpi snapshot; as a QEMU migration stream: {e}") from e
+    print(g.to_json() if a.json else g.format_table())
     return 0
 
 
