@@ -184,6 +184,63 @@ def test_sealed_but_inconsistent_content_is_refused(saved):
 
     _refused(rezip(data, bad_vcpus), "invalid")
 
+    def meta_edit(fn):
+        def edit(name, b):
+            if name == "vlpi-snapshot.json":
+                m = json.loads(b)
+                fn(m["vms"][0])
+                return json.dumps(m).encode()
+            return b
+        return edit
+
+    for fn in (lambda v: v["registers"].__setitem__("pendbaser", 5),
+               lambda v: v["registers"].__setitem__("propbaser", -1),
+               lambda v: v["registers"].__setitem__("gits_baser", [1]),
+               lambda v: v.__setitem__("registers", [1, 2]),
+               lambda v: v.__setitem__("gic", "v5"),
+               lambda v: v.__setitem__("vpt_bytes", 7)):
+        _refused(rezip(data, meta_edit(fn)), "invalid")
+
+    def array_edit(member, fn):
+        def edit(name, b):
+            if name == member:
+                a = np.load(io.BytesIO(b), allow_pickle=False).copy()
+                fn(a)
+                f = io.BytesIO()
+                np.save(f, a, allow_pickle=False)
+                return f.getvalue()
+            return b
+        return edit
+
+    def resealed(member, fn):
+        out = rezip(data, array_edit(member, fn))
+        zin = zipfile.ZipFile(io.BytesIO(out))
+        m = json.loads(zin.read("vlpi-snapshot.json"))
+        key = member[: -len(".npy")]
+        a = np.load(io.BytesIO(zin.read(member)), allow_pickle=False)
+        m["arrays"][key]["sha256"] = hashlib.sha256(np.ascontiguousarray(a).view(np.uint8).reshape(-1).data).hexdigest()
+        return rezip(out, lambda n, b: json.dumps(m).encode() if n == "vlpi-snapshot.json" else b)
+
+    def set_first(field, value):
+        def fn(a):
+            if a.dtype.names:
+                a[field][0] = value
+            else:
+                a.reshape(-1)[0] = value
+        return fn
+
+    assert same(S.from_bytes(resealed("vm0/forwarded.npy", lambda a: None)), S.from_bytes(data))  # control
+    for member, fn in (("vm0/forwarded.npy", set_first(None, -5)),
+                       ("vm0/slot_size.npy", set_first(None, 0)),
+                       ("vm0/pending.npy", set_first("vcpu", 77)),
+                       ("vm0/lost.npy", set_first("reason", 200)) if snap_has_lost(data) else
+                       ("vm0/pending.npy", set_first("intid", 5))):
+        _refused(resealed(member, fn), "invalid")
+
+
+def snap_has_lost(data: bytes) -> bool:
+    return S.from_bytes(data).vms[0].lost.size > 0
+
 
 def test_bad_snapshot_in_a_migration_resumes_the_source():
     vms = build_model_host(2, 3, 14, gic="v4.1", seed=7)

@@ -487,6 +487,21 @@ _IMAGE_ARRAYS = {"slot_gpa": "<u8", "slot_size": "<u8", "slot_readonly": "|b1", 
 
 
 def _validate_image(im: VMImage, i: int, path) -> None:
+    try:
+        _check_image(im, i, path)
+    except SnapshotError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+        raise SnapshotError("invalid", f"vm {i}: malformed content ({type(e).__name__}: {e})", path) from None
+
+
+def _u64(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 64
+
+
+def _check_image(im: VMImage, i: int, path) -> None:
+    from vlpi.vgic import LostReason, LostSource
+
     def bad(msg):
         raise SnapshotError("invalid", f"vm {i}: {msg}", path)
 
@@ -533,8 +548,29 @@ def _validate_image(im: VMImage, i: int, path) -> None:
               "gits_baser"):
         if k not in regs:
             bad(f"registers lack {k!r}")
-    if len(regs["pendbaser"]) != nv or len(regs["ctlr"]) != nv:
-        bad("per-vCPU registers do not have n_vcpus entries")
+    if not isinstance(regs, dict):
+        bad("registers is not an object")
+    for k, v in regs.items():
+        if not (_u64(v) or (isinstance(v, list) and all(_u64(x) for x in v))):
+            bad(f"register {k!r} is not a 64-bit value (or a list of them)")
+    if len(regs["pendbaser"]) != nv or len(regs["ctlr"]) != nv or len(regs["gits_baser"]) < 2:
+        bad("per-vCPU registers do not have n_vcpus entries (or GITS_BASER0/1 are missing)")
+    gpa, size = a["slot_gpa"].astype(object), a["slot_size"].astype(object)
+    end = [g + z for g, z in zip(gpa.tolist(), size.tolist(), strict=True)]
+    if any(z <= 0 for z in size.tolist()) or any(e > 1 << 52 for e in end):
+        bad("a memslot is empty or beyond the 52-bit guest physical address space")
+    if any(end[k] > gpa[k + 1] for k in range(len(end) - 1)):
+        bad("memslots are not sorted and disjoint")
+    f = a["forwarded"]
+    if f.size and (f.min() < 0 or f.max() >= 1 << 32):
+        bad("a forwarded DeviceID/EventID is not a 32-bit ID")
+    lost = a["lost"]
+    if not np.isin(lost["reason"], [r.value for r in LostReason]).all() or \
+            not np.isin(lost["source"], [r.value for r in LostSource]).all():
+        bad("the lost-interrupt log has unknown reasons or sources")
+    p = a["pending"]
+    if p.size and (p["vcpu"].min() < -1 or p["vcpu"].max() >= nv or p["intid"].min() < 8192):
+        bad("the pending set names a vCPU or INTID that cannot exist")
 
 
 def read(path: str | os.PathLike) -> Snapshot:
