@@ -381,7 +381,7 @@ def pending_set(vm, *, events: bool = True) -> np.ndarray:
     if h.size and vm.gicv4 is not None:
         p[h] |= vm.gicv4.vlpi_pending(tg[h], it[h])
     rows = np.flatnonzero(p)
-    rows = rows[np.argsort((tg[rows] << 32) | it[rows], kind="stable")]  # by vCPU, then INTID
+    rows = rows[np.argsort((tg[rows] << 32) | it[rows])]  # by vCPU, then INTID (keys are unique)
     out = np.zeros(rows.size, S.PENDING_DTYPE)
     out["intid"], out["vcpu"], out["forwarded"] = it[rows], tg[rows], hw[rows]
     if events:
