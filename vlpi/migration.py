@@ -282,6 +282,7 @@ class HostMigrationReport:
     snapshot_bytes: int | None = None
     aborted: str | None = None
     rollback_lost: int | None = None
+    n_vms: int = 0
 
     @property
     def ok(self) -> bool:
@@ -296,7 +297,7 @@ class HostMigrationReport:
             "page_size": self.page_size,
             "phases": [asdict(p) for p in self.phases],
             "tolerated": [asdict(t) for t in self.tolerated],
-            "vms": len(self.vms),
+            "vms": self.n_vms,
             "lpis": self.lpis,
             "forwarded": self.forwarded,
             "bytes_changed": self.bytes_changed,
@@ -333,7 +334,7 @@ class HostMigrationReport:
         d = self.to_dict()
         lines += [
             "",
-            f"VMs {len(self.vms)}, LPIs {self.lpis:,} ({self.forwarded:,} forwarded), policy {self.policy}",
+            f"VMs {self.n_vms}, LPIs {self.lpis:,} ({self.forwarded:,} forwarded), policy {self.policy}",
             f"bytes changed {self.bytes_changed:,}, dirty pages {self.dirty_pages:,} "
             f"({self.page_size // 1024} KiB host pages), vPEs unmapped/remapped {self.vpes_unmapped}/"
             f"{self.vpes_remapped}",
@@ -349,9 +350,12 @@ class HostMigrationReport:
         if self.aborted:
             lines.append(f"ABORTED: {self.aborted}; source resumed, interrupts lost in rollback: {self.rollback_lost}")
         v = d["verification"]
-        lines.append(f"verification {'OK' if v['ok'] and not self.aborted else 'FAILED'}: {v['expected']:,} pending "
-                     f"when the source stopped, {v['found']:,} on the destination, {v['differences']:,} differences "
-                     f"{v['reasons'] or ''}")
+        if self.aborted:
+            lines.append("verification FAILED: the migration was aborted (nothing to verify on a destination)")
+        else:
+            lines.append(f"verification {'OK' if v['ok'] else 'FAILED'}: {v['expected']:,} pending when the source "
+                         f"stopped, {v['found']:,} on the destination, {v['differences']:,} differences "
+                         f"{v['reasons'] or ''}")
         for ver in self.verification:
             if not ver.ok:
                 lines.append(ver.describe(10))
@@ -792,11 +796,15 @@ def migrate_host(
         snap = src.snapshot
         if snapshot_path is not None or through_bytes or corrupt is not None:
             t0 = time.perf_counter()
-            if snapshot_path is not None and corrupt is None:
+            if snapshot_path is not None:
                 size = S.write(snapshot_path, snap)
                 phases.append(Phase("source", "write snapshot", time.perf_counter() - t0, f"{size:,} bytes"))
                 t0 = time.perf_counter()
-                snap = S.read(snapshot_path)
+                if corrupt is None:
+                    snap = S.read(snapshot_path)
+                else:  # damaged in transit: the file on disk stays as written
+                    with open(snapshot_path, "rb") as f:
+                        snap = S.from_bytes(corrupt(f.read()), snapshot_path)
             else:
                 data = S.to_bytes(snap)
                 size = len(data)
@@ -846,7 +854,7 @@ def _report(policy, page_size, costs, phases, tolerated, vms, src: SourceSave | 
     return HostMigrationReport(
         policy, page_size, phases, list(tolerated), entries, list(ver or []), lpis, fw, bytes_changed, dirty, unm,
         rem, 0 if src is None else src.traffic_sent, lost, 0.0 if src is None else src.window_vlpi_s,
-        0.0 if src is None else src.window_kernel_s, costs, snapshot_bytes, aborted, rollback_lost,
+        0.0 if src is None else src.window_kernel_s, costs, snapshot_bytes, aborted, rollback_lost, len(vms),
     )
 
 
