@@ -279,10 +279,6 @@ def restore(
     dst = VM(int(m["n_vcpus"]), gic=dst_gic, mem=mem, kernel=m["kernel"],
              vpt_bytes=int(m["vpt_bytes"] or VPT_BYTES))
     dst.init()
-    lost = image.arrays["lost"]  # the source's log continues on the destination
-    for src in np.unique(lost["source"]).tolist():
-        r = lost[lost["source"] == src]
-        dst.lost.record(src, r["reason"], r["device_id"], r["event_id"], r["intid"], r["vcpu"])
     t["ram"] = time.perf_counter() - t0
     if prepare is not None:
         prepare(dst)
