@@ -882,49 +882,64 @@ def _run_device_ops(st: _SaveState, gmap: _Map, inp: _SaveInput, ops, ok, baser0
 
 
 # ------------------------------------------------------------------------------- restore
-def _walk(gmap: _Map, base: int, n_entries: int, valid_fn, step_fn):
-    """``scan_its_table`` over the entries [0, n_entries) at ``base``: yields (index, word) of
-    every valid entry the scan visits, in order; invalid entries step 1, a valid one steps
-    ``step_fn(word)`` (0 = stop). Returns ("stop" | "end" | ("fault", index)) via StopIteration.
+def _walk(gmap: _Map, base: int, n_entries: int, valid_fn, step_fn) -> tuple[np.ndarray, np.ndarray, object]:
+    """``scan_its_table`` over the entries [0, n_entries) at ``base``: (indices, words, terminal)
+    of every valid entry the scan visits, in order, as arrays; invalid entries step 1, a valid
+    one steps ``step_fn(word)`` (0 = stop). The terminal is "stop", "end" or ("fault", index).
 
-    The table is read in growing chunks and decoded in bulk; the chase over valid entries
-    uses precomputed successor indices.
+    The table is read in growing chunks and decoded in bulk. A valid entry whose step lands on
+    or before the next valid entry (a table as the kernel writes it) hands over to that entry:
+    runs of such entries are taken whole; only the others (stop, end, a jump past valid entries
+    or out of the chunk) are followed one by one.
     """
     pos = 0
     chunk = 512
     n_entries = max(n_entries, 1)  # the first entry is read even from an empty table
+    out_i: list[np.ndarray] = []
+    out_w: list[np.ndarray] = []
+
+    def done(term):
+        if not out_i:
+            return np.zeros(0, np.int64), np.zeros(0, np.uint64), term
+        return np.concatenate(out_i), np.concatenate(out_w), term
+
     while True:
         if pos >= n_entries:
-            return "end"
+            return done("end")
         m = min(n_entries - pos, chunk)
         chunk = min(chunk * 4, 1 << 20)
         words, n = gmap.read_words(base + pos * ESZ, m)
         if n == 0:
-            return ("fault", pos)
-        valid = valid_fn(words)
-        vidx = np.flatnonzero(valid)
+            return done(("fault", pos))
+        vidx = np.flatnonzero(valid_fn(words))
         steps = step_fn(words[vidx]).astype(np.int64)
         tgt = vidx + steps  # local index the scan moves to after each valid entry
-        succ = np.searchsorted(vidx, tgt).tolist()  # next valid at or after it (if in chunk)
-        vl, sl, tl = vidx.tolist(), steps.tolist(), tgt.tolist()
-        nv = len(vl)
+        succ = np.searchsorted(vidx, tgt)  # next valid at or after it (if in chunk)
+        nv = vidx.size
+        special = np.flatnonzero((steps == 0) | (pos + tgt >= n_entries) | (tgt >= n) | (succ != np.arange(1, nv + 1)))
         k = 0  # first valid entry at or after pos (local index 0)
         while True:
             if k >= nv:  # only invalid entries left in the readable part of the chunk
                 pos += n
                 if n < m:
-                    return ("fault", pos)
+                    return done(("fault", pos))
                 break
-            yield pos + vl[k], int(words[vl[k]])
-            if sl[k] == 0:
-                return "stop"
-            t = tl[k]
+            q = int(np.searchsorted(special, k))
+            j = int(special[q]) if q < special.size else nv - 1
+            out_i.append(pos + vidx[k : j + 1])
+            out_w.append(words[vidx[k : j + 1]])
+            if q >= special.size:  # the run went to the chunk's last valid entry
+                k = nv
+                continue
+            if steps[j] == 0:
+                return done("stop")
+            t = int(tgt[j])
             if pos + t >= n_entries:
-                return "end"
+                return done("end")
             if t >= n:
                 pos += t
                 break
-            k = succ[k]
+            k = int(succ[j])
 
 
 def _scan_entries(size_bytes: int) -> int:
@@ -945,17 +960,8 @@ def _walk_all(gmap: _Map, base: int, n_entries: int, kind: str):
     visited valid entries as Python lists. ``kind`` is "dte", "ite" or "l1"."""
     if n_entries <= _SMALL:
         return _walk_small(gmap, base, n_entries, kind)
-    valid_fn, step_fn = _KINDS[kind]
-    idx: list[int] = []
-    words: list[int] = []
-    gen = _walk(gmap, base, n_entries, valid_fn, step_fn)
-    while True:
-        try:
-            i, w = next(gen)
-        except StopIteration as e:
-            return idx, words, e.value
-        idx.append(i)
-        words.append(w)
+    idx, words, term = _walk(gmap, base, n_entries, *_KINDS[kind])
+    return idx.tolist(), words.tolist(), term
 
 
 def _walk_small(gmap: _Map, base: int, n: int, kind: str):
@@ -1161,34 +1167,35 @@ class _Restore:
     def _itt(self, dev: ItsDevice) -> None:
         bits = dev.eventid_bits
         limit = 1 << bits
-        idx, words, term = _walk_all(self.gmap, dev.itt_addr, _scan_entries(limit * ESZ), "ite")
-        known = self.known
-        msg = ""
-        f = len(idx)
-        for t, (i, w) in enumerate(zip(idx, words, strict=True)):
-            eid = i & 0xFFFF_FFFF  # the scan's int id, seen as u32 by the callback
-            if (w >> 16) & 0xFFFF_FFFF < MIN_LPI:
-                msg = f"pINTID below {MIN_LPI}"
-            elif (eid + (w >> 48)) & 0xFFFF_FFFF >= limit:  # u32 sum
-                msg = f"EventID + next is not below 2^{bits}"
-            elif w & 0xFFFF not in known:
-                msg = "the ITE's collection does not exist"
-            elif eid >= limit:  # vgic_its_check_event_id; its "ITE GPA visible" holds: just read
-                msg = f"EventID is not below 2^{bits}"
-            if msg:
-                f = t
-                break
-        dev.event_id = np.array([i & 0xFFFF_FFFF for i in idx[:f]] if idx and idx[-1] >> 32 else idx[:f], np.uint32)
-        if f > 64:
-            w_arr = np.array(words[:f], np.uint64)
-            dev.pintid = ((w_arr >> _U64(16)) & _U64(0xFFFF_FFFF)).astype(np.uint32)
-            dev.icid = (w_arr & _U64(0xFFFF)).astype(np.uint16)
-        else:  # a few ITEs: plain ints are cheaper than numpy round trips
-            dev.pintid = np.array([(w >> 16) & 0xFFFF_FFFF for w in words[:f]], np.uint32)
-            dev.icid = np.array([w & 0xFFFF for w in words[:f]], np.uint16)
+        n_scan = _scan_entries(limit * ESZ)
+        if n_scan <= _SMALL:
+            li, lw, term = _walk_small(self.gmap, dev.itt_addr, n_scan, "ite")
+            idx, words = np.array(li, np.int64), np.array(lw, np.uint64)
+        else:
+            idx, words, term = _walk(self.gmap, dev.itt_addr, n_scan, *_KINDS["ite"])
+        # the checks of vgic_its_restore_ite, in the kernel's order, for every visited ITE
+        eid = idx & 0xFFFF_FFFF  # the scan's int id, seen as u32 by the callback
+        pint = (words >> _U64(16)) & _U64(0xFFFF_FFFF)
+        nxt = (words >> _U64(48)).astype(np.int64)
+        icid = (words & _U64(0xFFFF)).astype(np.int64)
+        known = np.fromiter(self.known, np.int64, len(self.known))
+        checks = (
+            (pint < _U64(MIN_LPI), f"pINTID below {MIN_LPI}"),
+            (((eid + nxt) & 0xFFFF_FFFF) >= limit, f"EventID + next is not below 2^{bits}"),  # u32 sum
+            (~np.isin(icid, known), "the ITE's collection does not exist"),
+            (eid >= limit, f"EventID is not below 2^{bits}"),  # vgic_its_check_event_id
+        )
+        bad = np.zeros(idx.size, bool)
+        for m, _ in checks:
+            bad |= m
+        f = int(np.argmax(bad)) if bad.any() else idx.size
+        dev.event_id = eid[:f].astype(np.uint32)
+        dev.pintid = pint[:f].astype(np.uint32)
+        dev.icid = icid[:f].astype(np.uint16)
         dev.hw = np.zeros(f, bool)
-        if msg:
-            i, w = idx[f], words[f]
+        if f < idx.size:
+            msg = next(text for m, text in checks if m[f])
+            i, w = int(idx[f]), int(words[f])
             a = dev.itt_addr + i * ESZ
             where = (
                 f"ITT of DeviceID {dev.device_id}: EventID {i} at GPA {a:#x} "
