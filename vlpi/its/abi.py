@@ -519,39 +519,69 @@ def _ite_array(a, name: str, n: int | None) -> np.ndarray:
 
 
 #: per column: (name, native dtype, exclusive upper bound of the value)
-_ITE_COLUMNS = (("event_id", np.uint32, 1 << 32), ("pintid", np.uint32, 1 << 32), ("icid", np.uint16, 1 << 16))
+_ITE_COLUMNS = (
+    ("event_id", np.uint32, 1 << 32), ("pintid", np.uint32, 1 << 32), ("icid", np.uint16, 1 << 16), ("hw", np.bool_, 2)
+)
 
 
-def _column(parts: list[np.ndarray], dtype, hi: int, name: str, first: np.ndarray, dorder: np.ndarray) -> np.ndarray:
-    """Concatenate one per-ITE column (devices in ``dorder``) into its native dtype. Arrays that
-    already have it are copied once; others are range-checked first."""
-    if all(p.dtype == dtype for p in parts):
-        return np.concatenate(parts) if parts else np.zeros(0, dtype)
-    flag = np.dtype(dtype) == np.bool_
-    for k, p in zip(dorder.tolist(), parts, strict=True):
-        if p.dtype == dtype or p.size == 0:
-            continue
+def _native_col(p: np.ndarray, dtype, hi: int, name: str, k: int) -> np.ndarray:
+    """One device's per-ITE column in its native dtype, C-contiguous; values that do not fit
+    are an error (booleans are not integers, anything non-zero is a True ``hw``)."""
+    if p.dtype != dtype:
+        flag = np.dtype(dtype) == np.bool_
         if p.dtype == np.bool_ and not flag:
             raise TypeError(f"devices[{k}].{name} must be integers, got dtype bool")
-        if not flag:
+        if not flag and p.size:
             bad = (p < 0) | (p >= hi) if p.dtype.kind == "i" else p >= np.uint64(hi)
             if bad.any():
                 i = int(np.argmax(bad))
                 raise ValueError(f"devices[{k}].{name}[{i}] = {int(p[i])} is out of range [0, {hi:#x})")
-    return np.concatenate([p.astype(dtype, copy=False) for p in parts]) if parts else np.zeros(0, dtype)
+        p = p.astype(dtype)
+    return np.ascontiguousarray(p)
 
 
-_NATIVE = (np.dtype(np.uint32), np.dtype(np.uint32), np.dtype(np.uint16), np.dtype(np.bool_))
+_BY_ADDRESS = 1 << 15  # devices with at least this many ITEs are passed in place, smaller ones
+#                       copied into one buffer per column: taking an array's address costs
+#                       ~10 us in Python, copying 32 Ki ITEs about as much (measured)
 
 
-def _native(arrays, d: ItsDevice) -> bool:
-    """True when a device needs no conversion: int fields in range, 1-D arrays of one length in
-    their native dtypes. Anything else takes the checking path (which also says what is wrong)."""
-    n = -1
-    for a, dt in zip(arrays, _NATIVE, strict=True):
-        if type(a) is not np.ndarray or a.dtype != dt or a.ndim != 1 or (n >= 0 and a.shape[0] != n):
-            return False
-        n = a.shape[0]
+def _addrs(arrays: list[np.ndarray], keep: list) -> np.ndarray:
+    """Addresses of per-device arrays for the kernel; small ones are packed into one buffer
+    (appended to ``keep``, which must outlive the kernel call)."""
+    n = len(arrays)
+    out = np.zeros(n, np.uint64)
+    if n == 0:
+        return out
+    sizes = np.fromiter((a.shape[0] for a in arrays), np.int64, n)
+    small = np.flatnonzero(sizes < _BY_ADDRESS)
+    if small.size:
+        buf = np.concatenate([arrays[r] for r in small.tolist()])
+        keep.append(buf)
+        offs = np.zeros(small.size, np.int64)
+        np.cumsum(sizes[small][:-1], out=offs[1:])
+        out[small] = np.uint64(buf.__array_interface__["data"][0]) + (offs * buf.itemsize).astype(np.uint64)
+    for r in np.flatnonzero(sizes >= _BY_ADDRESS).tolist():
+        out[r] = arrays[r].__array_interface__["data"][0]
+    return out
+
+
+_U32, _U16, _BOOL = np.dtype(np.uint32), np.dtype(np.uint16), np.dtype(np.bool_)
+
+
+def _native(d: ItsDevice) -> bool:
+    """True when a device needs no conversion: int fields in range, C-contiguous 1-D arrays of
+    one length in their native dtypes. Anything else takes the checking path (which also says
+    what is wrong). Written for speed: it runs once per device on every save."""
+    e, p, c, h = d.event_id, d.pintid, d.icid, d.hw
+    if not (type(e) is np.ndarray and type(p) is np.ndarray and type(c) is np.ndarray and type(h) is np.ndarray):
+        return False
+    if not (e.dtype is _U32 and p.dtype is _U32 and c.dtype is _U16 and h.dtype is _BOOL):
+        return False
+    n = e.shape
+    if len(n) != 1 or p.shape != n or c.shape != n or h.shape != n:
+        return False
+    if not (e.flags.c_contiguous and p.flags.c_contiguous and c.flags.c_contiguous and h.flags.c_contiguous):
+        return False
     i, t, b = d.device_id, d.itt_addr, d.eventid_bits
     return (
         type(i) is int and type(t) is int and type(b) is int
@@ -560,9 +590,9 @@ def _native(arrays, d: ItsDevice) -> bool:
 
 
 class _SaveInput:
-    """Validated save input: devices sorted by DeviceID, ITEs by (device, EventID), as flat
-    native arrays (``event_id``/``pintid`` uint32, ``icid`` uint16, ``hw`` bool; ``first[k]`` is
-    device k's first ITE)."""
+    """Validated save input: devices sorted by DeviceID, each with its ITEs in EventID order as
+    native arrays (``event_id``/``pintid`` uint32, ``icid`` uint16, ``hw`` bool), handed to the
+    kernel as per-device addresses (``ptrs``, see :func:`_addrs`) and counts (``cnt``)."""
 
     def __init__(self, devices, collections) -> None:
         if isinstance(devices, ItsDevice) or not isinstance(devices, Sequence):
@@ -571,15 +601,19 @@ class _SaveInput:
         ids = np.empty(nd, np.int64)
         itt = np.empty(nd, np.int64)
         bits = np.empty(nd, np.uint8)
-        cols: list[list[np.ndarray]] = [[], [], [], []]
+        E: list[np.ndarray] = []
+        P: list[np.ndarray] = []
+        C: list[np.ndarray] = []
+        H: list[np.ndarray] = []
         for k, d in enumerate(devices):
             if not isinstance(d, ItsDevice):
                 raise TypeError(f"devices[{k}] must be an ItsDevice, got {type(d).__name__}")
-            a = (d.event_id, d.pintid, d.icid, d.hw)
-            if _native(a, d):  # the common case, checked without a per-field call
+            if _native(d):  # the common case, checked without a per-field call
                 ids[k], itt[k], bits[k] = d.device_id, d.itt_addr, d.eventid_bits
-                for c in range(4):
-                    cols[c].append(a[c])
+                E.append(d.event_id)
+                P.append(d.pintid)
+                C.append(d.icid)
+                H.append(d.hw)
                 continue
             w = f"devices[{k}]"
             ids[k] = _int_field(d, "device_id", w, 0, 1 << 32)
@@ -588,49 +622,45 @@ class _SaveInput:
                 raise ValueError(f"{w}.itt_addr = {itt[k]:#x} is not 256-byte aligned")
             bits[k] = _int_field(d, "eventid_bits", w, 1, MAX_EVENTID_BITS + 1)
             eid = _ite_array(d.event_id, f"{w}.event_id", None)
-            cols[0].append(eid)
-            cols[1].append(_ite_array(d.pintid, f"{w}.pintid", eid.size))
-            cols[2].append(_ite_array(d.icid, f"{w}.icid", eid.size))
-            cols[3].append(_ite_array(d.hw, f"{w}.hw", eid.size))
+            cols = (eid, _ite_array(d.pintid, f"{w}.pintid", eid.size), _ite_array(d.icid, f"{w}.icid", eid.size),
+                    _ite_array(d.hw, f"{w}.hw", eid.size))
+            for lst, col, (name, dt, hi) in zip((E, P, C, H), cols, _ITE_COLUMNS, strict=True):
+                lst.append(_native_col(col, dt, hi, name, k))
         dorder = np.argsort(ids, kind="stable")
         sids = ids[dorder]
         if nd > 1 and (sids[1:] == sids[:-1]).any():
             j = int(np.argmax(sids[1:] == sids[:-1]))
             raise ValueError(f"devices[{int(dorder[j + 1])}] repeats DeviceID {int(sids[j])}")
         order = dorder.tolist()
-        counts = np.array([cols[0][k].size for k in order], np.int64)
-        first = np.zeros(nd + 1, np.int64)
-        np.cumsum(counts, out=first[1:])
-        eid, pint, icid = (
-            _column([cols[c][k] for k in order], dt, hi, name, first, dorder)
-            for c, (name, dt, hi) in enumerate(_ITE_COLUMNS)
-        )
-        hw = _column([cols[3][k] for k in order], np.bool_, 2, "hw", first, dorder)
-        del cols
+        E, P, C, H = ([x[k] for k in order] for x in (E, P, C, H))
         bits = bits[dorder]
+        cnt = np.array([e.size for e in E], np.int64)
         out = np.zeros(3, np.int64)
-        _k.check_save_ites(first, bits, eid, pint, icid, out)
-        if out[2] == 0:  # some device lists its ITEs out of EventID order: sort them
-            key = np.repeat(np.arange(nd, dtype=np.uint64), counts) << np.uint64(32) | eid.astype(np.uint64)
-            perm = np.argsort(key, kind="stable")
-            del key
-            eid, pint, icid, hw = eid[perm], pint[perm], icid[perm], hw[perm]
-            out[:] = 0
-            _k.check_save_ites(first, bits, eid, pint, icid, out)
-        else:
-            perm = None
+        unsorted = np.zeros(nd, np.uint8)
+        perms: dict[int, np.ndarray] = {}
+        keep: list = []
+        ptrs = [_addrs(x, keep) for x in (E, P, C, H)]
+        _k.check_device_ites(ptrs[0], ptrs[1], cnt, bits, unsorted, out)
+        if unsorted.any():  # devices listing their ITEs out of EventID order: sorted copies
+            for r in np.flatnonzero(unsorted).tolist():
+                perms[r] = pr = np.argsort(E[r], kind="stable")
+                E[r], P[r], C[r], H[r] = E[r][pr], P[r][pr], C[r][pr], H[r][pr]
+            unsorted[:] = 0
+            keep = []
+            ptrs = [_addrs(x, keep) for x in (E, P, C, H)]
+            _k.check_device_ites(ptrs[0], ptrs[1], cnt, bits, unsorted, out)
         if out[0] >= 0:
-            j = int(out[0])
-            r = int(np.searchsorted(first, j, side="right")) - 1
-            k = int(dorder[r])
-            local = j - int(first[r]) if perm is None else int(perm[j]) - int(first[r])
-            if out[1] == 1:
-                raise ValueError(f"devices[{k}].event_id[{local}] = {int(eid[j])} is not below 2^eventid_bits")
-            if out[1] == 2:
-                raise ValueError(f"devices[{k}].pintid[{local}] = {int(pint[j])} is not an LPI INTID (>= {MIN_LPI})")
-            raise ValueError(f"devices[{k}].event_id has EventID {int(eid[j])} twice")
-        self.ids, self.itt, self.bits, self.first = sids, itt[dorder], bits, first
-        self.eid, self.pintid, self.icid, self.hw = eid, pint, icid, hw
+            r, j = int(out[0]), int(out[1])
+            k = order[r]
+            local = int(perms[r][j]) if r in perms else j
+            if out[2] == 1:
+                raise ValueError(f"devices[{k}].event_id[{local}] = {int(E[r][j])} is not below 2^eventid_bits")
+            if out[2] == 2:
+                raise ValueError(f"devices[{k}].pintid[{local}] = {int(P[r][j])} is not an LPI INTID (>= {MIN_LPI})")
+            raise ValueError(f"devices[{k}].event_id has EventID {int(E[r][j])} twice")
+        self.ids, self.itt, self.bits, self.cnt = sids, itt[dorder], bits, cnt
+        self.keep = (E, P, C, H, keep)  # what the addresses point into
+        self.ptrs = tuple(ptrs)
 
         if isinstance(collections, (str, bytes)) or not isinstance(collections, Sequence):
             raise TypeError("collections must be a sequence of (icid, rdbase) pairs")
@@ -760,7 +790,7 @@ def save_tables_v0(
     pages, npg = _k.save_walk(
         sl.start, sl.end, sl.ptr, sl.ro, sl.dirty, sl.dirty_n, sl.page0,
         dt_valid, np.int64(dt_base), np.int64(dt_entries), indirect,
-        inp.ids.astype(np.uint32), inp.itt, inp.bits, inp.first, inp.eid, inp.pintid, inp.icid, inp.hw,
+        inp.ids.astype(np.uint32), inp.itt, inp.bits, inp.cnt, *inp.ptrs,
         bool(has_gicv4_1), ct_valid, np.int64(ct_base), np.int64(ct_entries), inp.cte_val, counts, info,
     )
     rep = ItsSaveReport(
