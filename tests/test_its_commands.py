@@ -35,7 +35,7 @@ def make(kernel="new", gic="v3", n=4):
 
 def snapshot(vm):
     its = vm.its
-    L = vm._l
+    L = vm.vgic
     h = hashlib.sha256()
     for s in vm.mem.slots:
         h.update(s.data.tobytes())
@@ -162,7 +162,7 @@ def test_mapti_pulls_and_clears_pending_bit():
     g.set_pending(0, 8300)
     vm.its.mapti(2, 5, 8300, 0)
     assert vm.lpis.target_vcpu[row] == 3 and g.pending_bit(0, 8300)
-    assert vm._l["refs"][row] == 2
+    assert vm.vgic["refs"][row] == 2
     vm.its.discard(2, 4)
     assert 8300 in vm.lpis.intid.tolist()
     vm.its.discard(2, 5)

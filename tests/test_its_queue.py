@@ -155,7 +155,7 @@ def test_queue_equals_python_calls():
     for k, v in a.its.ites().items():
         assert (v == b.its.ites()[k]).all()
     for f in ("intid", "target", "pending", "priority", "enabled", "refs"):
-        assert (a._l[f] == b._l[f]).all(), f
+        assert (a.vgic[f] == b.vgic[f]).all(), f
     assert len(codes) > 0 and a.its.n_ites > 0
 
 

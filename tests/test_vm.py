@@ -444,13 +444,13 @@ def test_migration_neither_loses_nor_duplicates(gic, ops):
             vm.its.int_(DEV, int(ev[0]))
     assert vm.lost.count(source=1) == refused
     vm.pause()
-    L = vm._l
+    L = vm.vgic
     pend = L["pending"].copy()
     if gic == "v4.1":
         h = np.flatnonzero(L["hw"])
         pend[h] |= vm.gicv4.vlpi_pending(L["target"][h], L["intid"][h])
     expected = {v: sorted(L["intid"][pend & (L["target"] == v)].tolist()) for v in range(4)}
-    fwd_ev = vm.its.ites()["event_id"][vm._hw_of(vm.its.ites()["intid"])]
+    fwd_ev = vm.its.ites()["event_id"][vm.vgic.hw_of(vm.its.ites()["intid"])]
     dst, info = migrate(vm, forward_after=(DEV, fwd_ev) if gic == "v4.1" else None)
     got = {v: sorted(x) for v, x in Guest(dst, setup=False).take_all().items()}
     assert got == expected

@@ -40,6 +40,35 @@ How vlpi computes a save.
     pages. ``atomic=True`` (default) checks first that no access of the kernel's walk would fault
     and raises before writing anything if one would; ``atomic=False`` is the kernel's partial save.
     See :mod:`vlpi.pending`.
+
+How the VM model is layered (one file per concern, each layer using only the ones below it).
+    ::
+
+        vm.py             VM: memory + core + redistributors + ITS + vPEs, the user-facing verbs;
+          |               migrate() (source stop, destination restore)
+          +--> redistributor.py   Redistributors: PROPBASER/PENDBASER/CTLR registers, EnableLPIs
+          |                       scan, VM-level SAVE_PENDING_TABLES        (vgic-mmio-v3.c, vgic-v3.c)
+          +--> forwarding.py      Forwarding: vPE map/schedule, forward/unforward  (vgic-v4.c)
+          |      |
+          +--> its/               VirtualITS: devices, collections, ITEs, commands, command
+          |                       queue and its registers, table ABI        (vgic-its.c)
+          +--> debug.py           the one-letter-legend LPI dump            (vgic-debug.c)
+                 |
+                 v
+        vgic.py           Vgic, the core: owns the LPIs (struct of arrays), the lost-interrupt
+                          log and the LPI-facing register values; API: get_lpis/put_lpis,
+                          retarget, inject, clear_pending, update_config, map_vlpis/unmap_vlpis,
+                          acknowledge                                       (vgic.c)
+                 |
+                 v
+        gicv4.py (host vPEs and VPTs), pending.py (engine), lpi.py, memory.py, errors.py
+
+    Who owns what: ``Vgic`` every LPI's state (``intid``, ``target``, ``pending``, ``hw``,
+    ``priority``, ``enabled``, references), ``vm.lost``, and the stored PROPBASER, PENDBASERs and
+    EnableLPIs (written only by :mod:`vlpi.redistributor`); ``VirtualITS`` devices, collections,
+    ITEs (and which event was forwarded) and the GITS_* registers; ``GICv4`` the vPEs, VPTs and
+    doorbells; ``VM`` only whether the vgic is initialised, which vCPUs run, and whether
+    devices are quiesced. No module uses another's underscore names.
 """
 
 from vlpi import _config  # noqa: F401  (must precede any numba import)

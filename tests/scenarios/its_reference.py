@@ -301,7 +301,7 @@ def vlpi_state(vm):
     t = its.ites()
     ites = list(zip(t["device_id"].tolist(), t["event_id"].tolist(), t["intid"].tolist(), t["icid"].tolist(),
                     strict=True))
-    L = vm._l
+    L = vm.vgic
     lpis = list(zip(L["intid"].tolist(), L["target"].tolist(), L["pending"].tolist(), L["priority"].tolist(),
                     L["enabled"].tolist(), L["refs"].tolist(), strict=True))
     return {"devices": dict(sorted(its.devices.items())), "ites": ites, "lpis": lpis,

@@ -4,8 +4,9 @@ State: devices (DeviceID -> ITT address, EventID bits), collections (ICID -> tar
 not mapped, in creation order; a collection is an *object*: ``MAPC V=0`` frees it and the ITEs
 that pointed to it point to none, and a later ``MAPC V=1`` of the same ICID makes a new object
 that they do not rejoin), and ITEs ((DeviceID, EventID) -> pINTID, collection) kept as numpy
-arrays in creation order. LPIs live in the VM (:class:`vlpi.VM`); each ITE holds a reference
-on its LPI, and an LPI goes away with its last ITE.
+arrays in creation order. LPIs live in the vgic core (:class:`vlpi.vgic.Vgic`), which the ITS
+drives through its API (create, retarget, inject, clear, config, free); each ITE holds a
+reference on its LPI, and an LPI goes away with its last ITE.
 
 Each command has one handler (``mapd``, ``mapc``, ``mapti``, ``mapi``, ``movi``, ``movall``,
 ``discard``, ``int_``, ``clear``, ``inv``, ``invall``, ``sync``) that checks what KVM checks, in
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import errno as _errno
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,9 +33,8 @@ from vlpi.errors import GuestMemoryFault
 from vlpi.its import commands as C
 from vlpi.its.commands import ItsCommand, ItsCommandError
 from vlpi.lpi import LPI_INTID_LIMIT
-
-if TYPE_CHECKING:  # pragma: no cover
-    from vlpi.vm import VM
+from vlpi.memory import GuestMemory
+from vlpi.vgic import LostReason, LostSource, Vgic, first_of, in_ram
 
 __all__ = [
     "VirtualITS",
@@ -45,6 +44,7 @@ __all__ = [
     "GITS_BASER1_INIT",
     "GITS_TYPER",
     "GITS_IIDR",
+    "event_pairs",
 ]
 
 COLLECTION_NOT_MAPPED = 0xFFFF_FFFF
@@ -125,16 +125,16 @@ class VirtualITS:
 
     Parameters
     ----------
-    vm : VM
-        The VM whose LPIs, redistributors and memory the ITS uses.
+    vgic : Vgic
+        The vgic core of the VM: its LPIs, guest memory and vCPUs.
     kernel : {"new", "old"}
         Which KVM generation to model (see the module docstring).
     """
 
-    def __init__(self, vm: VM, *, kernel: str = "new") -> None:
+    def __init__(self, vgic: Vgic, *, kernel: str = "new") -> None:
         if kernel not in ("new", "old"):
             raise ValueError(f"kernel must be 'new' or 'old', got {kernel!r}")
-        self.vm = vm
+        self.vgic = vgic
         self.kernel = kernel
         self.ctlr_enabled = False
         self.baser = [GITS_BASER0_INIT, GITS_BASER1_INIT]
@@ -154,6 +154,11 @@ class VirtualITS:
         from vlpi.its.queue import CommandLog
 
         self.command_log = CommandLog()
+
+    @property
+    def mem(self) -> GuestMemory:
+        """The guest memory holding the tables and the command queue."""
+        return self.vgic.mem
 
     # ================================================================ queries
     @property
@@ -189,6 +194,48 @@ class VirtualITS:
         if r < 0:
             return None
         return int(self._ite.arrays["intid"][r]), int(self._coll_target(self._ite.arrays["coll"][r : r + 1])[0])
+
+    def resolve(self, device_ids: np.ndarray, event_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Vectorised vgic_its_resolve_lpi: (ITE handle, pINTID) per event; -1 and 0 where the
+        event has no ITE. Handles are valid until the next ITS command."""
+        r = self._lookup(device_ids, event_ids)
+        intid = np.where(r >= 0, self._ite.arrays["intid"][np.maximum(r, 0)] if self._ite.n else 0, 0)
+        return r, intid.astype(np.int64)
+
+    def forwarded(self, ites: np.ndarray) -> np.ndarray:
+        """Per ITE handle (-1: none, False): was forwarding set up through this event?"""
+        ites = np.asarray(ites, dtype=np.int64)
+        return (ites >= 0) & (self._ite.arrays["fwd"][np.maximum(ites, 0)] if self._ite.n else False)
+
+    def set_forwarded(self, ites: np.ndarray) -> None:
+        """Record that forwarding was set up through these events (ITE handles)."""
+        self._ite.arrays["fwd"][np.asarray(ites, dtype=np.int64)] = True
+
+    def clear_forwarded(self, intids) -> None:
+        """Forwarding of these LPIs was torn down: no event of theirs is forwarded any more."""
+        a = self._ite.arrays
+        n = self._ite.n
+        a["fwd"][:n][np.isin(a["intid"][:n], np.asarray(intids))] = False
+
+    def inject(self, d: np.ndarray, e: np.ndarray, *, source: LostSource, via_its: bool) -> np.ndarray:
+        """Deliver interrupts for (DeviceID, EventID) pairs (validated int64 arrays), as if one
+        by one: vgic_its_trigger_msi for each, except that a device MSI (``via_its=False``) of a
+        forwarded event is translated by the host's ITS and goes straight to the vPE. Returns the
+        per-interrupt result of :meth:`vlpi.vgic.Vgic.inject`; every refusal is logged."""
+        n = d.size
+        r, intid = self.resolve(d, e)
+        have = r >= 0
+        refused = np.zeros(n, np.int8)
+        known_dev = np.isin(d, np.fromiter(self.devices, dtype=np.int64, count=len(self.devices)))
+        refused[~have] = -np.where(known_dev[~have], LostReason.NO_ITE, LostReason.NO_DEVICE)
+        coll_t = self._coll_target(self._ite.arrays["coll"][np.maximum(r, 0)]) if self._ite.n else np.full(n, -1)
+        if not self.ctlr_enabled:
+            refused[have] = -LostReason.ITS_DISABLED
+        else:
+            refused[have & (coll_t < 0)] = -LostReason.UNMAPPED_COLLECTION
+        fwd = np.zeros(n, bool) if via_its else self.forwarded(r)
+        return self.vgic.inject(intid, np.where(have, coll_t, -1), refused, fwd, source=source, device_ids=d,
+                                event_ids=e, host_int=via_its)
 
     def _serials(self, icids: np.ndarray) -> np.ndarray:
         """Collection serial per ICID (-1 where no such collection); one dict look-up per
@@ -269,9 +316,12 @@ class VirtualITS:
             else:
                 self._ite_dict = None
         self._ites_changed()
-        # its_free_ite: an ITE whose LPI is forwarded unmaps the VLPI (its pending state goes)
-        self.vm._drop_vlpis(intids, devs, evs, source)
-        self.vm._put_lpis(intids, devs, evs, source)
+        # its_free_ite: an ITE whose LPI is forwarded unmaps the VLPI (its pending state goes).
+        # vlpi also clears ``hw``; KVM leaves it set when another ITE still holds the LPI (a
+        # dangling state not modelled)
+        unmapped, _ = self.vgic.unmap_vlpis(intids, devs, evs, source, LostReason.FREED_PENDING)
+        self.clear_forwarded(intids[unmapped])
+        self.vgic.put_lpis(intids, devs, evs, source)
         if self._n_dead > 1024 and self._n_dead * 2 > self._ite.n:
             self._ite.compact(self._ite["live"].copy())
             self._n_dead = 0
@@ -287,7 +337,7 @@ class VirtualITS:
             return False, 0
         base = (baser & 0x0000_FFFF_FFFF_0000) | (((baser >> 12) & 0xF) << 48)
         tbl = ((baser & 0xFF) + 1) * _TABLE_PAGE
-        mem = self.vm.mem
+        mem = self.mem
         if which == 1 or not (baser >> 62) & 1:
             if ident >= tbl // _ESZ:
                 return False, 0
@@ -306,10 +356,10 @@ class VirtualITS:
         return mem.slot_at(addr) is not None, addr
 
     def _vcpu_ok(self, vcpu: int) -> bool:
-        return 0 <= vcpu < self.vm.n_vcpus
+        return 0 <= vcpu < self.vgic.n_vcpus
 
     def _max_lpis(self) -> int:
-        nbits = (int(self.vm.propbaser) & 0x1F) + 1
+        nbits = (int(self.vgic.propbaser) & 0x1F) + 1
         return 1 << min(nbits, INTERRUPT_ID_BITS_ITS)
 
     # ================================================================ commands
@@ -356,10 +406,10 @@ class VirtualITS:
         if valid and size + 1 > VITS_EVENTID_BITS:
             raise ItsCommandError(C.E_ITS_MAPD_ITTSIZE_OOR, "MAPD", f"Size {size} gives {size + 1} > 16 EventID bits")
         if dev in self.devices:
-            self._free_device(dev, source=self.vm.SOURCE_MAPD)
+            self._free_device(dev, source=LostSource.MAPD)
         if not valid:
             if self.kernel == "new":
-                self.vm.mem.write(gpa, np.zeros(8, np.uint8))  # zero DTE (a fault is the command's error)
+                self.mem.write(gpa, np.zeros(8, np.uint8))  # zero DTE (a fault is the command's error)
             return
         self.devices[dev] = (itt, size + 1)
 
@@ -391,7 +441,7 @@ class VirtualITS:
         self._cobj.arrays["target"][s] = rd
         a = self._ite
         rows = np.flatnonzero(a["live"] & (a["coll"] == s))
-        self.vm._retarget(a["intid"][rows], rd)
+        self.vgic.retarget(a["intid"][rows], rd)
 
     def _new_collection(self, icid: int, target: int) -> int:
         s = int(self._cobj.append(icid=icid, target=target)[0])
@@ -429,7 +479,7 @@ class VirtualITS:
         itt, bits = d
         if ev >= 1 << bits:
             raise ItsCommandError(C.E_ITS_MAPTI_ID_OOR, name, f"EventID {ev} >= 2^{bits}")
-        if self.kernel == "new" and self.vm.mem.slot_at(itt + ev * _ESZ) is None:
+        if self.kernel == "new" and self.mem.slot_at(itt + ev * _ESZ) is None:
             raise ItsCommandError(C.E_ITS_MAPTI_ID_OOR, name, f"ITE address {itt + ev * _ESZ:#x} is not in a memslot")
         if lpi < LPI_OFFSET or lpi >= self._max_lpis():
             raise ItsCommandError(
@@ -445,7 +495,7 @@ class VirtualITS:
                     C.E_ITS_MAPC_COLLECTION_OOR, name, f"ICID {icid} fails the collection-table check"
                 )
         tgt = -1 if new_coll else int(self._coll_target(np.array([s]))[0])
-        err = self.vm._get_lpis(np.array([lpi], np.uint32), np.array([tgt], np.int64))[0]
+        err = self.vgic.get_lpis(np.array([lpi], np.uint32), np.array([tgt], np.int64))[0]
         if err:
             raise OSError(int(err), f"{name}: vgic_add_lpi({lpi}) failed: guest memory fault")
         if new_coll:
@@ -508,7 +558,7 @@ class VirtualITS:
         code[(code == 0) & oor] = C.E_ITS_MAPTI_ID_OOR
         if self.kernel == "new" and dids.size:
             ite_gpa = (ditt[dic] + ev * _ESZ).astype(np.uint64)
-            vis = self.vm.mem._covered(ite_gpa, ite_gpa, False)
+            vis = in_ram(self.mem, ite_gpa)
             code[(code == 0) & ~vis] = C.E_ITS_MAPTI_ID_OOR
         code[(code == 0) & ((lpi < LPI_OFFSET) | (lpi >= self._max_lpis()))] = C.E_ITS_MAPTI_PHYSICALID_OOR
         # Sequential semantics: after the device/EventID/pINTID checks, an element whose
@@ -527,7 +577,7 @@ class VirtualITS:
         may_create = cand & ~exists & ~bad_new
         lpi_err = np.zeros(n, np.int64)
         if errors == "raise":
-            first_pass = _first_of(key, may_create)
+            first_pass = first_of(key, may_create)
             pos = np.flatnonzero(first_pass)
             creator_at = _creator_index(key, pos, n)
             bad = np.flatnonzero(cand & ~exists & bad_new & (np.arange(n) < creator_at))
@@ -542,21 +592,21 @@ class VirtualITS:
         mc = np.flatnonzero(may_create)
         serial = self._serials(icid[mc])
         tgt = self._coll_target(serial)
-        pre = self.vm._l.rows(lpi[mc]) >= 0
-        ok_static = pre | self.vm._predict_add(lpi[mc].astype(np.uint32), tgt)[0]
+        pre = self.vgic.rows(lpi[mc]) >= 0
+        ok_static = pre | self.vgic.predict_add(lpi[mc].astype(np.uint32), tgt)[0]
         succ = ok_static.copy()
         kk, ll = key[mc], lpi[mc]
         while True:
-            first_succ_key = _creator_index(kk, np.flatnonzero(_first_of(kk, succ)), mc.size)
+            first_succ_key = _creator_index(kk, np.flatnonzero(first_of(kk, succ)), mc.size)
             attempt = np.arange(mc.size) <= first_succ_key
-            made = np.flatnonzero(_first_of(ll, attempt & ok_static))
+            made = np.flatnonzero(first_of(ll, attempt & ok_static))
             made_at = _creator_index(ll, made, mc.size)
             new_succ = ok_static | (attempt & (made_at < np.arange(mc.size)))
             if (new_succ == succ).all():
                 break
             succ = new_succ
         att = mc[attempt]
-        err = self.vm._get_lpis(lpi[att].astype(np.uint32), tgt[attempt], atomic=(errors == "raise"))
+        err = self.vgic.get_lpis(lpi[att].astype(np.uint32), tgt[attempt], atomic=(errors == "raise"))
         lpi_err[att] = -err
         good = att[err == 0]
         gi = icid[good]
@@ -586,7 +636,7 @@ class VirtualITS:
         if s is None or self._cobj.arrays["target"][s] < 0:
             raise ItsCommandError(C.E_ITS_MOVI_UNMAPPED_COLLECTION, "MOVI", f"ICID {icid} is not mapped")
         self._ite.arrays["coll"][r] = s
-        self.vm._retarget(self._ite.arrays["intid"][r : r + 1], int(self._cobj.arrays["target"][s]))
+        self.vgic.retarget(self._ite.arrays["intid"][r : r + 1], int(self._cobj.arrays["target"][s]))
 
     def movall(self, rdbase: int, rdbase2: int) -> None:
         """MOVALL: retarget LPIs from vCPU ``rdbase`` to ``rdbase2`` (new KVM: every LPI)."""
@@ -595,10 +645,10 @@ class VirtualITS:
             raise ItsCommandError(C.E_ITS_MOVALL_PROCNUM_OOR, "MOVALL", f"RDbase {r1} or {r2} is not a vCPU")
         if r1 == r2:
             return
-        intid = self.vm._lpi_view("intid")
+        intid = self.vgic["intid"]
         if self.kernel == "old":
-            intid = intid[self.vm._lpi_view("target") == r1]
-        self.vm._retarget(intid.copy(), r2)
+            intid = intid[self.vgic["target"] == r1]
+        self.vgic.retarget(intid.copy(), r2)
 
     def discard(self, device_id: int, event_id: int) -> None:
         """DISCARD: free the ITE (its LPI reference, and the pending state with the last one)."""
@@ -608,10 +658,10 @@ class VirtualITS:
             raise ItsCommandError(
                 C.E_ITS_DISCARD_UNMAPPED_INTERRUPT, "DISCARD", f"no ITE with a mapped collection for {dev}/{ev}"
             )
-        self._free_ites(np.array([r]), self.vm.SOURCE_DISCARD)
+        self._free_ites(np.array([r]), LostSource.DISCARD)
         if self.kernel == "new":
             itt, _ = self.devices[dev]
-            self.vm.mem.write(itt + ev * _ESZ, np.zeros(8, np.uint8))
+            self.mem.write(itt + ev * _ESZ, np.zeros(8, np.uint8))
 
     def int_(self, device_id: int, event_id: int) -> None:
         """INT: make the event's LPI pending (a forwarded one: set its VLPI pending).
@@ -620,12 +670,10 @@ class VirtualITS:
         EnableLPIs = 0, ``OSError(EBUSY)``. Refusals are also recorded in ``vm.lost``.
         """
         dev, ev = _u(device_id, "device_id", 1 << 32), _u(event_id, "event_id", 1 << 32)
-        out = self.vm._inject(np.array([dev]), np.array([ev]), source=self.vm.SOURCE_INT, via_its=True)
+        out = self.inject(np.array([dev]), np.array([ev]), source=LostSource.INT, via_its=True)
         reason = int(out[0])
         if reason > 0:
             return
-        from vlpi.vm import LostReason
-
         if -reason == LostReason.LPIS_DISABLED:
             raise OSError(_errno.EBUSY, f"INT {dev}/{ev}: EnableLPIs is 0 on the target vCPU")
         if -reason == LostReason.ITS_DISABLED:
@@ -642,7 +690,7 @@ class VirtualITS:
         r = self._find_ite(dev, ev)
         if r < 0:
             raise ItsCommandError(C.E_ITS_CLEAR_UNMAPPED_INTERRUPT, "CLEAR", f"no ITE for device {dev} event {ev}")
-        self.vm._clear_pending(self._ite.arrays["intid"][r : r + 1])
+        self.vgic.clear_pending(self._ite.arrays["intid"][r : r + 1])
 
     def inv(self, device_id: int, event_id: int) -> None:
         """INV: re-read the LPI's configuration byte (priority, enable)."""
@@ -650,7 +698,7 @@ class VirtualITS:
         r = self._find_ite(dev, ev)
         if r < 0:
             raise ItsCommandError(C.E_ITS_INV_UNMAPPED_INTERRUPT, "INV", f"no ITE for device {dev} event {ev}")
-        self.vm._update_config(self._ite.arrays["intid"][r : r + 1], None)
+        self.vgic.update_config(self._ite.arrays["intid"][r : r + 1], None)
 
     def invall(self, icid: int) -> None:
         """INVALL: re-read the configuration of every LPI targeting the collection's vCPU."""
@@ -658,7 +706,7 @@ class VirtualITS:
         s = self._coll.get(icid)
         if s is None or self._cobj.arrays["target"][s] < 0:
             raise ItsCommandError(C.E_ITS_INVALL_UNMAPPED_COLLECTION, "INVALL", f"ICID {icid} is not mapped")
-        self.vm._update_config(None, int(self._cobj.arrays["target"][s]))
+        self.vgic.update_config(None, int(self._cobj.arrays["target"][s]))
 
     def sync(self, rdbase: int = 0) -> None:
         """SYNC: nothing (KVM executes commands synchronously)."""
@@ -688,7 +736,7 @@ class VirtualITS:
         if not v >> 63:
             if n == 0:
                 for d in list(self.devices):
-                    self._free_device(d, self.vm.SOURCE_MAPD)
+                    self._free_device(d, LostSource.MAPD)
             else:
                 for icid in list(self._coll):
                     self._free_collection(icid)
@@ -697,7 +745,7 @@ class VirtualITS:
         """KVM_DEV_ARM_ITS_CTRL_RESET."""
         self.ctlr_enabled = False
         for d in list(self.devices):
-            self._free_device(d, self.vm.SOURCE_MAPD)
+            self._free_device(d, LostSource.MAPD)
         for icid in list(self._coll):
             self._free_collection(icid)
         self.baser = [b & ~(1 << 63) for b in self.baser]
@@ -718,7 +766,7 @@ class VirtualITS:
                 "collection (MAPC V=0 while in use): KVM's SAVE_TABLES dereferences NULL here; "
                 "kernel behaviour undefined (spec §6.6). Remap or discard the event first.",
             )
-        hw_of = self.vm._hw_of(a["intid"])
+        hw_of = self.vgic.hw_of(a["intid"])
         devices = []
         for d, (itt, bits) in sorted(self.devices.items()):
             m = live & (a["dev"] == d)
@@ -736,7 +784,7 @@ class VirtualITS:
         from vlpi.its.abi import save_tables_v0
 
         devices, colls = self._save_inputs()
-        return save_tables_v0(self.vm.mem, self.baser[0], self.baser[1], devices, colls, has_gicv4_1=has_gicv4_1)
+        return save_tables_v0(self.mem, self.baser[0], self.baser[1], devices, colls, has_gicv4_1=has_gicv4_1)
 
     def restore_tables(self):
         """``KVM_DEV_ARM_ITS_RESTORE_TABLES``: collections first, then devices in scan order;
@@ -746,7 +794,7 @@ class VirtualITS:
 
         try:
             colls, devs = restore_tables_v0(
-                self.vm.mem, self.baser[0], self.baser[1], n_vcpus=self.vm.n_vcpus,
+                self.mem, self.baser[0], self.baser[1], n_vcpus=self.vgic.n_vcpus,
                 existing_collections=list(self._coll),
             )
         except ItsTableError:
@@ -775,7 +823,7 @@ class VirtualITS:
         ser = np.array([self._coll[int(i)] for i in uniq.tolist()], dtype=np.int64)
         s = ser[np.searchsorted(uniq, icid)] if icid.size else np.zeros(0, np.int64)
         tgt = self._coll_target(s)
-        err = self.vm._get_lpis(lpi, tgt, atomic=False, stop_on_error=True)
+        err = self.vgic.get_lpis(lpi, tgt, atomic=False, stop_on_error=True)
         if np.any(err):
             i = int(np.flatnonzero(err)[0])
             # the LPIs created before the fault keep their consumed bits (RAM already cleared)
@@ -791,7 +839,7 @@ class VirtualITS:
 
     def _free_all(self) -> None:
         for d in list(self.devices):
-            self._free_device(d, self.vm.SOURCE_MAPD)
+            self._free_device(d, LostSource.MAPD)
         for icid in list(self._coll):
             self._free_collection(icid)
 
@@ -815,11 +863,30 @@ def _creator_index(key: np.ndarray, creators: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _first_of(key: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """True at the first element (in array order) of each key among the masked elements."""
-    out = np.zeros(key.size, bool)
-    idx = np.flatnonzero(mask)
-    if idx.size:
-        _, fi = np.unique(key[idx], return_index=True)
-        out[idx[fi]] = True
-    return out
+def _ids(x, name: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim == 0:
+        a = a.reshape(1)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
+    if a.size and (a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer)):
+        raise TypeError(f"{name} must be integers, got dtype {a.dtype}")
+    a = a.astype(np.int64)
+    bad = np.flatnonzero((a < 0) | (a >= 1 << 32))
+    if bad.size:
+        raise ValueError(f"{name}[{bad[0]}] = {a[bad[0]]} is not a 32-bit ID")
+    return a
+
+
+def event_pairs(device_ids, event_ids) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and broadcast (DeviceID, EventID) arrays (a scalar or 1-element side broadcasts)."""
+    d = _ids(device_ids, "device_ids")
+    e = _ids(event_ids, "event_ids")
+    if d.size != e.size:
+        if d.size == 1:
+            d = np.repeat(d, e.size)
+        elif e.size == 1:
+            e = np.repeat(e, d.size)
+        else:
+            raise ValueError(f"device_ids has {d.size} entries but event_ids has {e.size}")
+    return d, e

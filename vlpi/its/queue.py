@@ -47,6 +47,8 @@ __all__ = [
     "process_commands",
     "queue_bytes",
     "queue_gpa",
+    "get_registers",
+    "set_registers",
 ]
 
 _OFFSET_MASK = 0xF_FFE0  # [19:5]
@@ -153,6 +155,32 @@ def read_ctlr(its) -> int:
     return int(its.ctlr_enabled) | ((its.creadr == its.cwriter) << 31)
 
 
+def get_registers(its) -> dict:
+    """The ITS registers userspace saves: ``gits_ctlr``, ``gits_cbaser``, ``gits_creadr``,
+    ``gits_cwriter``, ``gits_baser`` (a list) and ``gits_iidr_rev``."""
+    return {
+        "gits_ctlr": int(its.ctlr_enabled),
+        "gits_cbaser": its.cbaser,
+        "gits_creadr": its.creadr,
+        "gits_cwriter": its.cwriter,
+        "gits_baser": list(its.baser),
+        "gits_iidr_rev": its.abi_revision,
+    }
+
+
+def set_registers(its, regs: dict, *, restore_tables=None) -> None:
+    """Userspace restore in QEMU's order: GITS_CBASER, CREADR, CWRITER, BASER0/1, then
+    ``restore_tables()`` if given (KVM_DEV_ARM_ITS_RESTORE_TABLES), GITS_CTLR last."""
+    write_cbaser(its, regs["gits_cbaser"])
+    set_creadr(its, regs["gits_creadr"])
+    its.cwriter = regs["gits_cwriter"]
+    for n, b in enumerate(regs["gits_baser"][:2]):
+        its.write_baser(n, b)
+    if restore_tables is not None:
+        restore_tables()
+    write_ctlr(its, regs["gits_ctlr"])
+
+
 _BULK_MIN = 32  # pending slots from which runs of MAPTI/MAPI are executed with map_events
 
 
@@ -167,7 +195,7 @@ def process_commands(its) -> int:
         return 0
     size = queue_bytes(its.cbaser)
     base = queue_gpa(its.cbaser)
-    mem = its.vm.mem
+    mem = its.mem
     log = its.command_log
     n = 0
     bulk = True
@@ -281,7 +309,7 @@ class GuestCommandWriter:
         """Write pre-encoded ``[n, 32]`` slots and run them, in chunks that fit the queue."""
         slots = np.ascontiguousarray(slots, dtype=np.uint8).reshape(-1, 32)
         per = self.size // 32 - 1
-        mem = self.its.vm.mem
+        mem = self.its.mem
         for i in range(0, slots.shape[0], per):
             chunk = slots[i : i + per]
             w = self.its.cwriter
