@@ -145,10 +145,14 @@ class ItsTableError(OSError):
     report : ItsSaveReport or None
         Save only: what was written before the error (those writes stay in guest memory).
     collections, devices : list or None
-        Restore only: what had been restored before the error, in restore order (the failing
-        device is included with the ITEs restored before the failure). KVM frees all of it
-        (and any pre-existing devices and collections), but ``vgic_add_lpi`` already ran for
-        every listed ITE, so their pending bits were already consumed.
+        Restore only: what the walk restored before the error, in restore order (the failing
+        device is included with the ITEs restored before the failure). ``vgic_add_lpi`` runs
+        for each listed ITE before the next entry is read, so their pending bits are consumed
+        whatever the error.
+    table : str or None
+        Restore only: ``"collection"`` or ``"device"``, the table whose walk failed. KVM frees
+        only the collection list after a collection-table error (and does not scan the device
+        table); after a device-table error it frees the device list, then the collection list.
     """
 
     def __init__(
@@ -161,6 +165,7 @@ class ItsTableError(OSError):
         report: ItsSaveReport | None = None,
         collections: list | None = None,
         devices: list | None = None,
+        table: str | None = None,
     ) -> None:
         super().__init__(err, message)
         self.where = where
@@ -168,16 +173,19 @@ class ItsTableError(OSError):
         self.report = report
         self.collections = collections
         self.devices = devices
+        self.table = table
 
     def __reduce__(self):
         return (
             _rebuild_error,
-            (self.errno, self.strerror, self.where, self.gpa, self.report, self.collections, self.devices),
+            (self.errno, self.strerror, self.where, self.gpa, self.report, self.collections, self.devices, self.table),
         )
 
 
-def _rebuild_error(err, message, where, gpa, report, collections, devices):
-    return ItsTableError(err, message, where=where, gpa=gpa, report=report, collections=collections, devices=devices)
+def _rebuild_error(err, message, where, gpa, report, collections, devices, table=None):
+    return ItsTableError(
+        err, message, where=where, gpa=gpa, report=report, collections=collections, devices=devices, table=table
+    )
 
 
 # ----------------------------------------------------------------------------- structures
@@ -960,4 +968,5 @@ def _restore_error(info: np.ndarray, colls, devs, n_vcpus: int, max_ites: int) -
     else:
         entry = f"pINTID {c}, ICID {d & 0xFFFF}, next {d >> 48 & 0xFFFF}"
         where = f"ITT of DeviceID {a}: EventID {b} at GPA {gpa:#x} ({entry})"
-    return ItsTableError(err, f"{msg} ({where})", where=where, gpa=gpa, collections=colls, devices=devs)
+    table = "collection" if reason in (_k.R_CTE_RDBASE, _k.R_CTE_EXISTS, _k.R_CTE_ICID, _k.R_CTE_FAULT) else "device"
+    return ItsTableError(err, f"{msg} ({where})", where=where, gpa=gpa, collections=colls, devices=devs, table=table)

@@ -34,7 +34,7 @@ from vlpi.its import commands as C
 from vlpi.its.commands import ItsCommand, ItsCommandError
 from vlpi.lpi import LPI_INTID_LIMIT
 from vlpi.memory import GuestMemory
-from vlpi.vgic import LostReason, LostSource, Vgic, first_of, in_ram
+from vlpi.vgic import PROPBASER_ADDRESS_MASK, LostReason, LostSource, Vgic, first_of, in_ram
 
 __all__ = [
     "VirtualITS",
@@ -316,9 +316,8 @@ class VirtualITS:
             else:
                 self._ite_dict = None
         self._ites_changed()
-        # its_free_ite: an ITE whose LPI is forwarded unmaps the VLPI (its pending state goes).
-        # vlpi also clears ``hw``; KVM leaves it set when another ITE still holds the LPI (a
-        # dangling state not modelled)
+        # its_free_ite: an ITE whose LPI is forwarded always unmaps the VLPI (its_unmap_vlpi),
+        # whether or not another ITE still names the LPI; its pending state goes, ``hw`` clears
         unmapped, _ = self.vgic.unmap_vlpis(intids, devs, evs, source, LostReason.FREED_PENDING)
         self.clear_forwarded(intids[unmapped])
         self.vgic.put_lpis(intids, devs, evs, source)
@@ -787,9 +786,20 @@ class VirtualITS:
         return save_tables_v0(self.mem, self.baser[0], self.baser[1], devices, colls, has_gicv4_1=has_gicv4_1)
 
     def restore_tables(self):
-        """``KVM_DEV_ARM_ITS_RESTORE_TABLES``: collections first, then devices in scan order;
-        each ITE's LPI is created (config read, pending bit pulled and cleared in RAM) in scan
-        order. Any error frees every device and collection (as KVM does) and re-raises."""
+        """``KVM_DEV_ARM_ITS_RESTORE_TABLES`` (:func:`vlpi.its.abi.restore_tables_v0`), with the
+        kernel's order of effects: collections first, then devices in scan order, each ITE's LPI
+        created (config read, pending bit pulled and cleared in RAM) before the next entry is
+        read. So an error leaves the pending bits of the LPIs created before it consumed, and
+        the first failure in walk order wins (an LPI creation fault before a later invalid
+        entry is ``EFAULT``). After a collection-table error only the collection list is freed
+        (devices, ITEs and LPIs already there stay, without their collection); after any other
+        error every device, then every collection, is freed.
+
+        A pINTID >= 2^24 (KVM checks only >= 8192): the kernel would read its configuration
+        byte, then create the LPI. vlpi's LPIs are 24-bit INTIDs, so when that byte is guest
+        RAM the restore is refused with ``ValueError`` before anything changes; when it is
+        not, the creation faults (``EFAULT``) as in the kernel.
+        """
         from vlpi.its.abi import ItsTableError, restore_tables_v0
 
         try:
@@ -797,45 +807,59 @@ class VirtualITS:
                 self.mem, self.baser[0], self.baser[1], n_vcpus=self.vgic.n_vcpus,
                 existing_collections=list(self._coll),
             )
-        except ItsTableError:
-            self._free_all()
-            raise
-        for d in devs:  # KVM checks only pINTID >= 8192; vlpi's LPIs are 24-bit INTIDs
-            big = np.flatnonzero(np.asarray(d.pintid, np.uint64) >= np.uint64(LPI_INTID_LIMIT))
-            if big.size:
-                k = int(big[0])
+            table_err = None
+        except ItsTableError as e:
+            if e.table == "collection":  # vgic_its_restore_collection_table: free the list, return
+                for icid in list(self._coll):
+                    self._free_collection(icid)
+                raise
+            table_err = e
+            colls, devs = e.collections or [], e.devices or []
+        n_ite = [len(d.event_id) for d in devs]
+        dev = np.repeat(np.array([int(d.device_id) for d in devs], np.int64), n_ite).astype(np.uint32)
+        ev = np.concatenate([d.event_id for d in devs]).astype(np.uint32) if devs else np.zeros(0, np.uint32)
+        lpi = np.concatenate([d.pintid for d in devs]).astype(np.int64) if devs else np.zeros(0, np.int64)
+        icid = np.concatenate([d.icid for d in devs]).astype(np.int64) if devs else np.zeros(0, np.int64)
+        big = np.flatnonzero(lpi >= LPI_INTID_LIMIT)
+        n_try = int(big[0]) if big.size else lpi.size
+        if big.size:
+            cfg = np.uint64((self.vgic.propbaser & PROPBASER_ADDRESS_MASK) + int(lpi[n_try]) - 8192)
+            if in_ram(self.mem, cfg):
                 raise ValueError(
-                    f"RESTORE_TABLES: device {int(d.device_id)} event {int(d.event_id[k])} has pINTID "
-                    f"{int(d.pintid[k])} >= 2**24. KVM would create this LPI (it checks only pINTID >= 8192), "
-                    "but vlpi models LPIs with 24-bit INTIDs; nothing was restored"
+                    f"RESTORE_TABLES: device {int(dev[n_try])} event {int(ev[n_try])} has pINTID "
+                    f"{int(lpi[n_try])} >= 2**24. KVM would create this LPI (it checks only pINTID >= 8192; "
+                    f"its configuration byte at GPA {int(cfg):#x} is guest RAM), but vlpi models LPIs with "
+                    "24-bit INTIDs; nothing was restored"
                 )
-        for icid, rd in colls:
-            self._new_collection(int(icid), _NOT_MAPPED if rd == COLLECTION_NOT_MAPPED else int(rd))
+        for c, rd in colls:
+            self._new_collection(int(c), _NOT_MAPPED if rd == COLLECTION_NOT_MAPPED else int(rd))
         for d in devs:
             self.devices[int(d.device_id)] = (int(d.itt_addr), int(d.eventid_bits))
-        if not devs:
-            return colls, devs
-        dev = np.concatenate([np.full(len(d.event_id), d.device_id, np.uint32) for d in devs])
-        ev = np.concatenate([d.event_id for d in devs]).astype(np.uint32)
-        lpi = np.concatenate([d.pintid for d in devs]).astype(np.uint32)
-        icid = np.concatenate([d.icid for d in devs]).astype(np.int64)
         uniq = np.unique(icid)
         ser = np.array([self._coll[int(i)] for i in uniq.tolist()], dtype=np.int64)
         s = ser[np.searchsorted(uniq, icid)] if icid.size else np.zeros(0, np.int64)
         tgt = self._coll_target(s)
-        err = self.vgic.get_lpis(lpi, tgt, atomic=False, stop_on_error=True)
-        if np.any(err):
-            i = int(np.flatnonzero(err)[0])
-            # the LPIs created before the fault keep their consumed bits (RAM already cleared)
-            self._add_ites(dev[:i], ev[:i], lpi[:i], s[:i])
-            self._free_all()
-            raise ItsTableError(
-                int(err[i]), f"RESTORE_TABLES: vgic_add_lpi({int(lpi[i])}) for device {int(dev[i])} "
-                f"event {int(ev[i])} faulted; every device and collection was freed",
-                where=f"ITE device {int(dev[i])} event {int(ev[i])}",
-            )
-        self._add_ites(dev, ev, lpi, s)
-        return colls, devs
+        err = self.vgic.get_lpis(lpi[:n_try].astype(np.uint32), tgt[:n_try], atomic=False, stop_on_error=True)
+        bad = np.flatnonzero(err)
+        i = int(bad[0]) if bad.size else (n_try if big.size else -1)
+        if i < 0:  # every LPI created
+            self._add_ites(dev, ev, lpi.astype(np.uint32), s)
+            if table_err is None:
+                return colls, devs
+        else:
+            self._add_ites(dev[:i], ev[:i], lpi[:i].astype(np.uint32), s[:i])
+        # vgic_its_restore_device_tables frees the device list, vgic_its_restore_tables_v0 the
+        # collection list; the LPIs created on the way go with their last ITE, their pending
+        # bits stay consumed in RAM
+        self._free_all()
+        if i < 0:
+            raise table_err
+        raise ItsTableError(
+            _errno.EFAULT, f"RESTORE_TABLES: vgic_add_lpi({int(lpi[i])}) for device {int(dev[i])} event "
+            f"{int(ev[i])} faulted (configuration byte or pending table not in guest RAM); every device and "
+            "collection was freed", where=f"ITE device {int(dev[i])} event {int(ev[i])}", table="device",
+            collections=colls, devices=devs,
+        )
 
     def _free_all(self) -> None:
         for d in list(self.devices):
