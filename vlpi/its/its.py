@@ -202,6 +202,19 @@ class VirtualITS:
         intid = np.where(r >= 0, self._ite.arrays["intid"][np.maximum(r, 0)] if self._ite.n else 0, 0)
         return r, intid.astype(np.int64)
 
+    def resolvable(self, ites: np.ndarray) -> np.ndarray:
+        """Per ITE handle: would vgic_its_resolve_lpi succeed? The ITS is enabled, the ITE's
+        collection is mapped to a vCPU and that vCPU has EnableLPIs = 1 (``-EBUSY`` or
+        ``E_ITS_INT_UNMAPPED_INTERRUPT`` otherwise)."""
+        ites = np.asarray(ites, dtype=np.int64)
+        ok = ites >= 0
+        if not self.ctlr_enabled or not ok.any():
+            return np.zeros(ites.shape, bool)
+        t = self._coll_target(self._ite.arrays["coll"][np.maximum(ites, 0)])
+        ok &= (t >= 0) & (t < self.vgic.n_vcpus)
+        ok[ok] &= self.vgic.lpis_enabled[t[ok]]
+        return ok
+
     def forwarded(self, ites: np.ndarray) -> np.ndarray:
         """Per ITE handle (-1: none, False): was forwarding set up through this event?"""
         ites = np.asarray(ites, dtype=np.int64)
