@@ -58,6 +58,14 @@ INTERRUPT_ID_BITS_ITS = 16
 LPI_OFFSET = 8192
 _TABLE_PAGE = 1 << 16
 _ESZ = 8
+
+
+def _ite_gpa(itt, event_id):
+    """The ITE address as vgic_its_check_event_id computes it: ``itt + (u32)(EventID * 8)`` (the
+    product wraps for ITTs of more than 2^29 events, which only a restored DTE can declare)."""
+    return itt + ((event_id * _ESZ) & 0xFFFF_FFFF)
+
+
 _NOT_MAPPED = -1  # collection target: exists but not mapped
 _FREED = -2  # collection object freed
 
@@ -491,8 +499,8 @@ class VirtualITS:
         itt, bits = d
         if ev >= 1 << bits:
             raise ItsCommandError(C.E_ITS_MAPTI_ID_OOR, name, f"EventID {ev} >= 2^{bits}")
-        if self.kernel == "new" and self.mem.slot_at(itt + ev * _ESZ) is None:
-            raise ItsCommandError(C.E_ITS_MAPTI_ID_OOR, name, f"ITE address {itt + ev * _ESZ:#x} is not in a memslot")
+        if self.kernel == "new" and self.mem.slot_at(_ite_gpa(itt, ev)) is None:
+            raise ItsCommandError(C.E_ITS_MAPTI_ID_OOR, name, f"ITE address {_ite_gpa(itt, ev):#x} is not in a memslot")
         if lpi < LPI_OFFSET or lpi >= self._max_lpis():
             raise ItsCommandError(
                 C.E_ITS_MAPTI_PHYSICALID_OOR, name, f"pINTID {lpi} outside [8192, {self._max_lpis()})"
@@ -569,7 +577,7 @@ class VirtualITS:
         oor = known & (ev >= (np.int64(1) << bits))
         code[(code == 0) & oor] = C.E_ITS_MAPTI_ID_OOR
         if self.kernel == "new" and dids.size:
-            ite_gpa = (ditt[dic] + ev * _ESZ).astype(np.uint64)
+            ite_gpa = _ite_gpa(ditt[dic], np.asarray(ev, dtype=np.int64)).astype(np.uint64)
             vis = in_ram(self.mem, ite_gpa)
             code[(code == 0) & ~vis] = C.E_ITS_MAPTI_ID_OOR
         code[(code == 0) & ((lpi < LPI_OFFSET) | (lpi >= self._max_lpis()))] = C.E_ITS_MAPTI_PHYSICALID_OOR
@@ -673,7 +681,7 @@ class VirtualITS:
         self._free_ites(np.array([r]), LostSource.DISCARD)
         if self.kernel == "new":
             itt, _ = self.devices[dev]
-            self.mem.write(itt + ev * _ESZ, np.zeros(8, np.uint8))
+            self.mem.write(_ite_gpa(itt, ev), np.zeros(8, np.uint8))
 
     def int_(self, device_id: int, event_id: int) -> None:
         """INT: make the event's LPI pending (a forwarded one: set its VLPI pending).
