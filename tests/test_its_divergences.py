@@ -39,7 +39,7 @@ from vlpi.vm import VM
 
 #: Divergences not fixed yet: strict xfail, so each test must fail until its fix lands (then
 #: remove its name here).
-OPEN = {"R3", "R5"}
+OPEN = {"R3"}
 
 
 def divergence(tag: str):

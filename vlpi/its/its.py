@@ -162,6 +162,9 @@ class VirtualITS:
         from vlpi.its.queue import CommandLog
 
         self.command_log = CommandLog()
+        #: GPAs of the 8-byte table entries that commands zeroed (MAPD V=0, DISCARD), appended as
+        #: they run: the command queue re-reads its slots when one of them lands there
+        self.entry_writes: list[int] = []
 
     @property
     def mem(self) -> GuestMemory:
@@ -429,6 +432,7 @@ class VirtualITS:
             self._free_device(dev, source=LostSource.MAPD)
         if not valid:
             if self.kernel == "new":
+                self.entry_writes.append(gpa)
                 self.mem.write(gpa, np.zeros(8, np.uint8))  # zero DTE (a fault is the command's error)
             return
         self.devices[dev] = (itt, size + 1)
@@ -681,6 +685,7 @@ class VirtualITS:
         self._free_ites(np.array([r]), LostSource.DISCARD)
         if self.kernel == "new":
             itt, _ = self.devices[dev]
+            self.entry_writes.append(_ite_gpa(itt, ev))
             self.mem.write(_ite_gpa(itt, ev), np.zeros(8, np.uint8))
 
     def int_(self, device_id: int, event_id: int) -> None:

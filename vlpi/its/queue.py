@@ -35,6 +35,7 @@ from vlpi.its.commands import (
     encode,
     encode_many,
 )
+from vlpi.vgic import PENDBASER_ADDRESS_MASK
 
 __all__ = [
     "CommandLog",
@@ -187,9 +188,12 @@ _BULK_MIN = 32  # pending slots from which runs of MAPTI/MAPI are executed with 
 def process_commands(its) -> int:
     """vgic_its_process_commands: run every slot from CREADR to CWRITER. Returns slots run.
 
-    Runs of consecutive MAPTI/MAPI slots are executed with the vectorised
-    :meth:`~vlpi.its.VirtualITS.map_events` (exactly the one-by-one semantics, tested), so a
-    guest that queues millions of mappings is not replayed one Python call per slot.
+    The kernel reads each slot just before it runs it, so a command that rewrites later slots
+    (the queue overlapping a table it zeroes, or a pending table whose bits an LPI creation
+    clears) changes what runs next; so does this loop. Runs of consecutive MAPTI/MAPI slots
+    are executed with the vectorised :meth:`~vlpi.its.VirtualITS.map_events` (exactly the
+    one-by-one semantics, tested), so a guest that queues millions of mappings is not replayed
+    one Python call per slot; slots read ahead are read again after a command wrote into them.
     """
     if not its.ctlr_enabled or not its.cbaser >> 63:
         return 0
@@ -197,6 +201,9 @@ def process_commands(its) -> int:
     base = queue_gpa(its.cbaser)
     mem = its.mem
     log = its.command_log
+    # LPI creation clears pending bits: at most 8 KiB from each PENDBASER (vITS INTIDs < 2^16)
+    pend = np.asarray(its.vgic.pendbaser, dtype=np.int64) & PENDBASER_ADDRESS_MASK
+    maps_write_queue = bool(((pend < base + size) & (pend + 8192 > base)).any())
     n = 0
     bulk = True
     while its.creadr != its.cwriter:
@@ -209,8 +216,7 @@ def process_commands(its) -> int:
                 slots = None
                 bulk = False
             if slots is not None:
-                _run_slots(its, slots, off)
-                k = slots.shape[0]
+                k = _run_slots(its, slots, off, base, maps_write_queue)
                 n += k
                 its.creadr = (off + 32 * k) % size
                 continue
@@ -237,8 +243,9 @@ def _run_one(its, cmd: ItsCommand, off: int) -> None:
     log.executed += 1
 
 
-def _run_slots(its, slots: np.ndarray, off0: int) -> None:
-    """Execute readable slots in order, MAPTI/MAPI runs in bulk."""
+def _run_slots(its, slots: np.ndarray, off0: int, base: int, maps_write_queue: bool) -> int:
+    """Execute slots read ahead, in order, MAPTI/MAPI runs in bulk; stop after a command that
+    wrote into the slots still to run (the caller reads them again). Returns slots run."""
     f = decode_many(slots)
     op = f["opcode"]
     is_map = (op == GITS_CMD_MAPTI) | (op == GITS_CMD_MAPI)
@@ -248,8 +255,9 @@ def _run_slots(its, slots: np.ndarray, off0: int) -> None:
     starts = np.concatenate([[0], edges])
     stops = np.concatenate([edges, [k]])
     log = its.command_log
+    hi = base + off0 + 32 * k  # end of the slots read ahead
     for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
-        if is_map[a] and b - a > 1:
+        if is_map[a] and b - a > 1 and not maps_write_queue:
             pint = np.where(op[a:b] == GITS_CMD_MAPI, f["event_id"][a:b], f["pintid"][a:b])
             codes = its.map_events(f["device_id"][a:b], f["event_id"][a:b], pint, f["icid"][a:b], errors="skip")
             for i in np.flatnonzero(codes).tolist():
@@ -259,9 +267,14 @@ def _run_slots(its, slots: np.ndarray, off0: int) -> None:
                 msg = f"{name}: {ERROR_NAMES.get(c, f'errno {-c}')} (bulk)"
                 log.errors.append(CommandRecord(off0 + 32 * (a + i), o, name, c, msg))
             log.executed += b - a
-        else:
-            for i in range(a, b):
-                _run_one(its, decode(slots[i]), off0 + 32 * i)
+            continue
+        for i in range(a, b):
+            its.entry_writes.clear()
+            _run_one(its, decode(slots[i]), off0 + 32 * i)
+            lo = base + off0 + 32 * (i + 1)  # the slots after this one
+            if (is_map[i] and maps_write_queue) or any(lo - 8 < g < hi for g in its.entry_writes):
+                return i + 1
+    return k
 
 
 class GuestCommandWriter:
