@@ -39,7 +39,7 @@ from vlpi.vm import VM
 
 #: Divergences not fixed yet: strict xfail, so each test must fail until its fix lands (then
 #: remove its name here).
-OPEN = {"R3"}
+OPEN: set[str] = set()
 
 
 def divergence(tag: str):
@@ -135,6 +135,10 @@ def test_r3_duplicate_device_id_lookups_find_the_older_device():
     # find_its_device returns the first device of the list: the older one, without the ITE
     assert out[0] != 1
     assert not np.asarray(vm.lpis.pending_latch).any()
+    # MAPD V=0 frees the device found (the older one): now the restored one is found
+    g.send(ItsCommand.mapd(1, ITT_A, 1, valid=False))
+    assert list(vm.its.devices) == [1] and vm.its.translate(1, 0) == (8192, 0)
+    assert vm.signal_msi([1], [0])[0] == 1
 
 
 # ------------------------------------------------------------------------------------ R4

@@ -634,11 +634,8 @@ class _SaveInput:
                     _ite_array(d.hw, f"{w}.hw", eid.size))
             for lst, col, (name, dt, hi) in zip((E, P, C, H), cols, _ITE_COLUMNS, strict=True):
                 lst.append(_native_col(col, dt, hi, name, k))
-        dorder = np.argsort(ids, kind="stable")
+        dorder = np.argsort(ids, kind="stable")  # list_sort: stable, a repeated DeviceID keeps its order
         sids = ids[dorder]
-        if nd > 1 and (sids[1:] == sids[:-1]).any():
-            j = int(np.argmax(sids[1:] == sids[:-1]))
-            raise ValueError(f"devices[{int(dorder[j + 1])}] repeats DeviceID {int(sids[j])}")
         order = dorder.tolist()
         E, P, C, H = ([x[k] for k in order] for x in (E, P, C, H))
         bits = bits[dorder]
@@ -733,9 +730,11 @@ def save_tables_v0(
         ``GITS_BASER0`` (device table, may be two-level) and ``GITS_BASER1`` (collection
         table). A table whose ``Valid`` bit is 0 is skipped.
     devices : sequence of ItsDevice
-        The mapped devices (any order; saved in DeviceID order, ITEs in EventID order). Arrays
-        already in their native dtypes (``uint32``, ``uint32``, ``uint16``, ``bool``) and in
-        EventID order are taken as they are (the fast path).
+        The mapped devices in KVM's list order (saved in DeviceID order by a stable sort, ITEs
+        in EventID order). A DeviceID may appear twice, as in KVM's list after a restore onto
+        an ITS that was not reset: both are saved, in list order. Arrays already in their
+        native dtypes (``uint32``, ``uint32``, ``uint16``, ``bool``) and in EventID order are
+        taken as they are (the fast path).
     collections : sequence of (icid, rdbase)
         Collections in creation (list) order; ``rdbase`` is a vCPU id or
         :data:`COLLECTION_NOT_MAPPED`.
@@ -752,7 +751,7 @@ def save_tables_v0(
         ``EINVAL`` (a DeviceID fails ``vgic_its_check_id``), ``EACCES`` or ``EFAULT``. Writes
         issued before the error stay in guest memory; ``.report`` counts them.
     TypeError, ValueError
-        Bad arguments (duplicate DeviceIDs, EventIDs or ICIDs, misaligned ITT, pINTID < 8192,
+        Bad arguments (duplicate EventIDs in a device or ICIDs, misaligned ITT, pINTID < 8192,
         EventID >= 2^eventid_bits, ...). Nothing is written.
 
     Notes

@@ -154,8 +154,16 @@ class VirtualITS:
         self._coll: dict[int, int] = {}  # ICID -> collection serial (insertion = creation order)
         self._cobj = _Grow.make(icid=np.int64, target=np.int64)  # by serial
         self._ite = _Grow.make(
-            dev=np.uint32, event=np.uint32, intid=np.uint32, coll=np.int64, live=bool, fwd=bool
+            dev=np.uint32, event=np.uint32, intid=np.uint32, coll=np.int64, live=bool, fwd=bool, inst=np.int64,
+            shadow=bool,
         )
+        # KVM's device list may hold one DeviceID twice (RESTORE_TABLES onto an ITS that was not
+        # reset never checks): ``devices`` is the first of each ID (the one find_its_device
+        # returns), ``_shadows`` the later ones in list order as (instance, itt_addr, bits);
+        # ITEs carry their device instance (``inst``) and ``shadow`` while it is not the first
+        self._inst: dict[int, int] = {}  # DeviceID -> instance of the device in ``devices``
+        self._shadows: dict[int, list[tuple[int, int, int]]] = {}
+        self._n_inst = 0
         self._ite_dict: dict[int, int] | None = {}
         self._ite_sorted: tuple[np.ndarray, np.ndarray] | None = None
         self._n_dead = 0
@@ -283,7 +291,7 @@ class VirtualITS:
 
     def _dict(self) -> dict[int, int]:
         if self._ite_dict is None:
-            live = np.flatnonzero(self._ite["live"])
+            live = np.flatnonzero(self._ite["live"] & ~self._ite["shadow"])
             keys = self._key(self._ite["dev"][live], self._ite["event"][live])
             self._ite_dict = dict(zip(keys.tolist(), live.tolist(), strict=False))
         return self._ite_dict
@@ -294,7 +302,7 @@ class VirtualITS:
     def _lookup(self, dev: np.ndarray, ev: np.ndarray) -> np.ndarray:
         """Vectorised ITE row per (DeviceID, EventID), -1 where none."""
         if self._ite_sorted is None:
-            live = np.flatnonzero(self._ite["live"])
+            live = np.flatnonzero(self._ite["live"] & ~self._ite["shadow"])
             keys = self._key(self._ite["dev"][live], self._ite["event"][live])
             o = np.argsort(keys, kind="stable")
             self._ite_sorted = (keys[o], live[o])
@@ -309,8 +317,17 @@ class VirtualITS:
     def _ites_changed(self) -> None:
         self._ite_sorted = None
 
-    def _add_ites(self, dev, ev, intid, coll) -> np.ndarray:
-        rows = self._ite.append(dev=dev, event=ev, intid=intid, coll=coll, live=True, fwd=False)
+    def _add_ites(self, dev, ev, intid, coll, inst=None, shadow=None) -> np.ndarray:
+        """Append ITEs of visible devices (``inst`` defaults to their device's instance) or,
+        with ``shadow``, of later duplicates of a DeviceID (never found by look-ups)."""
+        if inst is None:
+            d = np.asarray(dev, dtype=np.int64).reshape(-1)
+            u, iv = np.unique(d, return_inverse=True)
+            inst = np.array([self._inst[int(x)] for x in u.tolist()], np.int64)[iv] if d.size else 0
+        rows = self._ite.append(dev=dev, event=ev, intid=intid, coll=coll, live=True, fwd=False, inst=inst,
+                                shadow=False if shadow is None else shadow)
+        if shadow is not None and np.any(shadow):
+            self._ite_dict = None
         if self._ite_dict is not None:
             if rows.size == 1:
                 self._ite_dict[(int(np.asarray(dev).reshape(-1)[0]) << 32) | int(np.asarray(ev).reshape(-1)[0])] = int(
@@ -435,13 +452,43 @@ class VirtualITS:
                 self.entry_writes.append(gpa)
                 self.mem.write(gpa, np.zeros(8, np.uint8))  # zero DTE (a fault is the command's error)
             return
-        self.devices[dev] = (itt, size + 1)
+        self._alloc_device(dev, itt, size + 1)
+
+    def _alloc_device(self, dev: int, itt: int, bits: int) -> tuple[int, bool]:
+        """vgic_its_alloc_device: a new device at the end of the list. Returns (instance,
+        shadowed): shadowed when the DeviceID is there already (look-ups keep finding that one)."""
+        self._n_inst += 1
+        inst = self._n_inst
+        if dev in self.devices:
+            self._shadows.setdefault(dev, []).append((inst, itt, bits))
+            return inst, True
+        self.devices[dev] = (itt, bits)
+        self._inst[dev] = inst
+        return inst, False
 
     def _free_device(self, dev: int, source: int) -> None:
+        """vgic_its_free_device of the device find_its_device returns; a later device with the
+        same ID (restored twice) then becomes the one found."""
         a = self._ite
-        rows = np.flatnonzero(a["live"] & (a["dev"] == dev))
+        inst = self._inst.pop(dev)
+        rows = np.flatnonzero(a["live"] & (a["inst"] == inst))
         self._free_ites(rows, source)
         del self.devices[dev]
+        later = self._shadows.get(dev)
+        if later:
+            inst2, itt, bits = later.pop(0)
+            if not later:
+                del self._shadows[dev]
+            self.devices[dev] = (itt, bits)
+            self._inst[dev] = inst2
+            a.arrays["shadow"][: a.n][a["inst"] == inst2] = False
+            self._ite_dict = None
+            self._ites_changed()
+
+    def _free_device_list(self, source: int) -> None:
+        """vgic_its_free_device_list: every device, duplicates included."""
+        while self.devices:
+            self._free_device(next(iter(self.devices)), source)
 
     def mapc(self, icid: int, rdbase: int, *, valid: bool = True) -> None:
         """MAPC: map collection ``icid`` to vCPU ``rdbase`` (V=1) or delete it (V=0)."""
@@ -760,8 +807,7 @@ class VirtualITS:
         self.baser[n] = v
         if not v >> 63:
             if n == 0:
-                for d in list(self.devices):
-                    self._free_device(d, LostSource.MAPD)
+                self._free_device_list(LostSource.MAPD)
             else:
                 for icid in list(self._coll):
                     self._free_collection(icid)
@@ -769,8 +815,7 @@ class VirtualITS:
     def reset(self) -> None:
         """KVM_DEV_ARM_ITS_CTRL_RESET."""
         self.ctlr_enabled = False
-        for d in list(self.devices):
-            self._free_device(d, LostSource.MAPD)
+        self._free_device_list(LostSource.MAPD)
         for icid in list(self._coll):
             self._free_collection(icid)
         self.baser = [b & ~(1 << 63) for b in self.baser]
@@ -792,9 +837,17 @@ class VirtualITS:
                 "kernel behaviour undefined (spec §6.6). Remap or discard the event first.",
             )
         hw_of = self.vgic.hw_of(a["intid"])
+        rows = np.flatnonzero(live)
+        rows = rows[np.argsort(a["inst"][rows], kind="stable")]
+        inst_sorted = a["inst"][rows]
+        # the device list sorted by DeviceID, stable (list_sort): duplicates in list order
+        entries = [(d, self._inst[d], itt, bits) for d, (itt, bits) in self.devices.items()]
+        entries += [(d, i, itt, bits) for d, lst in self._shadows.items() for i, itt, bits in lst]
+        entries.sort(key=lambda x: (x[0], x[1]))
         devices = []
-        for d, (itt, bits) in sorted(self.devices.items()):
-            m = live & (a["dev"] == d)
+        for d, i, itt, bits in entries:
+            lo, hi = np.searchsorted(inst_sorted, [i, i + 1])
+            m = rows[lo:hi]
             devices.append(
                 ItsDevice(
                     device_id=d, itt_addr=itt, eventid_bits=bits,
@@ -859,8 +912,11 @@ class VirtualITS:
                 )
         for c, rd in colls:
             self._new_collection(int(c), _NOT_MAPPED if rd == COLLECTION_NOT_MAPPED else int(rd))
-        for d in devs:
-            self.devices[int(d.device_id)] = (int(d.itt_addr), int(d.eventid_bits))
+        inst = np.zeros(len(devs), np.int64)
+        shadowed = np.zeros(len(devs), bool)
+        for k, d in enumerate(devs):
+            inst[k], shadowed[k] = self._alloc_device(int(d.device_id), int(d.itt_addr), int(d.eventid_bits))
+        inst, shadowed = np.repeat(inst, n_ite), np.repeat(shadowed, n_ite)
         uniq = np.unique(icid)
         ser = np.array([self._coll[int(i)] for i in uniq.tolist()], dtype=np.int64)
         s = ser[np.searchsorted(uniq, icid)] if icid.size else np.zeros(0, np.int64)
@@ -869,11 +925,11 @@ class VirtualITS:
         bad = np.flatnonzero(err)
         i = int(bad[0]) if bad.size else (n_try if big.size else -1)
         if i < 0:  # every LPI created
-            self._add_ites(dev, ev, lpi.astype(np.uint32), s)
+            self._add_ites(dev, ev, lpi.astype(np.uint32), s, inst, shadowed)
             if table_err is None:
                 return colls, devs
         else:
-            self._add_ites(dev[:i], ev[:i], lpi[:i].astype(np.uint32), s[:i])
+            self._add_ites(dev[:i], ev[:i], lpi[:i].astype(np.uint32), s[:i], inst[:i], shadowed[:i])
         # vgic_its_restore_device_tables frees the device list, vgic_its_restore_tables_v0 the
         # collection list; the LPIs created on the way go with their last ITE, their pending
         # bits stay consumed in RAM
@@ -888,8 +944,7 @@ class VirtualITS:
         )
 
     def _free_all(self) -> None:
-        for d in list(self.devices):
-            self._free_device(d, LostSource.MAPD)
+        self._free_device_list(LostSource.MAPD)
         for icid in list(self._coll):
             self._free_collection(icid)
 
