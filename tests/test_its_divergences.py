@@ -1,7 +1,7 @@
 """The virtual ITS against the kernel's own code in the corners (issue: "ITS tables: kernel-exact
 in the corners").
 
-Each test encodes what ``arch/arm64/kvm/vgic/vgic-its.c`` / ``vgic-v4.c`` do, read from the
+Each test failed on the code before the fixes (checked one by one) and encodes what ``arch/arm64/kvm/vgic/vgic-its.c`` / ``vgic-v4.c`` do, read from the
 source:
 
 * R1 -- ``vgic_its_restore_ite`` calls ``vgic_add_lpi`` as it walks, which consumes the LPI's
@@ -37,15 +37,6 @@ from vlpi.its import ItsCommand, write_ctlr
 from vlpi.its.abi import ItsTableError, decode_ite, encode_cte, encode_dte, encode_ite
 from vlpi.vm import VM
 
-#: Divergences not fixed yet: strict xfail, so each test must fail until its fix lands (then
-#: remove its name here).
-OPEN: set[str] = set()
-
-
-def divergence(tag: str):
-    return pytest.mark.xfail(tag in OPEN, reason=f"divergence {tag} not fixed yet", strict=True)
-
-
 ITT_A = ITT0
 ITT_B = ITT0 + 0x1_0000
 
@@ -72,7 +63,6 @@ def _lpi_intids(vm: VM) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------ R1
-@divergence("R1")
 def test_r1_failed_restore_keeps_consumed_pending_bits():
     vm, g = _vm()
     g.set_pending(0, 8192)
@@ -94,7 +84,6 @@ def test_r1_failed_restore_keeps_consumed_pending_bits():
 
 
 # ------------------------------------------------------------------------------------ R2
-@divergence("R2")
 def test_r2_collection_table_failure_frees_only_collections():
     vm, g = _vm()
     g.create_device(1, 2)
@@ -117,7 +106,6 @@ def test_r2_collection_table_failure_frees_only_collections():
 
 
 # ------------------------------------------------------------------------------------ R3
-@divergence("R3")
 def test_r3_duplicate_device_id_lookups_find_the_older_device():
     vm, g = _vm()
     g.create_device(1, 2)
@@ -142,7 +130,6 @@ def test_r3_duplicate_device_id_lookups_find_the_older_device():
 
 
 # ------------------------------------------------------------------------------------ R4
-@divergence("R4")
 def test_r4_ite_address_wraps_in_32_bits():
     vm, g = _vm()
     _w64(vm, COLLTAB, encode_cte(0, 0))
@@ -162,7 +149,6 @@ def test_r4_ite_address_wraps_in_32_bits():
 
 
 # ------------------------------------------------------------------------------------ R5
-@divergence("R5")
 def test_r5_queue_slots_are_read_one_by_one():
     vm, g = _vm()
     cmdq = g.cmdq.base
@@ -184,7 +170,6 @@ def test_r5_queue_slots_are_read_one_by_one():
 
 
 # ------------------------------------------------------------------------------------ R6
-@divergence("R6")
 def test_r6_first_failing_entry_in_walk_order_wins():
     vm, g = _vm()
     _w64(vm, COLLTAB, encode_cte(0, 0))
@@ -210,7 +195,6 @@ def _v40_vm():
     return vm, g
 
 
-@divergence("R7")
 def test_r7_no_forwarding_with_enable_lpis_off():
     vm, _ = _v40_vm()
     vm.enable_lpis(0, False)
@@ -220,7 +204,6 @@ def test_r7_no_forwarding_with_enable_lpis_off():
     vm.save_its_tables()  # nothing forwarded: a GICv4.0 save succeeds
 
 
-@divergence("R7")
 def test_r7_no_forwarding_with_its_disabled():
     vm, _ = _v40_vm()
     write_ctlr(vm.its, 0)
@@ -230,7 +213,6 @@ def test_r7_no_forwarding_with_its_disabled():
     vm.save_its_tables()
 
 
-@divergence("R7")
 def test_r7_no_forwarding_with_unmapped_collection():
     vm, g = _v40_vm()
     g.send(ItsCommand.mapc(0, 0, valid=False))  # the ITE's collection goes; the LPI keeps vCPU 0
@@ -241,7 +223,6 @@ def test_r7_no_forwarding_with_unmapped_collection():
 
 
 # ------------------------------------------------------------------------ pINTID >= 2^24
-@divergence("INTID24")
 def test_restore_pintid_beyond_24_bits_with_config_byte_outside_ram_is_efault():
     vm, g = _vm()
     g.set_pending(0, 8192)
