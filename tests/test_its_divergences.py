@@ -1,8 +1,8 @@
 """The virtual ITS against the kernel's own code in the corners (issue: "ITS tables: kernel-exact
 in the corners").
 
-Each test failed on the code before the fixes (checked one by one) and encodes what ``arch/arm64/kvm/vgic/vgic-its.c`` / ``vgic-v4.c`` do, read from the
-source:
+Each test failed on the code before the fixes (checked one by one) and encodes what
+``arch/arm64/kvm/vgic/vgic-its.c`` / ``vgic-v4.c`` do, read from the source:
 
 * R1 -- ``vgic_its_restore_ite`` calls ``vgic_add_lpi`` as it walks, which consumes the LPI's
   pending bit (cleared in guest RAM). A later invalid entry makes the restore fail with
