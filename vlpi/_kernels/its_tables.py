@@ -106,6 +106,13 @@ def _read64(sstart, send, sptr, addr, out):
 
 # ---------------------------------------------------------------------------- restore
 @jit(inline="always")
+def _grow_to(a, n, cap):
+    b = np.empty(cap, a.dtype)
+    b[:n] = a[:n]
+    return b
+
+
+@jit(inline="always")
 def _grow(a, n):
     b = np.empty(max(2 * a.shape[0], 16), a.dtype)
     b[:n] = a[:n]
@@ -222,9 +229,9 @@ def restore_walk(sstart, send, sptr, dt_valid, dt_base, dt_entries, indirect,
     d_bits = np.empty(16, np.uint8)
     d_first = np.empty(17, np.int64)
     nd = 0
-    i_eid = np.empty(1024, np.uint32)
-    i_pint = np.empty(1024, np.uint32)
-    i_icid = np.empty(1024, np.uint16)
+    i_eid = np.empty(min(1024, max_ites), np.uint32)
+    i_pint = np.empty(min(1024, max_ites), np.uint32)
+    i_icid = np.empty(min(1024, max_ites), np.uint16)
     ni = 0
     d_first[0] = 0
 
@@ -329,9 +336,10 @@ def restore_walk(sstart, send, sptr, dt_valid, dt_base, dt_entries, indirect,
                         info[0], info[1], info[2], info[3], info[4] = ENOMEM, R_TOO_MANY, st[1], dev_id, st[0] & U32
                         status = ST_ERROR
                         break
-                    i_eid = _grow(i_eid, ni)
-                    i_pint = _grow(i_pint, ni)
-                    i_icid = _grow(i_icid, ni)
+                    cap = min(2 * i_eid.shape[0], max_ites)
+                    i_eid = _grow_to(i_eid, ni, cap)
+                    i_pint = _grow_to(i_pint, ni, cap)
+                    i_icid = _grow_to(i_icid, ni, cap)
                 if status == ST_ERROR:
                     d_first[nd] = ni
                     return c_icid, c_rd, nc, d_id, d_itt, d_bits, d_first, nd, i_eid, i_pint, i_icid, ni

@@ -886,8 +886,9 @@ def restore_tables_v0(
         ICIDs the ITS already has (``RESTORE_TABLES`` without a reset): restoring one of them
         again is ``EEXIST``, and restored ITEs may refer to them.
     max_ites : int, optional
-        Refuse (``ENOMEM``) tables that name more ITEs than this. Default: as many as the
-        machine's physical memory can hold (32 bytes each).
+        Refuse (``ENOMEM``) tables that name more ITEs than this (the walk stops there). Default:
+        as many as a quarter of the machine's physical memory holds at 32 bytes each (the walk's
+        worst case; the ITS and the LPIs built from the result need about as much again).
 
     Returns
     -------
@@ -922,7 +923,7 @@ def restore_tables_v0(
             raise ValueError(f"existing_collections[{i}] must be an ICID in [0, 65536), got {c!r}")
         exists[int(c)] = 1
     if max_ites is None:
-        max_ites = _physical_memory() // _RESTORED_ITE_BYTES
+        max_ites = _physical_memory() // (4 * _RESTORED_ITE_BYTES)
     elif isinstance(max_ites, (bool, np.bool_)) or not isinstance(max_ites, (int, np.integer)) or max_ites < 0:
         raise ValueError(f"max_ites must be a non-negative integer, got {max_ites!r}")
     sl = _Slots(mem)
