@@ -14,8 +14,9 @@ L1 entry    V[63] | L2 page GPA[51:16] (two-level device table, 8192 DTEs per 64
 ==========  =============================================================================
 
 ``next`` is the ID delta to the following saved entry (0 = last), capped at 2^14 - 1 (DTE) and
-2^16 - 1 (ITE). DTEs are indexed by DeviceID, ITEs by EventID at ``ITT_addr + 8 * EventID``;
-CTEs are packed from the collection table's base in collection-list (creation) order.
+2^16 - 1 (ITE). DTEs are indexed by DeviceID, ITEs by EventID at ``ITT_addr + (u32)(8 *
+EventID)`` (the kernel's 32-bit product: it wraps for ITTs of more than 2^29 events); CTEs are
+packed from the collection table's base in collection-list (creation) order.
 
 Save (:func:`save_tables_v0`): devices in DeviceID order; for each, the DTE address is resolved
 (``vgic_its_check_id``: flat, or two-level through the L1 entry read from guest memory), then
@@ -29,12 +30,12 @@ table), then devices by the ``scan_its_table`` rule (an invalid entry steps 1, a
 ITEs is the order in which KVM creates the LPIs (``vgic_add_lpi``), which is where pending bits
 are pulled out of the pending tables (:func:`vlpi.sync_pending_status`).
 
-Writes go through :class:`GuestMemory` (``write`` per contiguous run of entries, or one
-vectorised ``write_u8`` when there are many scattered runs; both dirty-logged), reads through
-:meth:`GuestMemory.read`. Bulk work is vectorised: the whole save is planned with numpy (every
-entry's address, value and first failure), tables are read in chunks and viewed as ``<u8``
-words; small ITTs are walked in plain Python, which is faster there. The result is exactly that
-of the entry-by-entry kernel loops (see ``tests/its_table_walker.py``, the scalar reference).
+Both walks are compiled (``vlpi._kernels.its_tables``) and follow the kernel's order of
+accesses entry by entry, so where they stop and what they leave behind are the kernel's; no
+Python runs per entry. Writes land in the slots' arrays and mark their pages dirty; reads come
+straight from them. The scalar reference they are tested against is ``tests/its_table_walker.py``.
+Restore output grows with the ITEs found (about 10 bytes each) and is capped (``max_ites``):
+a table naming more ITEs than memory can hold is refused with ``ENOMEM``.
 
 Modelling notes
 ---------------
@@ -46,12 +47,15 @@ Modelling notes
   8 bytes, Device/Collection and 64 KiB); ``Indirect`` is ignored for ``baser1`` (KVM forces 0).
 * DeviceIDs of a two-level scan are computed in 32-bit arithmetic as in the kernel
   (``l2_start_id = l1_index * 8192`` wraps modulo 2^32).
-* Save fails with ``EINVAL`` on a device whose DeviceID fails ``vgic_its_check_id`` (the tree
-  the spec was read from). A 2026 selftest says newer kernels skip such devices instead
-  (kernel-semantics.md §4.3, UNVERIFIED); that variant is not modelled.
+* Save fails with ``EINVAL`` on a device whose DeviceID fails ``vgic_its_check_id``. A 2026
+  kernel selftest suggests newer kernels skip such devices instead (not confirmed in the
+  kernel's source); that variant is not modelled.
+* A DeviceID may appear twice in the device list (KVM never checks on restore): both devices
+  are saved, in list order.
 * Restore only reads. KVM interleaves ``vgic_add_lpi`` (which clears pending bits in guest RAM)
-  with the table scan; the caller replays those clears afterwards, in the returned order. The
-  two differ only if a pending table overlaps an ITS table that is still to be scanned.
+  with the table scan; the caller (:meth:`vlpi.its.VirtualITS.restore_tables`) creates the LPIs
+  afterwards, in the returned order, up to the first failure. The two differ only if a pending
+  table overlaps an ITS table that is still to be scanned.
 """
 
 from __future__ import annotations
@@ -409,32 +413,19 @@ def decode_l1e(raw) -> np.ndarray:
 
 # ------------------------------------------------------------------- guest memory map
 class _Map:
-    """Mapped and writable extents of a GuestMemory (adjacent slots merged), for vectorised
-    "is this 8-byte entry readable / writable / visible" questions."""
+    """Mapped extents of a GuestMemory (adjacent slots merged), for the scalar questions the
+    error messages need ("is this entry visible / readable?")."""
 
     def __init__(self, mem: GuestMemory) -> None:
         self.mem = mem
-        self.rd = mem.extents(writable=False)
-        self.wr = mem.extents(writable=True)
-        self._rd_starts = self.rd[0].tolist()  # scalar lookups: bisect on lists beats numpy
-        self._rd_ends = self.rd[1].tolist()
+        starts, ends = mem.extents(writable=False)
+        self._rd_starts = starts.tolist()  # scalar lookups: bisect on lists beats numpy
+        self._rd_ends = ends.tolist()
 
-    @staticmethod
-    def _inside(ext, lo: np.ndarray, n: int) -> np.ndarray:
-        st, en = ext
-        lo = np.asarray(lo, dtype=np.uint64)
-        if st.size == 0:
-            return np.zeros(lo.shape, bool)
-        i = np.searchsorted(st, lo, side="right") - 1
-        ok = i >= 0
-        ic = np.where(ok, i, 0)
-        return ok & (lo + _U64(n) <= en[ic])
-
-    def visible(self, gpa) -> np.ndarray:
-        return self._inside(self.rd, gpa, 1)
-
-    def writable(self, gpa) -> np.ndarray:
-        return self._inside(self.wr, gpa, ESZ)
+    def visible(self, gpa: int) -> bool:
+        """The byte at ``gpa`` is in a memslot (``kvm_is_visible_gfn`` at byte granularity)."""
+        i = bisect.bisect_right(self._rd_starts, gpa) - 1
+        return i >= 0 and gpa < self._rd_ends[i]
 
     def readable_entries(self, gpa: int, m: int) -> int:
         """How many consecutive 8-byte entries from ``gpa`` (at most ``m``) can be read."""
@@ -442,18 +433,6 @@ class _Map:
         if i < 0 or gpa >= self._rd_ends[i]:
             return 0
         return min(m, (self._rd_ends[i] - gpa) // ESZ)
-
-    def visible1(self, gpa: int) -> bool:
-        """Scalar :meth:`visible`."""
-        i = bisect.bisect_right(self._rd_starts, gpa) - 1
-        return i >= 0 and gpa < self._rd_ends[i]
-
-    def read_words(self, gpa: int, m: int) -> tuple[np.ndarray, int]:
-        """Read up to ``m`` entries; returns (words, n) with n < m when entry n would fault."""
-        n = self.readable_entries(gpa, m)
-        if n == 0:
-            return np.zeros(0, np.uint64), 0
-        return self.mem.read(gpa, n * ESZ).view("<u8"), n
 
 
 def _check_mem(mem) -> None:
