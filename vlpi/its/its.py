@@ -170,9 +170,9 @@ class VirtualITS:
         from vlpi.its.queue import CommandLog
 
         self.command_log = CommandLog()
-        #: GPAs of the 8-byte table entries that commands zeroed (MAPD V=0, DISCARD), appended as
-        #: they run: the command queue re-reads its slots when one of them lands there
-        self.entry_writes: list[int] = []
+        #: GPA of the 8-byte table entry the last MAPD V=0 or DISCARD zeroed (None: none yet):
+        #: the command queue re-reads the slots it read ahead when a command wrote into them
+        self.last_entry_write: int | None = None
 
     @property
     def mem(self) -> GuestMemory:
@@ -449,7 +449,7 @@ class VirtualITS:
             self._free_device(dev, source=LostSource.MAPD)
         if not valid:
             if self.kernel == "new":
-                self.entry_writes.append(gpa)
+                self.last_entry_write = gpa
                 self.mem.write(gpa, np.zeros(8, np.uint8))  # zero DTE (a fault is the command's error)
             return
         self._alloc_device(dev, itt, size + 1)
@@ -732,7 +732,7 @@ class VirtualITS:
         self._free_ites(np.array([r]), LostSource.DISCARD)
         if self.kernel == "new":
             itt, _ = self.devices[dev]
-            self.entry_writes.append(_ite_gpa(itt, ev))
+            self.last_entry_write = _ite_gpa(itt, ev)
             self.mem.write(_ite_gpa(itt, ev), np.zeros(8, np.uint8))
 
     def int_(self, device_id: int, event_id: int) -> None:

@@ -269,10 +269,11 @@ def _run_slots(its, slots: np.ndarray, off0: int, base: int, maps_write_queue: b
             log.executed += b - a
             continue
         for i in range(a, b):
-            its.entry_writes.clear()
+            its.last_entry_write = None
             _run_one(its, decode(slots[i]), off0 + 32 * i)
             lo = base + off0 + 32 * (i + 1)  # the slots after this one
-            if (is_map[i] and maps_write_queue) or any(lo - 8 < g < hi for g in its.entry_writes):
+            g = its.last_entry_write
+            if (is_map[i] and maps_write_queue) or (g is not None and lo - 8 < g < hi):
                 return i + 1
     return k
 
