@@ -44,6 +44,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--rounds", type=int, default=5, help="timed rounds, fresh random state each (default 5)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-baseline", action="store_true", help="skip the compiled kernel-loop baseline")
+    s = sub.add_parser(
+        "inspect",
+        help="list every LPI of a QEMU migration stream (per vCPU: device, event, INTID, enable, priority, pending)",
+        description="Read a QEMU migration stream (migrate \"exec:cat > FILE\"; gzip accepted) and print the GIC "
+        "in it: redistributor and ITS registers, and per vCPU every LPI the ITS maps.",
+    )
+    s.add_argument("stream", help="the migration stream file")
+    s.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    s.add_argument("--layout", choices=("kvm-abi-0", "qemu"), default=None,
+                   help="force the ITS table layout (default: decided from the stream)")
     return p
 
 
@@ -139,6 +149,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if a.cmd == "save":
             return _cmd_save(a)
+        if a.cmd == "inspect":
+            from vlpi.qemu import read_gic
+
+            try:
+                g = read_gic(a.stream, layout=a.layout)
+            except OSError as e:  # unreadable file
+                raise ValueError(str(e)) from e
+            print(g.to_json() if a.json else g.format_table())
+            return 0
     except ValueError as e:  # bad sizes etc.: say what, exit 2
         print(f"vlpi {a.cmd}: error: {e}", file=sys.stderr)
         return 2
