@@ -336,7 +336,7 @@ def restore_walk(sstart, send, sptr, dt_valid, dt_base, dt_entries, indirect,
                         info[0], info[1], info[2], info[3], info[4] = ENOMEM, R_TOO_MANY, st[1], dev_id, st[0] & U32
                         status = ST_ERROR
                         break
-                    cap = min(2 * i_eid.shape[0], max_ites)
+                    cap = min(max(2 * i_eid.shape[0], 1024), max_ites)
                     i_eid = _grow_to(i_eid, ni, cap)
                     i_pint = _grow_to(i_pint, ni, cap)
                     i_icid = _grow_to(i_icid, ni, cap)
