@@ -264,3 +264,56 @@ def test_cte_rdbase_is_bits_47_16_as_u32():
     vm.pause()
     vm.restore_its_tables()
     assert vm.its.collections == [(3, 1), (4, 0xFFFF_FFFF)]
+
+
+# ---------------------------------------------------------- R5, random command streams
+def _stream_vm():
+    vm, g = _vm()
+    cmdq = g.cmdq.base
+    g.send(ItsCommand.mapd(1, cmdq, 11), ItsCommand.mapc(0, 0), ItsCommand.mapc(1, 1))
+    g.create_device(2, 4)
+    g.mapd(2)
+    return vm, g
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_r5_random_streams_over_a_queue_that_is_an_itt(seed):
+    """One batch of >= 32 slots (read ahead) against the same slots run one CWRITER step at a
+    time (each slot read just before it runs): same ITS state, LPIs and guest memory. Device 1's
+    ITT is the queue, so its DISCARDs zero slots that are still to run."""
+    import random
+
+    from vlpi.its import encode, write_cwriter
+
+    rnd = random.Random(seed)
+    start = _stream_vm()[0].its.cwriter // 32
+    cmds = []
+    for _ in range(rnd.randrange(40, 90)):
+        k = rnd.random()
+        slot_ev = 4 * (start + rnd.randrange(0, 100))  # the ITE over some slot's first doubleword
+        if k < 0.35:
+            cmds.append(ItsCommand.mapti(1, slot_ev, 8192 + rnd.randrange(0, 90), rnd.randrange(2)))
+        elif k < 0.6:
+            cmds.append(ItsCommand.discard(1, slot_ev))
+        elif k < 0.7:
+            cmds.append(ItsCommand.mapti(2, rnd.randrange(16), 8192 + rnd.randrange(0, 90), 0))
+        elif k < 0.8:
+            cmds.append(ItsCommand.int_(1, slot_ev))
+        else:
+            cmds.append(ItsCommand.sync(0))
+    states = []
+    for stepwise in (False, True):
+        vm, g = _stream_vm()
+        its = vm.its
+        base, off = g.cmdq.base, its.cwriter
+        slots = np.stack([encode(c) for c in cmds])
+        vm.mem.write(base + off, slots.reshape(-1))
+        if stepwise:
+            for i in range(len(cmds)):
+                write_cwriter(its, off + 32 * (i + 1))
+        else:
+            write_cwriter(its, off + 32 * len(cmds))
+        ites = {(d, e): its.translate(d, e) for d in (1, 2) for e in range(0, 4 * (start + 100))}
+        lpis = sorted(zip(np.asarray(vm.lpis.intid).tolist(), np.asarray(vm.lpis.pending_latch).tolist(), strict=True))
+        states.append((ites, lpis, vm.mem.read(base, 0x1_0000).tobytes(), len(its.command_log.errors)))
+    assert states[0] == states[1]
