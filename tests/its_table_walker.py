@@ -155,7 +155,8 @@ def _save(mem, baser0, baser1, devices, collections, has_gicv4_1, log) -> None:
 class RestoreState:
     def __init__(self, n_vcpus: int, existing=()) -> None:
         self.n_vcpus = n_vcpus
-        self.coll: dict[int, int] = {c: NOT_MAPPED for c in existing}
+        # existing collections: ICIDs, or a dict ICID -> target (for ``add_lpi``'s target)
+        self.coll: dict[int, int] = dict(existing) if isinstance(existing, dict) else {c: NOT_MAPPED for c in existing}
         self.collections: list[tuple[int, int]] = []
         # devices: [device_id, itt_addr, bits, [(eid, pintid, icid), ...]]
         self.devices: list[list] = []
