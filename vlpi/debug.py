@@ -17,6 +17,8 @@ def lpi_lines(vgic: Vgic, max_rows: int = 64) -> list[str]:
     Legend: P = pending (``pending_latch``, or the VLPI's hardware state when H),
     E = enabled, H = hw (forwarded as a VLPI); ``-`` = not set; vCPU -1 = no target.
     """
+    if isinstance(max_rows, (bool, np.bool_)) or not isinstance(max_rows, (int, np.integer)) or max_rows < 0:
+        raise ValueError(f"max_rows must be a non-negative integer, got {max_rows!r}")
     g = vgic
     lines = []
     pend = g.pending_now()

@@ -96,6 +96,9 @@ class GICv4:
     def __init__(self, n_vpes: int, *, version: str = "v4.1", vpt_bytes: int = VPT_BYTES) -> None:
         if version not in ("v4.1", "v4.0"):
             raise ValueError(f"version must be 'v4.1' or 'v4.0', got {version!r}")
+        for name, x in (("n_vpes", n_vpes), ("vpt_bytes", vpt_bytes)):
+            if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+                raise TypeError(f"{name} must be an integer, got {x!r} ({type(x).__name__})")
         if n_vpes < 1:
             raise ValueError(f"n_vpes must be >= 1, got {n_vpes}")
         if vpt_bytes < 1024 or vpt_bytes % 8:

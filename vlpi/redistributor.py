@@ -21,19 +21,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vlpi import pending as engine
 from vlpi.errors import GuestMemoryFault
-from vlpi.vgic import PENDBASER_PTZ, LostReason, LostSource, Vgic, check_vcpu
+from vlpi.pending import ORDERS
+from vlpi.vgic import PENDBASER_PTZ, LostReason, LostSource, Vgic, check_flag, check_reg, check_vcpu
 
 __all__ = ["Redistributors", "VMSaveReport", "PENDBASER_RES0_MASK", "PROPBASER_RES0_MASK"]
 
 PENDBASER_RES0_MASK = (1 << 63) | (7 << 59) | (0xF << 52) | (0xF << 12) | 0x7F
 PROPBASER_RES0_MASK = (0x1F << 59) | (0xF << 52) | (3 << 5)
-
-
-def _engine():
-    from vlpi import pending
-
-    return pending
 
 
 @dataclass(frozen=True)
@@ -59,6 +55,17 @@ class VMSaveReport:
     lost: np.ndarray = field(repr=False)
 
 
+def check_save_args(order, atomic, during, during_at) -> None:
+    """Refuse bad SAVE_PENDING_TABLES arguments before any vPE is unmapped."""
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    check_flag(atomic, "atomic")
+    if during is not None and not callable(during):
+        raise TypeError(f"during must be a callable or None, got {type(during).__name__}")
+    if during_at not in ("after_walk", "before_walk"):
+        raise ValueError(f"during_at must be 'after_walk' or 'before_walk', got {during_at!r}")
+
+
 class Redistributors:
     """The LPI side of every redistributor of a VM, on the vgic core ``vgic``."""
 
@@ -74,7 +81,7 @@ class Redistributors:
         """Guest/userspace write of GICR_PENDBASER (ignored while EnableLPIs = 1; RES0 bits
         63, 61:59, 55:52, 15:12, 6:0 cleared; PTZ stored)."""
         v = self._vcpu(vcpu)
-        value = int(value) & ((1 << 64) - 1)
+        value = check_reg(value, "value (GICR_PENDBASER)")
         if self.vgic.lpis_enabled[v]:
             return
         self.vgic.pendbaser[v] = np.uint64(value & ~PENDBASER_RES0_MASK)
@@ -86,17 +93,18 @@ class Redistributors:
     def write_propbaser(self, value: int, vcpu: int = 0) -> None:
         """Write GICR_PROPBASER through ``vcpu``'s redistributor (one value per VM; ignored while
         that redistributor has EnableLPIs = 1; RES0 bits cleared)."""
+        value = check_reg(value, "value (GICR_PROPBASER)")
         v = self._vcpu(vcpu)
         if self.vgic.lpis_enabled[v]:
             return
-        self.vgic.propbaser = int(value) & ((1 << 64) - 1) & ~PROPBASER_RES0_MASK
+        self.vgic.propbaser = value & ~PROPBASER_RES0_MASK
 
     def read_propbaser(self) -> int:
         return self.vgic.propbaser
 
     def write_ctlr(self, vcpu: int, value: int) -> None:
         """Write GICR_CTLR: bit 0 is EnableLPIs (see :meth:`enable_lpis`)."""
-        self.enable_lpis(vcpu, bool(int(value) & 1))
+        self.enable_lpis(vcpu, bool(check_reg(value, "value (GICR_CTLR)", 32) & 1))
 
     def read_ctlr(self, vcpu: int) -> int:
         return int(self.vgic.lpis_enabled[self._vcpu(vcpu)])
@@ -109,12 +117,13 @@ class Redistributors:
         fault is ignored, as by KVM (kept in ``last_scan_error``)."""
         g = self.vgic
         v = self._vcpu(vcpu)
+        enable = check_flag(enable, "enable")
         was = bool(g.lpis_enabled[v])
         g.lpis_enabled[v] = bool(enable)
         if enable and not was and not (int(g.pendbaser[v]) & PENDBASER_PTZ):
             before = g["pending"].copy()
             try:
-                _engine().sync_pending_table(g.mem, g.pendbaser, g.lpitable(), v, atomic=False)
+                engine.sync_pending_table(g.mem, g.pendbaser, g.lpitable(), v, atomic=False)
                 self.last_scan_error = None
             except GuestMemoryFault as e:
                 self.last_scan_error = e
@@ -132,16 +141,36 @@ class Redistributors:
             "ctlr": [self.read_ctlr(v) for v in range(n)],
         }
 
+    def check_registers(self, regs: dict) -> dict:
+        """Validate the redistributor part of ``regs``, changing nothing: ``propbaser`` a 64-bit
+        value, ``pendbaser`` (64-bit) and ``ctlr`` (32-bit) one value per vCPU. Returns them."""
+        if not isinstance(regs, dict):
+            raise TypeError(f"regs must be a dict (as get_registers returns), got {type(regs).__name__}")
+        n = self.vgic.n_vcpus
+        for key in ("propbaser", "pendbaser", "ctlr"):
+            if key not in regs:
+                raise ValueError(f"regs has no {key!r} (the redistributor registers are propbaser, pendbaser, ctlr)")
+        out = {"propbaser": check_reg(regs["propbaser"], "regs['propbaser']")}
+        for key, bits in (("pendbaser", 64), ("ctlr", 32)):
+            lst = regs[key]
+            if not isinstance(lst, (list, tuple, np.ndarray)) or np.ndim(lst) != 1:
+                raise TypeError(f"regs[{key!r}] must be a list with one value per vCPU, got {type(lst).__name__}")
+            if len(lst) != n:
+                raise ValueError(f"regs[{key!r}] has {len(lst)} values but this VM has {n} vCPUs (one each)")
+            out[key] = [check_reg(x, f"regs[{key!r}][{v}]", bits) for v, x in enumerate(lst)]
+        return out
+
     def set_registers(self, regs: dict) -> None:
         """Userspace restore in QEMU's order: PROPBASER (through every redistributor),
-        PENDBASERs, then GICR_CTLR (EnableLPIs scans run here)."""
+        PENDBASERs, then GICR_CTLR (EnableLPIs scans run here). Values as :meth:`check_registers`."""
+        r = self.check_registers(regs)
         n = self.vgic.n_vcpus
         for v in range(n):
-            self.write_propbaser(regs["propbaser"], v)
+            self.write_propbaser(r["propbaser"], v)
         for v in range(n):
-            self.write_pendbaser(v, regs["pendbaser"][v])
+            self.write_pendbaser(v, r["pendbaser"][v])
         for v in range(n):
-            self.write_ctlr(v, regs["ctlr"][v])
+            self.write_ctlr(v, r["ctlr"][v])
 
     # ================================================================ save
     def save_pending_tables(
@@ -161,8 +190,7 @@ class Redistributors:
         be read: pending VLPIs are saved as not pending, and named in the report
         (VLPI_UNSAVED). ``lost_in_window`` counts every record this call added. ``during``
         (no argument here) and ``during_at`` are as in :meth:`vlpi.VM.save_pending_tables`."""
-        if during_at not in ("after_walk", "before_walk"):
-            raise ValueError(f"during_at must be 'after_walk' or 'before_walk', got {during_at!r}")
+        check_save_args(order, atomic, during, during_at)
         g = self.vgic
         gicv4 = g.gicv4
         v41 = gicv4 is not None and gicv4.has_gicv4_1
@@ -173,7 +201,7 @@ class Redistributors:
         try:
             if during is not None and during_at == "before_walk":
                 during()
-            rep = _engine().save_pending_tables(
+            rep = engine.save_pending_tables(
                 g.mem, g.pendbaser, g.lpitable(), vpt=gicv4.vpt if v41 else None,
                 has_gicv4_1=v41, order=order, atomic=atomic,
             )

@@ -28,6 +28,7 @@ import errno as _errno
 
 import numpy as np
 
+from vlpi import pending as engine
 from vlpi.errors import GuestMemoryFault
 from vlpi.gicv4 import GICv4
 from vlpi.lpi import LPI_MIN_INTID, LPITable
@@ -48,6 +49,8 @@ __all__ = [
     "in_ram",
     "check_vcpu",
     "check_vcpus",
+    "check_reg",
+    "check_flag",
 ]
 
 PENDBASER_PTZ = 1 << 62
@@ -58,12 +61,6 @@ INITIAL_PENDBASER = (1 << 10) | (7 << 7)  # inner RaWb, inner shareable, address
 #: The LPI columns and their dtypes.
 LPI_FIELDS = {"intid": np.uint32, "target": np.int32, "pending": bool, "hw": bool, "priority": np.uint8,
               "enabled": bool, "refs": np.int32}
-
-
-def _engine():
-    from vlpi import pending
-
-    return pending
 
 
 class VMError(OSError):
@@ -150,7 +147,10 @@ class LostInterruptLog:
         for name, val in (("reason", reason), ("source", source), ("vcpu", vcpu), ("intid", intid),
                           ("device_id", device_id)):
             if val is not None:
-                m &= np.isin(r[name], np.asarray(val, dtype=np.int64).reshape(-1))
+                v = np.asarray(val).reshape(-1)
+                if v.size and (v.dtype == np.bool_ or not np.issubdtype(v.dtype, np.integer)):
+                    raise TypeError(f"{name} must be an integer or a list of integers, got {val!r}")
+                m &= np.isin(r[name], v.astype(np.int64))
         return r[m]
 
     def count(self, **kw) -> int:
@@ -200,6 +200,12 @@ class Vgic:
         Number of vCPUs (redistributors).
     gicv4 : GICv4 or None
         The host's GICv4.x, holding the state of forwarded (``hw``) LPIs.
+
+    Notes
+    -----
+    Not thread-safe: one thread at a time per VM. Column views (``vgic["pending"]``) and the
+    :meth:`lpitable` share memory with the core; only ``pending_latch`` and ``hw`` of the
+    LPITable may be written in place (as the engine does), the rest is changed through the API.
     """
 
     FIELDS = LPI_FIELDS
@@ -377,7 +383,7 @@ class Vgic:
         pend = np.zeros(cr.size, bool)
         if cr.size:
             tbl = LPITable(it[cr], tg[cr], np.zeros(cr.size, bool))
-            rep = _engine().sync_pending_status(self.mem, self.pendbaser, tbl, atomic=False, stop_on_error=False)
+            rep = engine.sync_pending_status(self.mem, self.pendbaser, tbl, atomic=False, stop_on_error=False)
             pend = tbl.pending_latch.astype(bool).copy()
             bad = np.asarray(rep.lpi_errno) != 0
             if bad.any():  # defensive: the prediction missed a fault
@@ -616,3 +622,23 @@ def check_vcpus(vcpus, n_vcpus: int) -> np.ndarray:
     if bad.size:
         raise ValueError(f"vcpus[{bad[0]}] = {v[bad[0]]} is not a vCPU (0 <= vcpu < {n_vcpus})")
     return v.astype(np.int64)
+
+
+def check_reg(value, name: str, bits: int = 64) -> int:
+    """A register value as an int: TypeError unless an integer (a bool is not one), ValueError
+    unless 0 <= value < 2**bits; both name ``name`` and the value."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a non-negative integer of at most {bits} bits, got {value!r} "
+                        f"({type(value).__name__})")
+    v = int(value)
+    if not 0 <= v < 1 << bits:
+        raise ValueError(f"{name} = {v:#x} does not fit the {bits}-bit register (0 <= {name} < 2**{bits})"
+                         if v >= 0 else f"{name} = {v} is negative; a {bits}-bit register value is >= 0")
+    return v
+
+
+def check_flag(value, name: str) -> bool:
+    """A flag as a bool: TypeError naming ``name`` unless it is a bool (or numpy bool)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)

@@ -16,6 +16,10 @@ A :class:`VM` ties together
   :class:`~vlpi.gicv4.GICv4`), and forwarding as VFIO does it (``vm.v4``,
   :class:`~vlpi.forwarding.Forwarding`).
 
+A VM is not thread-safe: drive it from one thread at a time. Its parts are reached as
+attributes for inspection; change them through the VM's verbs, the ITS's commands and
+registers, or guest memory.
+
 Operations: :meth:`VM.signal_msi` (vectorised device MSIs), :meth:`VM.forward` /
 :meth:`VM.unforward`, :meth:`VM.acknowledge` (the guest takes interrupts),
 :meth:`VM.save_pending_tables` (``KVM_DEV_ARM_VGIC_SAVE_PENDING_TABLES`` with the GICv4.1
@@ -63,7 +67,7 @@ from vlpi.its import queue as Q
 from vlpi.its.its import VirtualITS, event_pairs
 from vlpi.lpi import LPITable
 from vlpi.memory import GuestMemory
-from vlpi.redistributor import Redistributors, VMSaveReport
+from vlpi.redistributor import Redistributors, VMSaveReport, check_save_args
 from vlpi.vgic import (
     LOST_DTYPE,
     LostInterruptLog,
@@ -71,6 +75,7 @@ from vlpi.vgic import (
     LostSource,
     Vgic,
     VMError,
+    check_flag,
     check_vcpu,
     check_vcpus,
 )
@@ -204,8 +209,7 @@ class VM:
             self.v4.init()
 
     def run(self, vcpus=None) -> None:
-        """Enter KVM_RUN on the given vCPUs (default all): initialises the vgic if needed and
-        makes their vPEs resident."""
+        """Enter KVM_RUN on ``vcpus`` (default all), initialising the vgic; vPEs become resident."""
         self.init()
         for v in check_vcpus(vcpus, self.n_vcpus).tolist():
             self.running[v] = True
@@ -219,7 +223,7 @@ class VM:
 
     def quiesce_devices(self, quiesced: bool = True) -> None:
         """Record that devices are stopped (VFIO migration protocol) or running again."""
-        self.devices_quiesced = bool(quiesced)
+        self.devices_quiesced = check_flag(quiesced, "quiesced")
 
     # ================================================================= redistributors
     def write_pendbaser(self, vcpu: int, value: int) -> None:
@@ -330,9 +334,8 @@ class VM:
             From the engine (vPEs were remapped).
         """
         self._check_paused("SAVE_PENDING_TABLES", initialized=True)
-        if during_at not in ("after_walk", "before_walk"):
-            raise ValueError(f"during_at must be 'after_walk' or 'before_walk', got {during_at!r}")
-        if require_quiesced and not self.devices_quiesced:
+        check_save_args(order, atomic, during, during_at)
+        if check_flag(require_quiesced, "require_quiesced") and not self.devices_quiesced:
             raise VMError(_errno.EBUSY, "SAVE_PENDING_TABLES: devices can still send MSIs (require_quiesced=True)")
         return self.redist.save_pending_tables(
             order=order, atomic=atomic, during=None if during is None else (lambda: during(self)), during_at=during_at
@@ -360,7 +363,12 @@ class VM:
     def set_registers(self, regs: dict, *, restore_its_tables: bool = True) -> None:
         """Restore registers in QEMU's order: PROPBASER, PENDBASERs, GICR_CTLR (EnableLPIs
         scans run here, normally finding no LPI), then GITS_CBASER, CREADR, CWRITER, BASERs,
-        RESTORE_TABLES (optional) and GITS_CTLR last."""
+        RESTORE_TABLES (optional) and GITS_CTLR last. All is checked first: EBUSY while a vCPU
+        runs or the ITS is enabled, EINVAL where KVM refuses, TypeError/ValueError naming the entry."""
+        self._check_paused("set_registers")
+        check_flag(restore_its_tables, "restore_its_tables")
+        self.redist.check_registers(regs)
+        Q.check_registers(self.its, regs)
         self.redist.set_registers(regs)
         Q.set_registers(self.its, regs, restore_tables=self.restore_its_tables if restore_its_tables else None)
 

@@ -34,7 +34,7 @@ from vlpi.its import commands as C
 from vlpi.its.commands import ItsCommand, ItsCommandError
 from vlpi.lpi import LPI_INTID_LIMIT
 from vlpi.memory import GuestMemory
-from vlpi.vgic import PROPBASER_ADDRESS_MASK, LostReason, LostSource, Vgic, first_of, in_ram
+from vlpi.vgic import PROPBASER_ADDRESS_MASK, LostReason, LostSource, Vgic, check_flag, check_reg, first_of, in_ram
 
 __all__ = [
     "VirtualITS",
@@ -58,6 +58,7 @@ INTERRUPT_ID_BITS_ITS = 16
 LPI_OFFSET = 8192
 _TABLE_PAGE = 1 << 16
 _ESZ = 8
+_CMD_OFFSET = 0xF_FFE0  # GITS_CWRITER / GITS_CREADR bits [19:5]
 
 
 def _ite_gpa(itt, event_id):
@@ -135,20 +136,29 @@ class VirtualITS:
     ----------
     vgic : Vgic
         The vgic core of the VM: its LPIs, guest memory and vCPUs.
+
+    Notes
+    -----
+    Not thread-safe: one thread at a time per VM (KVM serialises with ``its_lock`` and
+    ``cmd_lock``). The registers are checked properties; ``devices`` and ``baser`` are the ITS's
+    own state, to be changed only through commands and :meth:`write_baser`.
     kernel : {"new", "old"}
         Which KVM generation to model (see the module docstring).
     """
 
     def __init__(self, vgic: Vgic, *, kernel: str = "new") -> None:
+        if not isinstance(vgic, Vgic):
+            raise TypeError(f"vgic must be a vlpi.vgic.Vgic (a VM's is vm.vgic, and its ITS vm.its), "
+                            f"got {type(vgic).__name__}")
         if kernel not in ("new", "old"):
             raise ValueError(f"kernel must be 'new' or 'old', got {kernel!r}")
         self.vgic = vgic
         self.kernel = kernel
-        self.ctlr_enabled = False
+        self._enabled = False
         self.baser = [GITS_BASER0_INIT, GITS_BASER1_INIT]
-        self.cbaser = 0
-        self.cwriter = 0
-        self.creadr = 0
+        self._cbaser = 0
+        self._cwriter = 0
+        self._creadr = 0
         self.abi_revision = 0
         self.devices: dict[int, tuple[int, int]] = {}  # DeviceID -> (itt_addr, eventid_bits)
         self._coll: dict[int, int] = {}  # ICID -> collection serial (insertion = creation order)
@@ -173,6 +183,61 @@ class VirtualITS:
         #: GPA of the 8-byte table entry the last MAPD V=0 or DISCARD zeroed (None: none yet):
         #: the command queue re-reads the slots it read ahead when a command wrote into them
         self.last_entry_write: int | None = None
+
+    # ================================================================ registers (state)
+    @property
+    def ctlr_enabled(self) -> bool:
+        """GITS_CTLR.Enabled. Assigning it sets the state only (a bool); a guest's write, which
+        checks the BASERs and runs the queue, is :func:`vlpi.its.queue.write_ctlr`."""
+        return self._enabled
+
+    @ctlr_enabled.setter
+    def ctlr_enabled(self, value: bool) -> None:
+        self._enabled = check_flag(value, "ctlr_enabled")
+
+    @property
+    def cbaser(self) -> int:
+        """GITS_CBASER as stored (a guest's write, sanitised, is :func:`vlpi.its.queue.write_cbaser`).
+        Assigning it refuses a queue smaller than CREADR or CWRITER."""
+        return self._cbaser
+
+    @cbaser.setter
+    def cbaser(self, value: int) -> None:
+        v = check_reg(value, "cbaser")
+        size = ((v & 0xFF) + 1) * 4096
+        if max(self._creadr, self._cwriter) >= size:
+            raise ValueError(f"cbaser = {v:#x} gives a {size}-byte command queue, but CREADR = {self._creadr:#x} "
+                             f"and CWRITER = {self._cwriter:#x} must lie inside it; set them first")
+        self._cbaser = v
+
+    def _offset(self, value, name: str) -> int:
+        off = check_reg(value, name) & _CMD_OFFSET
+        size = ((self._cbaser & 0xFF) + 1) * 4096
+        if off >= size:
+            raise ValueError(f"{name} = {int(value):#x}: offset {off:#x} (bits [19:5]) is beyond the {size}-byte "
+                             "command queue; nothing was changed")
+        return off
+
+    @property
+    def cwriter(self) -> int:
+        """GITS_CWRITER: bits [19:5] only, as KVM stores it. Assigning it stores the offset
+        without running the queue (ValueError if beyond the queue); a guest's write is
+        :func:`vlpi.its.queue.write_cwriter`."""
+        return self._cwriter
+
+    @cwriter.setter
+    def cwriter(self, value: int) -> None:
+        self._cwriter = self._offset(value, "cwriter")
+
+    @property
+    def creadr(self) -> int:
+        """GITS_CREADR: bits [19:5] only. Assigning it stores the offset (ValueError if beyond
+        the queue); userspace's checked write is :func:`vlpi.its.queue.set_creadr`."""
+        return self._creadr
+
+    @creadr.setter
+    def creadr(self, value: int) -> None:
+        self._creadr = self._offset(value, "creadr")
 
     @property
     def mem(self) -> GuestMemory:
@@ -209,7 +274,7 @@ class VirtualITS:
 
     def translate(self, device_id: int, event_id: int) -> tuple[int, int] | None:
         """(pINTID, target vCPU of the ITE's collection or -1) for a mapped event, else None."""
-        r = self._find_ite(int(device_id), int(event_id))
+        r = self._find_ite(_u(device_id, "device_id", 1 << 32), _u(event_id, "event_id", 1 << 32))
         if r < 0:
             return None
         return int(self._ite.arrays["intid"][r]), int(self._coll_target(self._ite.arrays["coll"][r : r + 1])[0])
@@ -406,6 +471,8 @@ class VirtualITS:
     def execute(self, cmd: ItsCommand) -> None:
         """Execute one decoded command (raises ItsCommandError like the Python calls).
         Opcodes without a KVM handler are no-ops."""
+        if not isinstance(cmd, ItsCommand):
+            raise TypeError(f"cmd must be an ItsCommand (see vlpi.its.decode), got {type(cmd).__name__}")
         op = cmd.opcode
         if op == C.GITS_CMD_MAPD:
             self.mapd(cmd.device_id, cmd.itt_addr, cmd.size, valid=cmd.valid)
@@ -439,6 +506,7 @@ class VirtualITS:
         """
         dev = _u(device_id, "device_id", 1 << 32)
         size = _u(size, "size", 32)
+        valid = check_flag(valid, "valid")
         itt = _u(itt_addr, "itt_addr") & (((1 << 52) - 1) & ~0xFF)
         ok, gpa = self._check_id(0, dev)
         if not ok:
@@ -494,6 +562,7 @@ class VirtualITS:
         """MAPC: map collection ``icid`` to vCPU ``rdbase`` (V=1) or delete it (V=0)."""
         icid = _u(icid, "icid", 1 << 16)
         rd = _u(rdbase, "rdbase")
+        valid = check_flag(valid, "valid")
         if self.kernel == "old" and not self._vcpu_ok(rd):
             raise ItsCommandError(C.E_ITS_MAPC_PROCNUM_OOR, "MAPC", f"RDbase {rd} is not a vCPU")
         if not valid:
@@ -788,8 +857,13 @@ class VirtualITS:
         """Write GITS_BASER<n> (n = 0 device table, 1 collection table; others ignored).
         Ignored while the ITS is enabled; a write leaving Valid = 0 frees every device (n=0)
         or every collection (n=1)."""
-        value = _u(value, "value", 1 << 64)
-        if n not in (0, 1) or self.ctlr_enabled:
+        value = check_reg(value, "value (GITS_BASER)")
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n not in (0, 1):
+            raise ValueError(
+                f"n = {n!r}: KVM implements GITS_BASER0 (device table) and GITS_BASER1 (collection table) only; "
+                "BASER2..7 read as 0 and ignore writes"
+            )
+        if self.ctlr_enabled:
             return
         typ = (1 if n == 0 else 4) << 56
         v = value & ~((7 << 56) | (0x1F << 48) | (3 << 8))
@@ -819,7 +893,8 @@ class VirtualITS:
         for icid in list(self._coll):
             self._free_collection(icid)
         self.baser = [b & ~(1 << 63) for b in self.baser]
-        self.cbaser = self.creadr = self.cwriter = 0
+        self.creadr = self.cwriter = 0
+        self.cbaser = 0
 
     # ================================================================ table ABI
     def _save_inputs(self):
@@ -861,6 +936,7 @@ class VirtualITS:
         """``KVM_DEV_ARM_ITS_SAVE_TABLES`` through :func:`vlpi.its.abi.save_tables_v0`."""
         from vlpi.its.abi import save_tables_v0
 
+        has_gicv4_1 = check_flag(has_gicv4_1, "has_gicv4_1")
         devices, colls = self._save_inputs()
         return save_tables_v0(self.mem, self.baser[0], self.baser[1], devices, colls, has_gicv4_1=has_gicv4_1)
 

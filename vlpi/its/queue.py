@@ -18,6 +18,7 @@ it writes encoded slots at CWRITER and then writes CWRITER.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +36,7 @@ from vlpi.its.commands import (
     encode,
     encode_many,
 )
-from vlpi.vgic import PENDBASER_ADDRESS_MASK
+from vlpi.vgic import PENDBASER_ADDRESS_MASK, VMError, check_reg
 
 __all__ = [
     "CommandLog",
@@ -102,9 +103,9 @@ def queue_gpa(cbaser: int) -> int:
 def write_cbaser(its, value: int) -> None:
     """Write GITS_CBASER (ignored while enabled): sanitise cache/shareability fields, clear
     PA[15:12], then CREADR := CWRITER := 0."""
+    v = check_reg(value, "value (GITS_CBASER)")
     if its.ctlr_enabled:
         return
-    v = int(value) & ((1 << 64) - 1)
     inner = (v >> 59) & 7
     if inner in (0, 1):
         v = (v & ~(7 << 59)) | (3 << 59)
@@ -113,27 +114,26 @@ def write_cbaser(its, value: int) -> None:
     if ((v >> 10) & 3) == 2:
         v = (v & ~(3 << 10)) | (1 << 10)
     v &= ~(0xF << 12)
-    its.cbaser = v
     its.creadr = 0
     its.cwriter = 0
+    its.cbaser = v
 
 
 def set_creadr(its, value: int) -> None:
     """Userspace write of GITS_CREADR (KVM_DEV_ARM_VGIC_GRP_ITS_REGS): only while disabled
     (``EBUSY``) and below the queue size (``EINVAL``). Guest writes are ignored by KVM."""
-    import errno
-
+    off = check_reg(value, "value (GITS_CREADR)") & _OFFSET_MASK
     if its.ctlr_enabled:
-        raise OSError(errno.EBUSY, "GITS_CREADR can only be restored while the ITS is disabled")
-    off = int(value) & _OFFSET_MASK
+        raise VMError(errno.EBUSY, "GITS_CREADR can only be restored while the ITS is disabled")
     if off >= queue_bytes(its.cbaser):
-        raise OSError(errno.EINVAL, f"GITS_CREADR offset {off:#x} beyond the {queue_bytes(its.cbaser)}-byte queue")
+        raise VMError(errno.EINVAL, f"GITS_CREADR offset {off:#x} beyond the {queue_bytes(its.cbaser)}-byte queue")
     its.creadr = off
 
 
 def write_cwriter(its, value: int) -> None:
-    """Guest write of GITS_CWRITER: keep [19:5]; drop an offset beyond the queue; run slots."""
-    off = int(value) & _OFFSET_MASK
+    """Guest (and userspace) write of GITS_CWRITER: keep [19:5]; drop an offset beyond the
+    queue; run slots (nothing runs while the ITS is disabled)."""
+    off = check_reg(value, "value (GITS_CWRITER)") & _OFFSET_MASK
     if off >= queue_bytes(its.cbaser):
         return
     its.cwriter = off
@@ -143,7 +143,7 @@ def write_cwriter(its, value: int) -> None:
 def write_ctlr(its, value: int) -> None:
     """Guest write of GITS_CTLR: Enabled 0 -> 1 needs BASER0, BASER1 and CBASER Valid (else the
     whole write is ignored); then the queue runs."""
-    en = bool(int(value) & 1)
+    en = bool(check_reg(value, "value (GITS_CTLR)", 32) & 1)
     if en and not its.ctlr_enabled:
         if not (its.baser[0] >> 63 and its.baser[1] >> 63 and its.cbaser >> 63):
             return
@@ -169,17 +169,49 @@ def get_registers(its) -> dict:
     }
 
 
+REGISTER_BITS = {"gits_ctlr": 32, "gits_cbaser": 64, "gits_creadr": 64, "gits_cwriter": 64}
+
+
+def check_registers(its, regs: dict) -> dict:
+    """Validate the ITS part of ``regs`` as KVM_DEV_ARM_VGIC_GRP_ITS_REGS would take it,
+    changing nothing: every value a non-negative integer of its register's width,
+    ``gits_baser`` 2 to 8 values (BASER2..7 are ignored), ``gits_iidr_rev`` (optional) an
+    existing ABI revision (EINVAL), the ITS disabled (EBUSY: CREADR cannot be restored
+    otherwise) and CREADR inside the queue that CBASER describes (EINVAL). Returns the values."""
+    out = {}
+    for key, bits in REGISTER_BITS.items():
+        if key not in regs:
+            raise ValueError(f"regs has no {key!r} (the ITS registers are {sorted(REGISTER_BITS)} and 'gits_baser')")
+        out[key] = check_reg(regs[key], f"regs[{key!r}]", bits)
+    bl = regs.get("gits_baser")
+    if not isinstance(bl, (list, tuple)) or not 2 <= len(bl) <= 8:
+        raise ValueError(f"regs['gits_baser'] must be a list of 2 to 8 GITS_BASER values, got {bl!r}")
+    out["gits_baser"] = [check_reg(b, f"regs['gits_baser'][{n}]") for n, b in enumerate(bl)]
+    rev = check_reg(regs.get("gits_iidr_rev", 0), "regs['gits_iidr_rev']", 4)
+    if rev != 0:
+        raise VMError(errno.EINVAL, f"regs['gits_iidr_rev'] = {rev}: no such ITS table ABI revision (KVM has 0)")
+    if its.ctlr_enabled:
+        raise VMError(errno.EBUSY, "ITS registers can only be restored while the ITS is disabled (GITS_CTLR = 0)")
+    creadr = out["gits_creadr"] & _OFFSET_MASK
+    if creadr >= queue_bytes(out["gits_cbaser"]):
+        raise VMError(errno.EINVAL, f"regs['gits_creadr'] = {out['gits_creadr']:#x}: offset {creadr:#x} is beyond the "
+                      f"{queue_bytes(out['gits_cbaser'])}-byte queue that regs['gits_cbaser'] describes")
+    return out
+
+
 def set_registers(its, regs: dict, *, restore_tables=None) -> None:
-    """Userspace restore in QEMU's order: GITS_CBASER, CREADR, CWRITER, BASER0/1, then
-    ``restore_tables()`` if given (KVM_DEV_ARM_ITS_RESTORE_TABLES), GITS_CTLR last."""
-    write_cbaser(its, regs["gits_cbaser"])
-    set_creadr(its, regs["gits_creadr"])
-    its.cwriter = regs["gits_cwriter"]
-    for n, b in enumerate(regs["gits_baser"][:2]):
+    """Userspace restore in QEMU's order: GITS_CBASER, CREADR, CWRITER (stored, or dropped if
+    beyond the queue, as KVM does), BASER0/1, then ``restore_tables()`` if given
+    (KVM_DEV_ARM_ITS_RESTORE_TABLES), GITS_CTLR last. Values as :func:`check_registers`."""
+    r = check_registers(its, regs)
+    write_cbaser(its, r["gits_cbaser"])
+    set_creadr(its, r["gits_creadr"])
+    write_cwriter(its, r["gits_cwriter"])
+    for n, b in enumerate(r["gits_baser"][:2]):
         its.write_baser(n, b)
     if restore_tables is not None:
         restore_tables()
-    write_ctlr(its, regs["gits_ctlr"])
+    write_ctlr(its, r["gits_ctlr"])
 
 
 _BULK_MIN = 32  # pending slots from which runs of MAPTI/MAPI are executed with map_events
@@ -187,6 +219,10 @@ _BULK_MIN = 32  # pending slots from which runs of MAPTI/MAPI are executed with 
 
 def process_commands(its) -> int:
     """vgic_its_process_commands: run every slot from CREADR to CWRITER. Returns slots run.
+
+    CREADR and CWRITER are 32-byte aligned offsets inside the queue (the registers keep
+    bits [19:5] and refuse offsets beyond the queue), so this ends within one lap: each slot
+    runs at most once per call.
 
     The kernel reads each slot just before it runs it, so a command that rewrites later slots
     (the queue overlapping a table it zeroes, or a pending table whose bits an LPI creation
@@ -206,9 +242,11 @@ def process_commands(its) -> int:
     maps_write_queue = bool(((pend < base + size) & (pend + 8192 > base)).any())
     n = 0
     bulk = True
-    while its.creadr != its.cwriter:
+    lap = size // 32
+    while its.creadr != its.cwriter and n < lap:
         off = its.creadr
         end = its.cwriter if its.cwriter > off else size
+        end = min(end, off + 32 * (lap - n))
         if bulk and (end - off) // 32 >= _BULK_MIN:
             try:
                 slots = mem.read(base + off, end - off).reshape(-1, 32)
@@ -295,6 +333,9 @@ class GuestCommandWriter:
     """
 
     def __init__(self, its, gpa: int, size_pages: int = 16) -> None:
+        gpa = check_reg(gpa, "gpa", 52)
+        if isinstance(size_pages, (bool, np.bool_)) or not isinstance(size_pages, (int, np.integer)):
+            raise TypeError(f"size_pages must be an integer, got {type(size_pages).__name__}")
         if not 1 <= size_pages <= 256:
             raise ValueError(f"size_pages must be in [1, 256], got {size_pages}")
         if gpa & 0xFFFF:
@@ -316,12 +357,18 @@ class GuestCommandWriter:
 
     def send(self, *cmds: ItsCommand) -> None:
         """Write the commands after CWRITER (waiting for nothing: KVM runs them synchronously)."""
+        bad = [i for i, c in enumerate(cmds) if not isinstance(c, ItsCommand)]
+        if bad:
+            raise TypeError(f"cmds[{bad[0]}] must be an ItsCommand, got {type(cmds[bad[0]]).__name__}")
         if cmds:
             self.send_slots(np.stack([encode(c) for c in cmds]))
 
     def send_slots(self, slots: np.ndarray) -> None:
         """Write pre-encoded ``[n, 32]`` slots and run them, in chunks that fit the queue."""
-        slots = np.ascontiguousarray(slots, dtype=np.uint8).reshape(-1, 32)
+        a = np.asarray(slots)
+        if a.dtype != np.uint8 or a.size % 32:
+            raise ValueError(f"slots must be uint8 bytes, 32 per command, got dtype {a.dtype} and {a.size} bytes")
+        slots = np.ascontiguousarray(a).reshape(-1, 32)
         per = self.size // 32 - 1
         mem = self.its.mem
         for i in range(0, slots.shape[0], per):
