@@ -73,7 +73,7 @@ _FREED = -2  # collection object freed
 
 class ItsStateError(OSError):
     """The ITS is in a state the modelled kernel cannot handle (e.g. ``SAVE_TABLES`` with an ITE
-    whose collection was unmapped: KVM dereferences NULL there; spec §6.6)."""
+    whose collection was unmapped: ``vgic_its_save_ite`` dereferences NULL there)."""
 
 
 @dataclass
@@ -909,7 +909,7 @@ class VirtualITS:
                 _errno.EINVAL,
                 f"ITE device {a['dev'][r]} event {a['event'][r]} (LPI {a['intid'][r]}) points to an unmapped "
                 "collection (MAPC V=0 while in use): KVM's SAVE_TABLES dereferences NULL here; "
-                "kernel behaviour undefined (spec §6.6). Remap or discard the event first.",
+                "kernel behaviour undefined. Remap or discard the event first.",
             )
         hw_of = self.vgic.hw_of(a["intid"])
         rows = np.flatnonzero(live)

@@ -1,6 +1,6 @@
 """The ITS command queue in guest RAM: GITS_CBASER / GITS_CWRITER / GITS_CREADR / GITS_CTLR.
 
-KVM's mechanics (kernel-semantics §10.1, §10.7):
+KVM's mechanics (``vgic_its_process_commands`` and the GITS_* register handlers):
 
 * a CWRITER write keeps bits [19:5]; an offset beyond the queue is dropped; otherwise every
   slot from CREADR up to the new CWRITER (wrapping at the queue size) runs, in order, before
