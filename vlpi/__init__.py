@@ -44,8 +44,10 @@ How vlpi computes a save.
 How the VM model is layered (one file per concern, each layer using only the ones below it).
     ::
 
-        vm.py             VM: memory + core + redistributors + ITS + vPEs, the user-facing verbs;
-          |               migrate() (source stop, destination restore)
+        migration.py      migrate() / migrate_host(): source stop, snapshot, destination restore,
+          |               verification, faults and rollback; snapshot.py: the snapshot file
+          v
+        vm.py             VM: memory + core + redistributors + ITS + vPEs, the user-facing verbs
           +--> redistributor.py   Redistributors: PROPBASER/PENDBASER/CTLR registers, EnableLPIs
           |                       scan, VM-level SAVE_PENDING_TABLES        (vgic-mmio-v3.c, vgic-v3.c)
           +--> forwarding.py      Forwarding: vPE map/schedule, forward/unforward  (vgic-v4.c)
@@ -90,8 +92,8 @@ _LAZY = {
     "VM": "vlpi.vm",
     "VMError": "vlpi.vm",
     "VMSaveReport": "vlpi.vm",
-    "MigrationReport": "vlpi.vm",
-    "migrate": "vlpi.vm",
+    "MigrationReport": "vlpi.migration",
+    "migrate": "vlpi.migration",
     "LostReason": "vlpi.vm",
     "LostSource": "vlpi.vm",
     "LostInterruptLog": "vlpi.vm",

@@ -19,19 +19,8 @@ import numpy as np
 __all__ = ["main"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="vlpi",
-        description="Model arm64 KVM LPI/VLPI pending-table save/restore for live migration, bit-exactly and fast.",
-    )
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    s = sub.add_parser(
-        "save",
-        help="save then restore the pending tables of a host of VMs and report (default: host-4096)",
-        description="Build a host of VMs (every VM maps every INTID 8192..2**id_bits-1 round-robin over its "
-        "vCPUs, PENDBASERs 64 KiB apart, random pending/VPT/table bits), save all pending tables in one "
-        "parallel pass (GICv4.1: VPT bits of forwarded LPIs), restore them, and report.",
-    )
+def _host_options(s: argparse.ArgumentParser) -> None:
+    """The host scenario options shared by ``save`` and ``migrate``."""
     s.add_argument("--vms", type=int, default=64, help="VMs on the host (default 64)")
     s.add_argument("--vcpus", type=int, default=64, help="vCPUs (= vPEs) per VM (default 64)")
     s.add_argument("--id-bits", type=int, default=16, help="LPI INTID bits, 14..24 (default 16)")
@@ -41,19 +30,67 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--hw-fraction", type=float, default=0.5, help="fraction of LPIs forwarded on GICv4 (0.5)")
     s.add_argument("--order", choices=("intid", "insertion"), default="intid",
                    help="kernel walk order: intid (Linux >= 6.9) or insertion (5.13-6.8)")
-    s.add_argument("--rounds", type=int, default=5, help="timed rounds, fresh random state each (default 5)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--no-baseline", action="store_true", help="skip the compiled kernel-loop baseline")
-    s = sub.add_parser(
-        "inspect",
-        help="list every LPI of a QEMU migration stream (per vCPU: device, event, INTID, enable, priority, pending)",
-        description="Read a QEMU migration stream (migrate \"exec:cat > FILE\"; gzip accepted) and print the GIC "
-        "in it: redistributor and ITS registers, and per vCPU every LPI the ITS maps.",
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vlpi",
+        description="Model arm64 KVM LPI/VLPI pending-table save/restore for live migration, bit-exactly and fast.",
     )
-    s.add_argument("stream", help="the migration stream file")
-    s.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    s.add_argument("--layout", choices=("kvm-abi-0", "qemu"), default=None,
-                   help="force the ITS table layout (default: decided from the stream)")
+    from vlpi import __version__
+
+    p.add_argument("--version", action="version", version=f"vlpi {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    s = sub.add_parser(
+        "save",
+        help="save then restore the pending tables of a host of VMs and report (default: host-4096)",
+        description="Build a host of VMs (every VM maps every INTID 8192..2**id_bits-1 round-robin over its "
+        "vCPUs, PENDBASERs 64 KiB apart, random pending/VPT/table bits), save all pending tables in one "
+        "parallel pass (GICv4.1: VPT bits of forwarded LPIs), restore them, and report.",
+    )
+    _host_options(s)
+    s.add_argument("--rounds", type=int, default=5, help="timed rounds, fresh random state each (default 5)")
+    s.add_argument("--no-baseline", action="store_true", help="skip the compiled kernel-loop baseline")
+    m = sub.add_parser(
+        "migrate",
+        help="live-migrate a host of VMs end to end (source, snapshot, destination) and verify it",
+        description="Build a host of VMs as guests program them (same options as 'vlpi save'), migrate every VM "
+        "the way QEMU drives KVM (pause, SAVE_TABLES, one SAVE_PENDING_TABLES pass, registers; destination: "
+        "redistributors, ITS, RESTORE_TABLES, forwarding), verify the pending state interrupt by interrupt, "
+        "and report phases, times, bytes, dirty pages and interrupts lost. Exit status 0 when verified.",
+    )
+    _host_options(m)
+    m.add_argument("--traffic", type=float, default=0.0, metavar="MSI_PER_S",
+                   help="MSIs per second per device while the vPEs are unmapped (default 0: devices quiesced)")
+    m.add_argument("--fault", choices=("none", "its-save", "pending-save", "restore", "snapshot"), default="none",
+                   help="inject a fault: read-only ITT (its-save) or pending-table page (pending-save), a "
+                   "read-only page on the destination (restore), a flipped snapshot bit (snapshot)")
+    m.add_argument("--fault-at", type=float, default=0.5, metavar="FRACTION",
+                   help="where the fault goes, in [0, 1): which VM, LPI or bit (default 0.5)")
+    m.add_argument("--policy", choices=("strict", "qemu"), default="strict",
+                   help="strict: any error aborts and the source resumes; qemu: what QEMU does (default strict)")
+    m.add_argument("--page-size", type=int, choices=(4, 16, 64), default=4, metavar="KIB",
+                   help="host page size for the dirty log: 4, 16 or 64 KiB (default 4)")
+    m.add_argument("--out", metavar="SNAPSHOT", default=None,
+                   help="write the snapshot to this file; the destination reads it back from there")
+    m.add_argument("--costs", default="", metavar="K=NS,...",
+                   help="per-access kernel costs in ns for the window estimate: read, write, lpi, vpt_read, vmapp "
+                   "(default: 100, 150, 10, 5, 2000, assumptions)")
+    m.add_argument("--json", action="store_true", help="print the report as JSON")
+    i = sub.add_parser(
+        "inspect",
+        help="summarise a vlpi snapshot or list every LPI of a QEMU migration stream",
+        description="FILE is a vlpi snapshot (vlpi migrate --out, VM.save): per VM and vCPU its LPIs, pending and "
+        "forwarded interrupts and tables. Otherwise FILE is read as a QEMU migration stream "
+        "(migrate \"exec:cat > FILE\"; gzip accepted) and the GIC in it is printed: redistributor and ITS "
+        "registers, and per vCPU every LPI the ITS maps.",
+    )
+    i.add_argument("path", metavar="FILE", help="a vlpi snapshot or a QEMU migration stream")
+    i.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    i.add_argument("--layout", choices=("kvm-abi-0", "qemu"), default=None,
+                   help="QEMU stream: force the ITS table layout (default: decided from the stream)")
+    i.add_argument("--vcpus", type=int, default=8, help="vlpi snapshot: vCPU lines per VM (default 8)")
     return p
 
 
@@ -143,21 +180,122 @@ def _cmd_save(a: argparse.Namespace) -> int:
     return 0
 
 
+def _kernels_cached() -> bool:
+    import glob
+
+    from vlpi._config import CACHE_DIR
+
+    return bool(glob.glob(os.path.join(CACHE_DIR, "**", "*.nbi"), recursive=True))
+
+
+def _costs(spec: str):
+    from vlpi.migration import DEFAULT_COSTS, KernelCosts
+
+    if not spec:
+        return DEFAULT_COSTS
+    kw = {}
+    for part in spec.split(","):
+        k, sep, v = part.partition("=")
+        k = k.strip().replace("-", "_")
+        name = k if k.endswith("_ns") else k + "_ns"
+        if not sep or name not in ("read_ns", "write_ns", "lpi_ns", "vpt_read_ns", "vmapp_ns"):
+            raise ValueError(f"--costs: {part!r} is not K=NS with K one of read, write, lpi, vpt_read, vmapp")
+        try:
+            kw[name] = float(v)
+        except ValueError:
+            raise ValueError(f"--costs: {v!r} in {part!r} is not a number of nanoseconds") from None
+    return KernelCosts(**kw, source="user-set (--costs); the others: assumptions")
+
+
+def _cmd_inspect(a: argparse.Namespace) -> int:
+    """A vlpi snapshot (recognised by its manifest or seal) or else a QEMU migration stream."""
+    import json
+
+    from vlpi import snapshot as S
+
+    if not os.path.isfile(a.path):
+        raise ValueError(f"{a.path}: no such file")
+    if S.is_snapshot(a.path):
+        summary = S.summarize(a.path)
+        print(json.dumps(summary, indent=1) if a.json else S.format_summary(summary, max_vcpus=a.vcpus))
+        return 0
+    from vlpi.qemu import read_gic
+
+    try:
+        g = read_gic(a.path, layout=a.layout)
+    except (OSError, ValueError) as e:  # unreadable, or neither kind of file
+        raise ValueError(f"{a.path}: not a vlpi snapshot; as a QEMU migration stream: {e}") from e
+    print(g.to_json() if a.json else g.format_table())
+    return 0
+
+
+def _cmd_migrate(a: argparse.Namespace) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from vlpi import migration as M
+    from vlpi.scenarios import build_model_host
+
+    if a.vms < 1 or a.vcpus < 1:
+        raise ValueError("--vms and --vcpus must be >= 1")
+    if not 0.0 <= a.fault_at < 1.0:
+        raise ValueError(f"--fault-at must be in [0, 1), got {a.fault_at}")
+    quiet = a.json
+    err = sys.stderr
+    t0 = time.perf_counter()
+    if not _kernels_cached():
+        print("vlpi migrate: compiling vlpi's kernels once (about 30-90 s on 2 cores); later runs load them "
+              "from the cache", file=err, flush=True)
+    # a small host loads (or compiles) every kernel the run needs, the parallel ones included
+    tiny = build_model_host(2, 2, 15, gic="v4.1", seed=0)
+    M.migrate_host(tiny, through_bytes=True)
+    t_kernels = time.perf_counter() - t0
+    traffic = M.Traffic(a.traffic, seed=a.seed) if a.traffic > 0 else None
+    costs = _costs(a.costs)
+    t0 = time.perf_counter()
+    with tqdm(total=a.vms, desc="build host", unit="VM", file=err, disable=quiet or None, leave=False) as bar:
+        vms = build_model_host(a.vms, a.vcpus, a.id_bits, gic=a.gic, hw_fraction=a.hw_fraction,
+                               lpis_per_vcpu=a.lpis_per_vcpu, seed=a.seed, progress=bar.update)
+    t_build = time.perf_counter() - t0
+    plan = M.plan_fault(vms, a.fault, a.fault_at)
+    with tqdm(total=a.vms, desc="migrate", unit="VM", file=err, disable=quiet or None, leave=False) as bar:
+        def progress(ev: str) -> None:
+            if ev == "vm restored":
+                bar.update(1)
+            else:
+                bar.set_description(ev)
+
+        try:
+            _, rep = M.migrate_host(vms, policy=a.policy, traffic=traffic, page_size=a.page_size * 1024,
+                                    order=a.order, snapshot_path=a.out, prepare=plan.prepare, corrupt=plan.corrupt,
+                                    costs=costs, progress=progress)
+        except M.MigrationAborted as e:
+            rep = e.report
+            if rep is None:
+                raise
+    head = {"vms": a.vms, "vcpus": a.vcpus, "id_bits": a.id_bits, "gic": a.gic, "fault": plan.describe,
+            "kernels_s": t_kernels, "build_s": t_build}
+    if a.json:
+        print(json.dumps({**head, **rep.to_dict()}, indent=1))
+    else:
+        print(f"vlpi migrate: {a.vms} VMs x {a.vcpus} vCPUs, IDbits {a.id_bits}, GIC{a.gic}, policy {a.policy}, "
+              f"fault: {plan.describe}")
+        print(f"  set-up: kernels {t_kernels:.1f} s, host built in {t_build:.1f} s")
+        print(rep.table())
+    return 0 if rep.ok else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vlpi`` command."""
     a = _parser().parse_args(argv)
     try:
         if a.cmd == "save":
             return _cmd_save(a)
+        if a.cmd == "migrate":
+            return _cmd_migrate(a)
         if a.cmd == "inspect":
-            from vlpi.qemu import read_gic
-
-            try:
-                g = read_gic(a.stream, layout=a.layout)
-            except OSError as e:  # unreadable file
-                raise ValueError(str(e)) from e
-            print(g.to_json() if a.json else g.format_table())
-            return 0
+            return _cmd_inspect(a)
     except ValueError as e:  # bad sizes etc.: say what, exit 2
         print(f"vlpi {a.cmd}: error: {e}", file=sys.stderr)
         return 2

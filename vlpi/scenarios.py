@@ -15,7 +15,10 @@ import numpy as np
 from vlpi.lpi import LPI_MIN_INTID, LPITable
 from vlpi.memory import GuestMemory
 
-__all__ = ["VMScenario", "HostScenario", "build_vm", "build_host", "GICS", "TABLE_GPA", "PENDBASER_ATTRS"]
+__all__ = [
+    "VMScenario", "HostScenario", "build_vm", "build_host", "build_model_vm", "build_model_host", "GICS", "TABLE_GPA",
+    "PENDBASER_ATTRS",
+]
 
 GICS = ("v3", "v4.0", "v4.1")
 TABLE_GPA = 0x8000_0000  # where the pending tables of each scenario VM live
@@ -169,3 +172,131 @@ def build_host(
         for _ in range(vms)
     ]
     return HostScenario(lst, gic, seed, rng)
+
+
+# ------------------------------------------------------------------------------- VM model
+#: guest layout of :func:`build_model_vm` (one memslot at TABLE_GPA): LPI configuration table,
+#: pending tables (64 KiB apart, or the table size rounded up to 64 KiB), a flat device table,
+#: a collection table, a 64 KiB command queue, then one ITT per device
+_CMDQ_PAGES = 16  # GITS_CBASER.Size + 1 (4 KiB pages)
+
+
+def build_model_vm(
+    vcpus: int = 64,
+    id_bits: int = 16,
+    *,
+    lpis_per_vcpu: int | None = None,
+    gic: str = "v4.1",
+    hw_fraction: float = 0.5,
+    pending_fraction: float = 0.5,
+    event_bits: int = 12,
+    seed: int | np.random.Generator = 0,
+):
+    """A :class:`vlpi.VM` programmed the way a guest does, with the LPIs of :func:`build_vm`.
+
+    The guest enables LPIs on every redistributor, maps one collection per vCPU (ICID = vCPU),
+    one device per ``2**event_bits`` LPIs (DeviceIDs 0, 1, ...), and every LPI through MAPTI to
+    the collection of its target vCPU; all LPIs are enabled (priority 0xa0). On GICv4.x a
+    ``hw_fraction`` of the events is forwarded (VFIO). Then devices raise MSIs for a
+    ``pending_fraction`` of the events (software LPIs become pending, forwarded ones set their
+    VPT bit), and the vCPUs are left running.
+
+    Returns
+    -------
+    VM
+    """
+    from vlpi.its import queue as Q
+    from vlpi.vm import VM
+
+    if gic not in GICS:
+        raise ValueError(f"gic must be one of {GICS}, got {gic!r}")
+    if not 14 <= id_bits <= 24:
+        raise ValueError(f"id_bits must be in 14..24, got {id_bits}")
+    if not isinstance(vcpus, (int, np.integer)) or not 1 <= vcpus <= 4096:
+        raise ValueError(f"vcpus must be in 1..4096, got {vcpus}")
+    if not 1 <= event_bits <= 16:
+        raise ValueError(f"event_bits must be in 1..16, got {event_bits}")
+    for name, f in (("hw_fraction", hw_fraction), ("pending_fraction", pending_fraction)):
+        if not 0.0 <= f <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {f}")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    limit = 1 << id_bits
+    if lpis_per_vcpu is None:
+        intid = np.arange(LPI_MIN_INTID, limit, dtype=np.int64)
+        target = (intid - LPI_MIN_INTID) % vcpus
+    else:
+        total = lpis_per_vcpu * vcpus
+        if total > limit - LPI_MIN_INTID:
+            raise ValueError(f"{total} LPIs do not fit in {id_bits} INTID bits")
+        intid = rng.choice(limit - LPI_MIN_INTID, size=total, replace=False).astype(np.int64) + LPI_MIN_INTID
+        target = np.repeat(np.arange(vcpus, dtype=np.int64), lpis_per_vcpu)
+        perm = rng.permutation(total)
+        intid, target = intid[perm], target[perm]
+    n = intid.size
+    per_dev = 1 << event_bits
+    n_dev = max(1, -(-n // per_dev))
+    if n_dev > 8192:
+        raise ValueError(f"{n_dev} devices do not fit in the one-page device table (event_bits too small)")
+    table_bytes = limit // 8
+    stride = max(_64K, -(-table_bytes // _64K) * _64K)
+    prop_bytes = -(-(limit - LPI_MIN_INTID) // _64K) * _64K
+    prop = TABLE_GPA
+    pend = prop + prop_bytes
+    devtab = pend + stride * vcpus
+    colltab = devtab + _64K
+    cmdq = colltab + _64K
+    itt0 = cmdq + _64K
+    itt_bytes = max(256, 8 << event_bits)
+    end = itt0 + n_dev * itt_bytes
+    vm = VM(vcpus, gic=gic)
+    vm.mem.add_slot(TABLE_GPA, -(-(end - TABLE_GPA) // _64K) * _64K)
+    vm.mem.write(prop, np.full(limit - LPI_MIN_INTID, 0xA3, np.uint8))
+    vm.write_propbaser(prop | PENDBASER_ATTRS | (id_bits - 1))
+    for v in range(vcpus):
+        vm.write_pendbaser(v, (pend + v * stride) | PENDBASER_ATTRS)
+    for v in range(vcpus):
+        vm.enable_lpis(v)
+    its = vm.its
+    its.write_baser(0, (1 << 63) | devtab)
+    its.write_baser(1, (1 << 63) | colltab)
+    Q.write_cbaser(its, (1 << 63) | cmdq | (_CMDQ_PAGES - 1))
+    Q.write_ctlr(its, 1)
+    vm.run()
+    for v in range(vcpus):
+        its.mapc(v, v)
+    dev = np.arange(n) // per_dev
+    ev = np.arange(n) % per_dev
+    for d in range(n_dev):
+        its.mapd(d, itt0 + d * itt_bytes, event_bits - 1)
+    its.map_events(dev, ev, intid, target)
+    if gic != "v3" and hw_fraction > 0:
+        fwd = np.flatnonzero(rng.random(n) < hw_fraction)
+        vm.forward(dev[fwd], ev[fwd])
+    hit = np.flatnonzero(rng.random(n) < pending_fraction)
+    vm.signal_msi(dev[hit], ev[hit])
+    return vm
+
+
+def build_model_host(
+    vms: int = 64,
+    vcpus: int = 64,
+    id_bits: int = 16,
+    *,
+    gic: str = "v4.1",
+    hw_fraction: float = 0.5,
+    lpis_per_vcpu: int | None = None,
+    seed: int = 0,
+    progress=None,
+) -> list:
+    """``vms`` VMs built by :func:`build_model_vm` (defaults: host-4096 as VMs; ``progress``, if
+    given, is called with 1 after each VM)."""
+    if vms < 1:
+        raise ValueError(f"vms must be >= 1, got {vms}")
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(vms):
+        out.append(build_model_vm(vcpus, id_bits, lpis_per_vcpu=lpis_per_vcpu, gic=gic, hw_fraction=hw_fraction,
+                                  seed=rng))
+        if progress is not None:
+            progress(1)
+    return out

@@ -24,8 +24,9 @@ Operations: :meth:`VM.signal_msi` (vectorised device MSIs), :meth:`VM.forward` /
 :meth:`VM.unforward`, :meth:`VM.acknowledge` (the guest takes interrupts),
 :meth:`VM.save_pending_tables` (``KVM_DEV_ARM_VGIC_SAVE_PENDING_TABLES`` with the GICv4.1
 unmap/remap of every vPE around the engine), :meth:`VM.save_its_tables` /
-:meth:`VM.restore_its_tables`, :meth:`VM.describe`, and :func:`migrate` (the whole QEMU-ordered
-source stop + destination restore).
+:meth:`VM.restore_its_tables`, :meth:`VM.describe`, :meth:`VM.save` / :meth:`VM.load` (a migration
+snapshot file), and :func:`vlpi.migration.migrate` (the whole QEMU-ordered source stop +
+destination restore).
 
 Example
 -------
@@ -44,6 +45,7 @@ Example
 [True]
 >>> vm.signal_msi(1, [3, 4]).tolist()                        # a VLPI and a software LPI
 [2, 1]
+>>> from vlpi.migration import migrate
 >>> dst, rep = migrate(vm, forward_after=(1, [3]))
 >>> rep.pending_save.vpes_unmapped, rep.pending_save.lost_in_window
 (2, 0)
@@ -55,7 +57,6 @@ from __future__ import annotations
 
 import errno as _errno
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -87,10 +88,7 @@ __all__ = [
     "LostSource",
     "LostInterruptLog",
     "VMSaveReport",
-    "MigrationReport",
     "LOST_DTYPE",
-    "migrate",
-    "copy_memory",
 ]
 
 
@@ -372,6 +370,28 @@ class VM:
         self.redist.set_registers(regs)
         Q.set_registers(self.its, regs, restore_tables=self.restore_its_tables if restore_its_tables else None)
 
+    # ================================================================= snapshot files
+    def save(self, path, **kw):
+        """Write a migration snapshot of this VM to ``path``: the source side of a migration
+        (pause, ``SAVE_TABLES``, ``SAVE_PENDING_TABLES``, registers, image), the file written
+        atomically (:func:`vlpi.migration.save`; keywords such as ``policy`` and ``page_size``
+        go there). The VM stays paused. Returns the source's report."""
+        from vlpi import migration
+
+        return migration.save(path, [self], **kw)
+
+    @classmethod
+    def load(cls, path, **kw) -> VM:
+        """The VM restored from a one-VM snapshot file, in QEMU's order (:func:`vlpi.migration.load`,
+        which also returns the verification against the source's pending state; a bad file is
+        refused with :class:`vlpi.snapshot.SnapshotError` before anything is built)."""
+        from vlpi import migration
+
+        vms, _, _ = migration.load(path, **kw)
+        if len(vms) != 1:
+            raise ValueError(f"{path}: the snapshot holds {len(vms)} VMs; use vlpi.migration.load")
+        return vms[0]
+
     # ================================================================= debug view
     def describe(self, max_rows: int = 64) -> str:
         """A vgic-debug-like dump: one line per LPI (INTID, vCPU, P/E/H flags, priority) for
@@ -393,75 +413,14 @@ class VM:
         )
 
 
-@dataclass(frozen=True)
-class MigrationReport:
-    """What :func:`migrate` did on each side.
-
-    Attributes
-    ----------
-    its_save : ItsSaveReport
-        Source ``SAVE_TABLES``.
-    pending_save : VMSaveReport
-        Source ``SAVE_PENDING_TABLES`` (vPEs unmapped/remapped, interrupts lost in the window).
-    registers : dict
-        The register state carried over (:meth:`VM.get_registers`).
-    forwarded : numpy.ndarray or None
-        Destination: which ``forward_after`` events were forwarded again.
-    """
-
-    its_save: object
-    pending_save: VMSaveReport
-    registers: dict
-    forwarded: np.ndarray | None = None
+# migrate, MigrationReport and copy_memory live in vlpi.migration (the layer above the VM); they
+# stay importable from here
+_MIGRATION_NAMES = ("migrate", "MigrationReport", "copy_memory")
 
 
-def copy_memory(mem: GuestMemory) -> GuestMemory:
-    """A new GuestMemory with the same slots and a copy of their bytes (RAM sent to the target)."""
-    out = GuestMemory()
-    for s in mem.slots:
-        out.add_slot(s.gpa, s.size, readonly=s.readonly, data=s.data.copy())
-    return out
+def __getattr__(name: str):
+    if name in _MIGRATION_NAMES:
+        from vlpi import migration
 
-
-def migrate(
-    src: VM,
-    *,
-    during: Callable[[VM], object] | None = None,
-    forward_after=None,
-    gic: str | None = None,
-    run: bool = True,
-) -> tuple[VM, MigrationReport]:
-    """Migrate ``src`` to a new VM the way QEMU drives KVM (kernel-semantics §4.6).
-
-    Source: pause every vCPU, ``SAVE_TABLES``, ``SAVE_PENDING_TABLES`` (``during`` as in
-    :meth:`VM.save_pending_tables`), read the registers. Destination: copy guest RAM, create the
-    VM, initialise it, restore PROPBASER, PENDBASERs and GICR_CTLR (EnableLPIs scans run here,
-    normally finding no LPI), GITS_CBASER/CREADR/CWRITER/BASERs, ``RESTORE_TABLES`` (LPIs created,
-    pending bits consumed), GITS_CTLR; then VFIO re-establishes forwarding for ``forward_after``
-    = (device_ids, event_ids), pushing ``pending_latch`` into the VPTs; then the vCPUs run.
-
-    Parameters
-    ----------
-    gic : str, optional
-        The destination host's GIC (default: the source's).
-    run : bool
-        Start the destination's vCPUs at the end.
-
-    Raises
-    ------
-    VMError, ItsTableError, GuestMemoryFault
-        From the step that failed; the source stays paused.
-    """
-    src.pause()
-    its_rep = src.save_its_tables()
-    pend_rep = src.save_pending_tables(during=during)
-    regs = src.get_registers()
-    dst = VM(src.n_vcpus, gic=gic or src.gic, mem=copy_memory(src.mem), kernel=src.its.kernel,
-             vpt_bytes=src.gicv4.vpt_bytes if src.gicv4 is not None else VPT_BYTES)
-    dst.init()
-    dst.set_registers(regs)
-    fwd = dst.forward(*forward_after) if forward_after is not None else None
-    if run:
-        dst.run()
-    return dst, MigrationReport(its_rep, pend_rep, regs, fwd)
-
+        return getattr(migration, name)
+    raise AttributeError(f"module 'vlpi.vm' has no attribute {name!r}")
