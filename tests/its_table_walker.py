@@ -155,16 +155,23 @@ def _save(mem, baser0, baser1, devices, collections, has_gicv4_1, log) -> None:
 class RestoreState:
     def __init__(self, n_vcpus: int, existing=()) -> None:
         self.n_vcpus = n_vcpus
-        self.coll: dict[int, int] = {c: NOT_MAPPED for c in existing}
+        # existing collections: ICIDs, or a dict ICID -> target (for ``add_lpi``'s target)
+        self.coll: dict[int, int] = dict(existing) if isinstance(existing, dict) else {c: NOT_MAPPED for c in existing}
         self.collections: list[tuple[int, int]] = []
         # devices: [device_id, itt_addr, bits, [(eid, pintid, icid), ...]]
         self.devices: list[list] = []
+        self.add_lpi = None
 
 
-def restore(mem, baser0: int, baser1: int, n_vcpus: int, existing=()):
+def restore(mem, baser0: int, baser1: int, n_vcpus: int, existing=(), add_lpi=None):
     """Returns (collections, devices, error): devices as [(id, itt, bits, [(eid, pintid, icid)])],
-    error = None or (errno, tag). Structures are those restored before any error."""
+    error = None or (errno, tag). Structures are those restored before any error.
+
+    ``add_lpi(pintid, target)`` (optional; target a vCPU id or None) is called where the kernel
+    calls ``vgic_add_lpi``, right after the ITE is allocated; a non-zero errno it returns fails
+    the restore there (the ITE stays listed, as in the abi's partial result)."""
     st = RestoreState(n_vcpus, existing)
+    st.add_lpi = add_lpi
     try:
         ret = _restore_collection_table(mem, st, baser1)
         if ret == 0:
@@ -263,6 +270,11 @@ def _restore_device_tables(mem, st: RestoreState, baser0: int) -> int:
             if event_id >= 1 << dev[2] or not visible(mem, dev[1] + event_id * ESZ):
                 return -errno.EINVAL
             dev[3].append((event_id, lpi, icid))
+            if st.add_lpi is not None:
+                target = st.coll[icid]
+                err = st.add_lpi(lpi, None if target == NOT_MAPPED else target)
+                if err:
+                    return -err
             return offset
 
         return fn

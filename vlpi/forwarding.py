@@ -58,9 +58,10 @@ class Forwarding:
         """Set up forwarding (kvm_vgic_v4_set_forwarding) for events, vectorised.
 
         VMAPTI each event's LPI to its target's vPE, mark it ``hw``, and move a set
-        ``pending_latch`` into the VPT (an INT), then clear the latch. Events without an ITE or
-        without a target vCPU are not forwarded (KVM falls back to software injection); already
-        forwarded ones stay as they are.
+        ``pending_latch`` into the VPT (an INT), then clear the latch. Only events that
+        ``vgic_its_resolve_lpi`` resolves are forwarded: the ITS enabled, an ITE whose
+        collection is mapped, EnableLPIs = 1 on that vCPU, and an LPI with a target (KVM falls
+        back to software injection otherwise); already forwarded ones stay as they are.
 
         Returns
         -------
@@ -72,7 +73,7 @@ class Forwarding:
         self._check()
         d, e = event_pairs(device_ids, event_ids)
         ite, intid = self.its.resolve(d, e)
-        ok, new = self.vgic.map_vlpis(intid)
+        ok, new = self.vgic.map_vlpis(np.where(self.its.resolvable(ite), intid, 0))
         self.its.set_forwarded(ite[new])
         return ok & self.its.forwarded(ite)
 

@@ -14,8 +14,9 @@ L1 entry    V[63] | L2 page GPA[51:16] (two-level device table, 8192 DTEs per 64
 ==========  =============================================================================
 
 ``next`` is the ID delta to the following saved entry (0 = last), capped at 2^14 - 1 (DTE) and
-2^16 - 1 (ITE). DTEs are indexed by DeviceID, ITEs by EventID at ``ITT_addr + 8 * EventID``;
-CTEs are packed from the collection table's base in collection-list (creation) order.
+2^16 - 1 (ITE). DTEs are indexed by DeviceID, ITEs by EventID at ``ITT_addr + (u32)(8 *
+EventID)`` (the kernel's 32-bit product: it wraps for ITTs of more than 2^29 events); CTEs are
+packed from the collection table's base in collection-list (creation) order.
 
 Save (:func:`save_tables_v0`): devices in DeviceID order; for each, the DTE address is resolved
 (``vgic_its_check_id``: flat, or two-level through the L1 entry read from guest memory), then
@@ -29,12 +30,12 @@ table), then devices by the ``scan_its_table`` rule (an invalid entry steps 1, a
 ITEs is the order in which KVM creates the LPIs (``vgic_add_lpi``), which is where pending bits
 are pulled out of the pending tables (:func:`vlpi.sync_pending_status`).
 
-Writes go through :class:`GuestMemory` (``write`` per contiguous run of entries, or one
-vectorised ``write_u8`` when there are many scattered runs; both dirty-logged), reads through
-:meth:`GuestMemory.read`. Bulk work is vectorised: the whole save is planned with numpy (every
-entry's address, value and first failure), tables are read in chunks and viewed as ``<u8``
-words; small ITTs are walked in plain Python, which is faster there. The result is exactly that
-of the entry-by-entry kernel loops (see ``tests/its_table_walker.py``, the scalar reference).
+Both walks are compiled (``vlpi._kernels.its_tables``) and follow the kernel's order of
+accesses entry by entry, so where they stop and what they leave behind are the kernel's; no
+Python runs per entry. Writes land in the slots' arrays and mark their pages dirty; reads come
+straight from them. The scalar reference they are tested against is ``tests/its_table_walker.py``.
+Restore output grows with the ITEs found (about 10 bytes each) and is capped (``max_ites``):
+a table naming more ITEs than memory can hold is refused with ``ENOMEM``.
 
 Modelling notes
 ---------------
@@ -46,25 +47,29 @@ Modelling notes
   8 bytes, Device/Collection and 64 KiB); ``Indirect`` is ignored for ``baser1`` (KVM forces 0).
 * DeviceIDs of a two-level scan are computed in 32-bit arithmetic as in the kernel
   (``l2_start_id = l1_index * 8192`` wraps modulo 2^32).
-* Save fails with ``EINVAL`` on a device whose DeviceID fails ``vgic_its_check_id`` (the tree
-  the spec was read from). A 2026 selftest says newer kernels skip such devices instead
-  (kernel-semantics.md §4.3, UNVERIFIED); that variant is not modelled.
+* Save fails with ``EINVAL`` on a device whose DeviceID fails ``vgic_its_check_id``. A 2026
+  kernel selftest suggests newer kernels skip such devices instead (not confirmed in the
+  kernel's source); that variant is not modelled.
+* A DeviceID may appear twice in the device list (KVM never checks on restore): both devices
+  are saved, in list order.
 * Restore only reads. KVM interleaves ``vgic_add_lpi`` (which clears pending bits in guest RAM)
-  with the table scan; the caller replays those clears afterwards, in the returned order. The
-  two differ only if a pending table overlaps an ITS table that is still to be scanned.
+  with the table scan; the caller (:meth:`vlpi.its.VirtualITS.restore_tables`) creates the LPIs
+  afterwards, in the returned order, up to the first failure. The two differ only if a pending
+  table overlaps an ITS table that is still to be scanned.
 """
 
 from __future__ import annotations
 
 import bisect
-import errno as _errno
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from vlpi._kernels import its_tables as _k
 from vlpi.errors import GuestMemoryFault
-from vlpi.memory import PAGE_SHIFT, GuestMemory
+from vlpi.memory import GuestMemory
 
 __all__ = [
     "ABI_REVISIONS",
@@ -144,10 +149,14 @@ class ItsTableError(OSError):
     report : ItsSaveReport or None
         Save only: what was written before the error (those writes stay in guest memory).
     collections, devices : list or None
-        Restore only: what had been restored before the error, in restore order (the failing
-        device is included with the ITEs restored before the failure). KVM frees all of it
-        (and any pre-existing devices and collections), but ``vgic_add_lpi`` already ran for
-        every listed ITE, so their pending bits were already consumed.
+        Restore only: what the walk restored before the error, in restore order (the failing
+        device is included with the ITEs restored before the failure). ``vgic_add_lpi`` runs
+        for each listed ITE before the next entry is read, so their pending bits are consumed
+        whatever the error.
+    table : str or None
+        Restore only: ``"collection"`` or ``"device"``, the table whose walk failed. KVM frees
+        only the collection list after a collection-table error (and does not scan the device
+        table); after a device-table error it frees the device list, then the collection list.
     """
 
     def __init__(
@@ -160,6 +169,7 @@ class ItsTableError(OSError):
         report: ItsSaveReport | None = None,
         collections: list | None = None,
         devices: list | None = None,
+        table: str | None = None,
     ) -> None:
         super().__init__(err, message)
         self.where = where
@@ -167,16 +177,19 @@ class ItsTableError(OSError):
         self.report = report
         self.collections = collections
         self.devices = devices
+        self.table = table
 
     def __reduce__(self):
         return (
             _rebuild_error,
-            (self.errno, self.strerror, self.where, self.gpa, self.report, self.collections, self.devices),
+            (self.errno, self.strerror, self.where, self.gpa, self.report, self.collections, self.devices, self.table),
         )
 
 
-def _rebuild_error(err, message, where, gpa, report, collections, devices):
-    return ItsTableError(err, message, where=where, gpa=gpa, report=report, collections=collections, devices=devices)
+def _rebuild_error(err, message, where, gpa, report, collections, devices, table=None):
+    return ItsTableError(
+        err, message, where=where, gpa=gpa, report=report, collections=collections, devices=devices, table=table
+    )
 
 
 # ----------------------------------------------------------------------------- structures
@@ -400,32 +413,19 @@ def decode_l1e(raw) -> np.ndarray:
 
 # ------------------------------------------------------------------- guest memory map
 class _Map:
-    """Mapped and writable extents of a GuestMemory (adjacent slots merged), for vectorised
-    "is this 8-byte entry readable / writable / visible" questions."""
+    """Mapped extents of a GuestMemory (adjacent slots merged), for the scalar questions the
+    error messages need ("is this entry visible / readable?")."""
 
     def __init__(self, mem: GuestMemory) -> None:
         self.mem = mem
-        self.rd = mem.extents(writable=False)
-        self.wr = mem.extents(writable=True)
-        self._rd_starts = self.rd[0].tolist()  # scalar lookups: bisect on lists beats numpy
-        self._rd_ends = self.rd[1].tolist()
+        starts, ends = mem.extents(writable=False)
+        self._rd_starts = starts.tolist()  # scalar lookups: bisect on lists beats numpy
+        self._rd_ends = ends.tolist()
 
-    @staticmethod
-    def _inside(ext, lo: np.ndarray, n: int) -> np.ndarray:
-        st, en = ext
-        lo = np.asarray(lo, dtype=np.uint64)
-        if st.size == 0:
-            return np.zeros(lo.shape, bool)
-        i = np.searchsorted(st, lo, side="right") - 1
-        ok = i >= 0
-        ic = np.where(ok, i, 0)
-        return ok & (lo + _U64(n) <= en[ic])
-
-    def visible(self, gpa) -> np.ndarray:
-        return self._inside(self.rd, gpa, 1)
-
-    def writable(self, gpa) -> np.ndarray:
-        return self._inside(self.wr, gpa, ESZ)
+    def visible(self, gpa: int) -> bool:
+        """The byte at ``gpa`` is in a memslot (``kvm_is_visible_gfn`` at byte granularity)."""
+        i = bisect.bisect_right(self._rd_starts, gpa) - 1
+        return i >= 0 and gpa < self._rd_ends[i]
 
     def readable_entries(self, gpa: int, m: int) -> int:
         """How many consecutive 8-byte entries from ``gpa`` (at most ``m``) can be read."""
@@ -433,18 +433,6 @@ class _Map:
         if i < 0 or gpa >= self._rd_ends[i]:
             return 0
         return min(m, (self._rd_ends[i] - gpa) // ESZ)
-
-    def visible1(self, gpa: int) -> bool:
-        """Scalar :meth:`visible`."""
-        i = bisect.bisect_right(self._rd_starts, gpa) - 1
-        return i >= 0 and gpa < self._rd_ends[i]
-
-    def read_words(self, gpa: int, m: int) -> tuple[np.ndarray, int]:
-        """Read up to ``m`` entries; returns (words, n) with n < m when entry n would fault."""
-        n = self.readable_entries(gpa, m)
-        if n == 0:
-            return np.zeros(0, np.uint64), 0
-        return self.mem.read(gpa, n * ESZ).view("<u8"), n
 
 
 def _check_mem(mem) -> None:
@@ -491,33 +479,6 @@ def _check_id(gmap: _Map, baser: int, ident: int, device: bool, l1_cache: dict |
     return True, addr, ""
 
 
-def _check_ids(gmap: _Map, baser: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised ``vgic_its_check_id`` for DeviceIDs: (ok, DTE GPA) per id."""
-    base, nbytes, indirect = baser_table(baser)
-    ids = np.asarray(ids, np.int64)
-    ok = ids <= VITS_MAX_DEVID
-    addr = np.zeros(ids.size, np.int64)
-    if not indirect:
-        ok &= ids < nbytes // ESZ
-        addr[ok] = base + ids[ok] * ESZ
-    else:
-        index = ids // L2_ENTRIES
-        ok &= index < nbytes // ESZ
-        for i in np.unique(index[ok]).tolist():  # at most 8 L1 entries (DeviceID <= 0xffff)
-            sel = ok & (index == i)
-            l1_gpa = base + i * ESZ
-            if gmap.readable_entries(l1_gpa, 1) == 0:
-                ok &= ~sel
-                continue
-            l1 = int(gmap.mem.read(l1_gpa, ESZ).view("<u8")[0])
-            if not l1 >> 63:
-                ok &= ~sel
-                continue
-            addr[sel] = (l1 & _ADDR_51_16) + (ids[sel] % L2_ENTRIES) * ESZ
-    ok[ok] &= gmap.visible(addr[ok].astype(np.uint64))
-    return ok, addr
-
-
 # ---------------------------------------------------------------------------------- save
 def _int_field(obj, name: str, where: str, lo: int, hi: int) -> int:
     v = getattr(obj, name)
@@ -544,8 +505,81 @@ def _ite_array(a, name: str, n: int | None) -> np.ndarray:
     return arr  # converted to int64 by one concatenate per column
 
 
+#: per column: (name, native dtype, exclusive upper bound of the value)
+_ITE_COLUMNS = (
+    ("event_id", np.uint32, 1 << 32), ("pintid", np.uint32, 1 << 32), ("icid", np.uint16, 1 << 16), ("hw", np.bool_, 2)
+)
+
+
+def _native_col(p: np.ndarray, dtype, hi: int, name: str, k: int) -> np.ndarray:
+    """One device's per-ITE column in its native dtype, C-contiguous; values that do not fit
+    are an error (booleans are not integers, anything non-zero is a True ``hw``)."""
+    if p.dtype != dtype:
+        flag = np.dtype(dtype) == np.bool_
+        if p.dtype == np.bool_ and not flag:
+            raise TypeError(f"devices[{k}].{name} must be integers, got dtype bool")
+        if not flag and p.size:
+            bad = (p < 0) | (p >= hi) if p.dtype.kind == "i" else p >= np.uint64(hi)
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise ValueError(f"devices[{k}].{name}[{i}] = {int(p[i])} is out of range [0, {hi:#x})")
+        p = p.astype(dtype)
+    return np.ascontiguousarray(p)
+
+
+_BY_ADDRESS = 1 << 15  # devices with at least this many ITEs are passed in place, smaller ones
+#                       copied into one buffer per column: taking an array's address costs
+#                       ~10 us in Python, copying 32 Ki ITEs about as much (measured)
+
+
+def _addrs(arrays: list[np.ndarray], keep: list) -> np.ndarray:
+    """Addresses of per-device arrays for the kernel; small ones are packed into one buffer
+    (appended to ``keep``, which must outlive the kernel call)."""
+    n = len(arrays)
+    out = np.zeros(n, np.uint64)
+    if n == 0:
+        return out
+    sizes = np.fromiter((a.shape[0] for a in arrays), np.int64, n)
+    small = np.flatnonzero(sizes < _BY_ADDRESS)
+    if small.size:
+        buf = np.concatenate([arrays[r] for r in small.tolist()])
+        keep.append(buf)
+        offs = np.zeros(small.size, np.int64)
+        np.cumsum(sizes[small][:-1], out=offs[1:])
+        out[small] = np.uint64(buf.__array_interface__["data"][0]) + (offs * buf.itemsize).astype(np.uint64)
+    for r in np.flatnonzero(sizes >= _BY_ADDRESS).tolist():
+        out[r] = arrays[r].__array_interface__["data"][0]
+    return out
+
+
+_U32, _U16, _BOOL = np.dtype(np.uint32), np.dtype(np.uint16), np.dtype(np.bool_)
+
+
+def _native(d: ItsDevice) -> bool:
+    """True when a device needs no conversion: int fields in range, C-contiguous 1-D arrays of
+    one length in their native dtypes. Anything else takes the checking path (which also says
+    what is wrong). Written for speed: it runs once per device on every save."""
+    e, p, c, h = d.event_id, d.pintid, d.icid, d.hw
+    if not (type(e) is np.ndarray and type(p) is np.ndarray and type(c) is np.ndarray and type(h) is np.ndarray):
+        return False
+    if not (e.dtype is _U32 and p.dtype is _U32 and c.dtype is _U16 and h.dtype is _BOOL):
+        return False
+    n = e.shape
+    if len(n) != 1 or p.shape != n or c.shape != n or h.shape != n:
+        return False
+    if not (e.flags.c_contiguous and p.flags.c_contiguous and c.flags.c_contiguous and h.flags.c_contiguous):
+        return False
+    i, t, b = d.device_id, d.itt_addr, d.eventid_bits
+    return (
+        type(i) is int and type(t) is int and type(b) is int
+        and 0 <= i < 1 << 32 and 0 <= t < 1 << 52 and not t & 0xFF and 1 <= b <= MAX_EVENTID_BITS
+    )
+
+
 class _SaveInput:
-    """Validated, sorted save input: devices by DeviceID, ITEs by (device rank, EventID)."""
+    """Validated save input: devices sorted by DeviceID, each with its ITEs in EventID order as
+    native arrays (``event_id``/``pintid`` uint32, ``icid`` uint16, ``hw`` bool), handed to the
+    kernel as per-device addresses (``ptrs``, see :func:`_addrs`) and counts (``cnt``)."""
 
     def __init__(self, devices, collections) -> None:
         if isinstance(devices, ItsDevice) or not isinstance(devices, Sequence):
@@ -553,81 +587,64 @@ class _SaveInput:
         nd = len(devices)
         ids = np.empty(nd, np.int64)
         itt = np.empty(nd, np.int64)
-        bits = np.empty(nd, np.int64)
-        cols: list[list[np.ndarray]] = [[], [], [], []]
+        bits = np.empty(nd, np.uint8)
+        E: list[np.ndarray] = []
+        P: list[np.ndarray] = []
+        C: list[np.ndarray] = []
+        H: list[np.ndarray] = []
         for k, d in enumerate(devices):
-            w = f"devices[{k}]"
             if not isinstance(d, ItsDevice):
-                raise TypeError(f"{w} must be an ItsDevice, got {type(d).__name__}")
+                raise TypeError(f"devices[{k}] must be an ItsDevice, got {type(d).__name__}")
+            if _native(d):  # the common case, checked without a per-field call
+                ids[k], itt[k], bits[k] = d.device_id, d.itt_addr, d.eventid_bits
+                E.append(d.event_id)
+                P.append(d.pintid)
+                C.append(d.icid)
+                H.append(d.hw)
+                continue
+            w = f"devices[{k}]"
             ids[k] = _int_field(d, "device_id", w, 0, 1 << 32)
             itt[k] = _int_field(d, "itt_addr", w, 0, 1 << 52)
             if itt[k] & 0xFF:
                 raise ValueError(f"{w}.itt_addr = {itt[k]:#x} is not 256-byte aligned")
             bits[k] = _int_field(d, "eventid_bits", w, 1, MAX_EVENTID_BITS + 1)
             eid = _ite_array(d.event_id, f"{w}.event_id", None)
-            cols[0].append(eid)
-            cols[1].append(_ite_array(d.pintid, f"{w}.pintid", eid.size))
-            cols[2].append(_ite_array(d.icid, f"{w}.icid", eid.size))
-            cols[3].append(_ite_array(d.hw, f"{w}.hw", eid.size))
-        counts = np.array([c.size for c in cols[0]], np.int64)
-        first = np.concatenate([[0], np.cumsum(counts)])
-        rank0 = np.repeat(np.arange(nd), counts)  # caller's device index per ITE
-        eid, pint, icid, hw = (
-            np.concatenate(c, dtype=np.int64, casting="unsafe") if nd else np.zeros(0, np.int64) for c in cols
-        )
-
-        def bad(mask: np.ndarray, name: str, what: str) -> None:
-            if mask.any():
-                i = int(np.argmax(mask))
-                k = int(rank0[i])
-                value = {"event_id": eid, "pintid": pint, "icid": icid}[name][i]
-                raise ValueError(f"devices[{k}].{name}[{i - int(first[k])}] = {int(value)} {what}")
-
-        bad((eid < 0) | (eid >= (np.int64(1) << bits[rank0])), "event_id", "is not below 2^eventid_bits")
-        bad((pint < MIN_LPI) | (pint >= 1 << 32), "pintid", f"is not an LPI INTID ({MIN_LPI} .. 2^32 - 1)")
-        bad((icid < 0) | (icid >= 1 << 16), "icid", "is not a 16-bit ICID")
-
-        dorder = np.argsort(ids, kind="stable")
+            cols = (eid, _ite_array(d.pintid, f"{w}.pintid", eid.size), _ite_array(d.icid, f"{w}.icid", eid.size),
+                    _ite_array(d.hw, f"{w}.hw", eid.size))
+            for lst, col, (name, dt, hi) in zip((E, P, C, H), cols, _ITE_COLUMNS, strict=True):
+                lst.append(_native_col(col, dt, hi, name, k))
+        dorder = np.argsort(ids, kind="stable")  # list_sort: stable, a repeated DeviceID keeps its order
         sids = ids[dorder]
-        if nd > 1 and (sids[1:] == sids[:-1]).any():
-            j = int(np.argmax(sids[1:] == sids[:-1]))
-            raise ValueError(f"devices[{int(dorder[j + 1])}] repeats DeviceID {int(sids[j])}")
-        rank_of = np.empty(nd, np.int64)
-        rank_of[dorder] = np.arange(nd)
-        order = np.lexsort((eid, rank_of[rank0]))  # by (DeviceID rank, EventID)
-        se, sr = eid[order], rank_of[rank0][order]
-        dup = (se[1:] == se[:-1]) & (sr[1:] == sr[:-1])
-        if dup.any():
-            j = int(np.argmax(dup))
-            k = int(dorder[sr[j]])
-            raise ValueError(f"devices[{k}].event_id has EventID {int(se[j])} twice")
-
-        self.ids, self.itt, self.bits = sids, itt[dorder], bits[dorder]
-        self.counts = counts[dorder]
-        self.eid = se
-        self.pintid = pint[order].astype(np.uint64)
-        self.icid = icid[order].astype(np.uint64)
-        self.hw = hw[order] != 0
-        self.rank = np.repeat(np.arange(nd), self.counts)
-        # DTE next: delta to the following device in the sorted list, capped; 0 for the last.
-        dnext = np.zeros(nd, np.int64)
-        if nd > 1:
-            dnext[:-1] = np.minimum(np.diff(sids), DTE_NEXT_MAX)
-        self.dte_val = (
-            _U64(1 << 63)
-            | (dnext.astype(np.uint64) << _U64(49))
-            | ((self.itt.astype(np.uint64) >> _U64(8)) << _U64(5))
-            | (self.bits - 1).astype(np.uint64)
-        )
-        # ITE next: EventID delta within the device, capped; 0 for the last ITE of a device.
-        m = self.eid.size
-        inext = np.zeros(m, np.int64)
-        if m > 1:
-            same = self.rank[1:] == self.rank[:-1]
-            inext[:-1] = np.where(same, np.minimum(np.diff(self.eid), ITE_NEXT_MAX), 0)
-        self.ite_val = (inext.astype(np.uint64) << _U64(48)) | (self.pintid << _U64(16)) | self.icid
-        self.ite_addr = self.itt[self.rank] + self.eid * ESZ if m else np.zeros(0, np.int64)
-        self.first_ite = np.concatenate([[0], np.cumsum(self.counts)])
+        order = dorder.tolist()
+        E, P, C, H = ([x[k] for k in order] for x in (E, P, C, H))
+        bits = bits[dorder]
+        cnt = np.array([e.size for e in E], np.int64)
+        out = np.zeros(3, np.int64)
+        unsorted = np.zeros(nd, np.uint8)
+        perms: dict[int, np.ndarray] = {}
+        keep: list = []
+        ptrs = [_addrs(x, keep) for x in (E, P, C, H)]
+        _k.check_device_ites(ptrs[0], ptrs[1], cnt, bits, unsorted, out)
+        if unsorted.any():  # devices listing their ITEs out of EventID order: sorted copies
+            for r in np.flatnonzero(unsorted).tolist():
+                perms[r] = pr = np.argsort(E[r], kind="stable")
+                E[r], P[r], C[r], H[r] = E[r][pr], P[r][pr], C[r][pr], H[r][pr]
+            unsorted[:] = 0
+            keep = []
+            ptrs = [_addrs(x, keep) for x in (E, P, C, H)]
+            _k.check_device_ites(ptrs[0], ptrs[1], cnt, bits, unsorted, out)
+        if out[0] >= 0:
+            r, j = int(out[0]), int(out[1])
+            k = order[r]
+            local = int(perms[r][j]) if r in perms else j
+            if out[2] == 1:
+                raise ValueError(f"devices[{k}].event_id[{local}] = {int(E[r][j])} is not below 2^eventid_bits")
+            if out[2] == 2:
+                raise ValueError(f"devices[{k}].pintid[{local}] = {int(P[r][j])} is not an LPI INTID (>= {MIN_LPI})")
+            raise ValueError(f"devices[{k}].event_id has EventID {int(E[r][j])} twice")
+        self.ids, self.itt, self.bits, self.cnt = sids, itt[dorder], bits, cnt
+        self.keep = (E, P, C, H, keep)  # what the addresses point into
+        self.ptrs = tuple(ptrs)
 
         if isinstance(collections, (str, bytes)) or not isinstance(collections, Sequence):
             raise TypeError("collections must be a sequence of (icid, rdbase) pairs")
@@ -645,83 +662,32 @@ class _SaveInput:
                     raise ValueError(f"collections[{i}] {name} = {int(v):#x} is out of range [0, {hi:#x})")
             cicid[i], crd[i] = int(icid_i), int(rd_i)
         if cicid.size > 1:
-            _, first = np.unique(cicid, return_index=True)
-            if first.size != cicid.size:
-                dup = np.setdiff1d(np.arange(cicid.size), first)[0]
+            _, firsts = np.unique(cicid, return_index=True)
+            if firsts.size != cicid.size:
+                dup = np.setdiff1d(np.arange(cicid.size), firsts)[0]
                 raise ValueError(f"collections[{dup}] repeats ICID {int(cicid[dup])}")
         self.cte_val = _U64(1 << 63) | (crd.astype(np.uint64) << _U64(16)) | cicid.astype(np.uint64)
 
 
-# op kinds in the save sequence
-_CHECK, _ITE, _DTE, _CTE, _TERM = 0, 1, 2, 3, 4
+class _Slots:
+    """The slot table of a GuestMemory as the table kernels take it (the slots' arrays are kept
+    alive by ``self.slots`` for the duration of a call)."""
 
-
-def _device_ops(inp: _SaveInput, ranks: np.ndarray, dte_addr: np.ndarray):
-    """The save sequence of the given device ranks: per device [check, ITE..., DTE].
-    Returns (kind, rank, ite_index, addr, value) arrays."""
-    counts = inp.counts[ranks]
-    sizes = counts + 2
-    total = int(sizes.sum())
-    start = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    rank = np.repeat(ranks, sizes)
-    local = np.arange(total, dtype=np.int64) - np.repeat(start, sizes)
-    kind = np.where(local == 0, _CHECK, np.where(local == np.repeat(sizes - 1, sizes), _DTE, _ITE))
-    ite_index = np.where(kind == _ITE, inp.first_ite[rank] + local - 1, -1)
-    addr = np.zeros(total, np.int64)
-    value = np.zeros(total, np.uint64)
-    ii = kind == _ITE
-    addr[ii] = inp.ite_addr[ite_index[ii]]
-    value[ii] = inp.ite_val[ite_index[ii]]
-    dd = kind == _DTE
-    addr[dd] = np.repeat(dte_addr, sizes)[dd]
-    value[dd] = inp.dte_val[rank[dd]]
-    return kind, rank, ite_index, addr, value
-
-
-_MANY_RUNS = 32  # above this many separate runs, GuestMemory.write_u8 beats one write() per run
-
-
-class _SaveState:
     def __init__(self, mem: GuestMemory) -> None:
-        self.mem = mem
-        self.report = ItsSaveReport()
-        self.pages: list[np.ndarray] = []
+        self.slots = mem.slots
+        sl = self.slots
+        self.start = np.array([s.gpa for s in sl], np.uint64)
+        self.end = np.array([s.end for s in sl], np.uint64)
+        self.ptr = np.array([s.data.ctypes.data for s in sl], np.uint64)
+        self.ro = np.array([s.readonly for s in sl], np.uint8)
+        self.dirty = np.array([s.dirty.ctypes.data for s in sl], np.uint64)
+        self.dirty_n = np.array([s.dirty.size for s in sl], np.int64)
+        self.page0 = np.array([s.page0 for s in sl], np.int64)
 
-    def apply(self, kind: np.ndarray, addr: np.ndarray, value: np.ndarray) -> None:
-        """Issue the given 8-byte writes (in order) through mem.write, coalesced: for each
-        address the last write wins, then contiguous runs go out in one call each."""
-        if kind.size == 0:
-            return
-        r = self.report
-        r.ites_written += int((kind == _ITE).sum())
-        r.dtes_written += int((kind == _DTE).sum())
-        r.ctes_written += int((kind == _CTE).sum())
-        r.terminator_written |= bool((kind == _TERM).any())
-        r.bytes_written += ESZ * kind.size
-        # Entries are 8-byte aligned (tables 64 KiB, ITTs 256 bytes): equal or disjoint.
-        rev_addr = addr[::-1]
-        uaddr, ridx = np.unique(rev_addr, return_index=True)  # first in reverse = last write
-        uval = value[::-1][ridx]
-        self.pages.append(np.unique(np.concatenate([uaddr >> PAGE_SHIFT, (uaddr + ESZ - 1) >> PAGE_SHIFT])))
-        breaks = np.flatnonzero(np.diff(uaddr) != ESZ) + 1
-        buf = uval.astype("<u8").view(np.uint8)
-        if breaks.size >= _MANY_RUNS:  # many scattered entries: one vectorised byte write
-            gpas = (uaddr[:, None] + np.arange(ESZ)).reshape(-1).astype(np.uint64)
-            self.mem.write_u8(gpas, buf)
-            return
-        for s, e in zip(np.concatenate([[0], breaks]), np.concatenate([breaks, [uaddr.size]]), strict=True):
-            self.mem.write(int(uaddr[s]), buf[s * ESZ : e * ESZ])
 
-    def finish(self) -> ItsSaveReport:
-        if self.pages:
-            self.report.dirty_pages = np.unique(np.concatenate(self.pages)).astype(np.int64)
-        return self.report
-
-    def fail(self, err: int, message: str, where: str, gpa: int | None, cause=None):
-        e = ItsTableError(err, f"{message} ({where})", where=where, gpa=gpa, report=self.finish())
-        if cause is not None:
-            e.__cause__ = cause
-        return e
+def _table(baser: int) -> tuple[bool, int, int, bool]:
+    base, nbytes, indirect = baser_table(baser)
+    return _valid(baser), base, nbytes // ESZ, indirect
 
 
 def save_tables_v0(
@@ -738,12 +704,16 @@ def save_tables_v0(
     Parameters
     ----------
     mem : GuestMemory
-        Guest RAM holding the tables; written through ``mem.write`` (dirty-logged).
+        Guest RAM holding the tables; written in place and dirty-logged.
     baser0, baser1 : int
         ``GITS_BASER0`` (device table, may be two-level) and ``GITS_BASER1`` (collection
         table). A table whose ``Valid`` bit is 0 is skipped.
     devices : sequence of ItsDevice
-        The mapped devices (any order; saved in DeviceID order, ITEs in EventID order).
+        The mapped devices in KVM's list order (saved in DeviceID order by a stable sort, ITEs
+        in EventID order). A DeviceID may appear twice, as in KVM's list after a restore onto
+        an ITS that was not reset: both are saved, in list order. Arrays already in their
+        native dtypes (``uint32``, ``uint32``, ``uint16``, ``bool``) and in EventID order are
+        taken as they are (the fast path).
     collections : sequence of (icid, rdbase)
         Collections in creation (list) order; ``rdbase`` is a vCPU id or
         :data:`COLLECTION_NOT_MAPPED`.
@@ -760,8 +730,14 @@ def save_tables_v0(
         ``EINVAL`` (a DeviceID fails ``vgic_its_check_id``), ``EACCES`` or ``EFAULT``. Writes
         issued before the error stay in guest memory; ``.report`` counts them.
     TypeError, ValueError
-        Bad arguments (duplicate DeviceIDs, EventIDs or ICIDs, misaligned ITT, pINTID < 8192,
+        Bad arguments (duplicate EventIDs in a device or ICIDs, misaligned ITT, pINTID < 8192,
         EventID >= 2^eventid_bits, ...). Nothing is written.
+
+    Notes
+    -----
+    The ITE of EventID ``e`` is written at ``itt_addr + (8 * e mod 2^32)``, as the kernel
+    computes it in 32 bits (this matters only for ITTs of more than 2^29 events, which only a
+    restored DTE can declare).
 
     Examples
     --------
@@ -792,424 +768,76 @@ def save_tables_v0(
     if not isinstance(has_gicv4_1, (bool, np.bool_)):
         raise TypeError(f"has_gicv4_1 must be a bool, got {type(has_gicv4_1).__name__}")
     inp = _SaveInput(devices, collections)
-    gmap = _Map(mem)
-    st = _SaveState(mem)
-    nd = inp.ids.size
-
-    if _valid(baser0) and nd:
-        # Resolve every DTE address against the current memory. For a two-level table the
-        # L1 entries are read now; this equals the kernel's interleaved reads unless a write of
-        # this save lands on one of those L1 entries, in which case go device by device.
-        ranks = np.arange(nd)
-        ok, dte_addr = _check_ids(gmap, baser0, inp.ids)
-        ops = _device_ops(inp, ranks, dte_addr)
-        sequential = False
-        base, _, indirect = baser_table(baser0)
-        if indirect:
-            l1_addrs = np.unique(base + (inp.ids[inp.ids <= VITS_MAX_DEVID] // L2_ENTRIES) * ESZ)
-            sequential = bool(np.isin(ops[3][ops[0] != _CHECK], l1_addrs).any())
-        if not sequential:
-            _run_device_ops(st, gmap, inp, ops, ok, baser0, has_gicv4_1)
-        else:
-            for k in range(nd):
-                okk, addrk = _check_ids(gmap, baser0, inp.ids[k : k + 1])
-                opk = _device_ops(inp, np.array([k]), addrk)
-                _run_device_ops(st, gmap, inp, opk, okk, baser0, has_gicv4_1)
-
-    if _valid(baser1):
-        base, nbytes, _ = baser_table(baser1)
-        nc = inp.cte_val.size
-        addr = base + np.arange(nc, dtype=np.int64) * ESZ
-        value = inp.cte_val
-        kind = np.full(nc, _CTE)
-        if nc * ESZ != nbytes:
-            addr = np.append(addr, base + nc * ESZ)
-            value = np.append(value, _U64(0))
-            kind = np.append(kind, _TERM)
-        wok = gmap.writable(addr.astype(np.uint64))
-        f = int(np.argmin(wok)) if not wok.all() else kind.size
-        st.apply(kind[:f], addr[:f], value[:f])
-        if f < kind.size:
-            what = f"collection table: CTE {f}" if kind[f] == _CTE else "collection table: terminator"
-            where = f"{what} at GPA {int(addr[f]):#x}"
-            raise st.fail(
-                _errno.EFAULT,
-                "guest memory fault writing the collection table",
-                where,
-                int(addr[f]),
-                GuestMemoryFault(int(addr[f]), write=True),
-            )
-    return st.finish()
+    sl = _Slots(mem)
+    dt_valid, dt_base, dt_entries, indirect = _table(baser0)
+    ct_valid, ct_base, ct_entries, _ = _table(baser1)
+    counts = np.zeros(5, np.int64)
+    info = np.zeros(8, np.int64)
+    pages, npg = _k.save_walk(
+        sl.start, sl.end, sl.ptr, sl.ro, sl.dirty, sl.dirty_n, sl.page0,
+        dt_valid, np.int64(dt_base), np.int64(dt_entries), indirect,
+        inp.ids.astype(np.uint32), inp.itt, inp.bits, inp.cnt, *inp.ptrs,
+        bool(has_gicv4_1), ct_valid, np.int64(ct_base), np.int64(ct_entries), inp.cte_val, counts, info,
+    )
+    rep = ItsSaveReport(
+        dtes_written=int(counts[0]), ites_written=int(counts[1]), ctes_written=int(counts[2]),
+        bytes_written=int(counts[3]), dirty_pages=np.unique(pages[:npg]), terminator_written=bool(counts[4]),
+    )
+    if info[0]:
+        raise _save_error(info, rep, mem, baser0)
+    return rep
 
 
-def _run_device_ops(st: _SaveState, gmap: _Map, inp: _SaveInput, ops, ok, baser0: int, v41: bool) -> None:
-    kind, rank, ite_index, addr, value = ops
-    ranks = np.unique(rank)
-    check_fail = (kind == _CHECK) & ~ok[np.searchsorted(ranks, rank)]
-    ii = np.flatnonzero(kind == _ITE)
-    eacces = np.zeros(kind.size, bool)
-    if not v41 and ii.size:
-        eacces[ii] = inp.hw[ite_index[ii]]
-    wr = kind != _CHECK
-    efault = np.zeros(kind.size, bool)
-    efault[wr] = ~gmap.writable(addr[wr].astype(np.uint64))
-    fail = check_fail | eacces | efault
-    f = int(np.argmax(fail)) if fail.any() else kind.size
-    keep = np.flatnonzero(wr[:f])
-    st.apply(kind[keep], addr[keep], value[keep])
-    if f == kind.size:
-        return
-    r = int(rank[f])
-    dev = int(inp.ids[r])
-    if check_fail[f]:
-        _, gpa, reason = _check_id(gmap, baser0, dev, True)  # same memory state as the check
-        raise st.fail(
-            _errno.EINVAL,
-            f"DeviceID {dev} fails the device-table check: {reason}",
-            f"device table: DeviceID {dev}",
-            gpa or None,
-        )
-    a = int(addr[f])
-    if kind[f] == _ITE:
-        j = int(ite_index[f])
-        eid, pint = int(inp.eid[j]), int(inp.pintid[j])
-        where = f"ITT of DeviceID {dev}: EventID {eid} (ITE GPA {a:#x}, pINTID {pint})"
-        if eacces[f]:
-            raise st.fail(_errno.EACCES, "forwarded LPI: its pending state is not available without GICv4.1", where, a)
-        raise st.fail(_errno.EFAULT, "guest memory fault writing an ITE", where, a, GuestMemoryFault(a, write=True))
-    where = f"device table: DTE of DeviceID {dev} at GPA {a:#x}"
-    raise st.fail(_errno.EFAULT, "guest memory fault writing a DTE", where, a, GuestMemoryFault(a, write=True))
+def _save_error(info: np.ndarray, rep: ItsSaveReport, mem: GuestMemory, baser0: int) -> ItsTableError:
+    err, reason, gpa, a, b, c = (int(x) for x in info[:6])
+
+    def fail(message: str, where: str, at: int | None, write_fault: bool = False) -> ItsTableError:
+        e = ItsTableError(err, f"{message} ({where})", where=where, gpa=at, report=rep)
+        if write_fault:
+            e.__cause__ = GuestMemoryFault(gpa, write=True)
+        return e
+
+    if reason == _k.S_DEV_ID:
+        _, at, why = _check_id(_Map(mem), baser0, a, True)  # same memory as the kernel saw
+        return fail(f"DeviceID {a} fails the device-table check: {why}", f"device table: DeviceID {a}", at or None)
+    if reason in (_k.S_ITE_HW, _k.S_ITE_FAULT):
+        where = f"ITT of DeviceID {a}: EventID {b} (ITE GPA {gpa:#x}, pINTID {c})"
+        if reason == _k.S_ITE_HW:
+            return fail("forwarded LPI: its pending state is not available without GICv4.1", where, gpa)
+        return fail("guest memory fault writing an ITE", where, gpa, True)
+    if reason == _k.S_DTE_FAULT:
+        return fail("guest memory fault writing a DTE", f"device table: DTE of DeviceID {a} at GPA {gpa:#x}", gpa, True)
+    what = f"collection table: CTE {a}" if reason == _k.S_CTE_FAULT else "collection table: terminator"
+    return fail("guest memory fault writing the collection table", f"{what} at GPA {gpa:#x}", gpa, True)
 
 
 # ------------------------------------------------------------------------------- restore
-def _walk(gmap: _Map, base: int, n_entries: int, valid_fn, step_fn) -> tuple[np.ndarray, np.ndarray, object]:
-    """``scan_its_table`` over the entries [0, n_entries) at ``base``: (indices, words, terminal)
-    of every valid entry the scan visits, in order, as arrays; invalid entries step 1, a valid
-    one steps ``step_fn(word)`` (0 = stop). The terminal is "stop", "end" or ("fault", index).
-
-    The table is read in growing chunks and decoded in bulk. A valid entry whose step lands on
-    or before the next valid entry (a table as the kernel writes it) hands over to that entry:
-    runs of such entries are taken whole; only the others (stop, end, a jump past valid entries
-    or out of the chunk) are followed one by one.
-    """
-    pos = 0
-    chunk = 512
-    n_entries = max(n_entries, 1)  # the first entry is read even from an empty table
-    out_i: list[np.ndarray] = []
-    out_w: list[np.ndarray] = []
-
-    def done(term):
-        if not out_i:
-            return np.zeros(0, np.int64), np.zeros(0, np.uint64), term
-        return np.concatenate(out_i), np.concatenate(out_w), term
-
-    while True:
-        if pos >= n_entries:
-            return done("end")
-        m = min(n_entries - pos, chunk)
-        chunk = min(chunk * 4, 1 << 20)
-        words, n = gmap.read_words(base + pos * ESZ, m)
-        if n == 0:
-            return done(("fault", pos))
-        vidx = np.flatnonzero(valid_fn(words))
-        steps = step_fn(words[vidx]).astype(np.int64)
-        tgt = vidx + steps  # local index the scan moves to after each valid entry
-        succ = np.searchsorted(vidx, tgt)  # next valid at or after it (if in chunk)
-        nv = vidx.size
-        special = np.flatnonzero((steps == 0) | (pos + tgt >= n_entries) | (tgt >= n) | (succ != np.arange(1, nv + 1)))
-        k = 0  # first valid entry at or after pos (local index 0)
-        while True:
-            if k >= nv:  # only invalid entries left in the readable part of the chunk
-                pos += n
-                if n < m:
-                    return done(("fault", pos))
-                break
-            q = int(np.searchsorted(special, k))
-            j = int(special[q]) if q < special.size else nv - 1
-            out_i.append(pos + vidx[k : j + 1])
-            out_w.append(words[vidx[k : j + 1]])
-            if q >= special.size:  # the run went to the chunk's last valid entry
-                k = nv
-                continue
-            if steps[j] == 0:
-                return done("stop")
-            t = int(tgt[j])
-            if pos + t >= n_entries:
-                return done("end")
-            if t >= n:
-                pos += t
-                break
-            k = int(succ[j])
+_RESTORED_ITE_BYTES = 32  # output bytes per restored ITE at the worst point of the doubling growth
 
 
-def _scan_entries(size_bytes: int) -> int:
-    """Entries ``scan_its_table`` covers for a table of ``size_bytes``: the kernel passes the
-    size as a C ``int`` and widens it to ``unsigned long``, so an ITT of 2^29..2^32 EventIDs
-    (a restored DTE Size of 28..31) scans 0 bytes, i.e. only entry 0, and one of 2^28 EventIDs
-    scans without bound. Entry 0 is always read."""
-    as_int = ((size_bytes + (1 << 31)) % (1 << 32)) - (1 << 31)
-    return (as_int % (1 << 64)) // ESZ
+def _physical_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume 16 GiB
+        return 16 << 30
 
 
-_SMALL = 1024  # tables of at most this many entries are walked in plain Python (measured: 2-3x
-#                faster than the numpy chunk walk for 2^4 .. 2^10-entry ITTs, 4 us vs 12 us for 2^4)
-
-
-def _walk_all(gmap: _Map, base: int, n_entries: int, kind: str):
-    """Run the ``scan_its_table`` walk over a whole table: (indices, words, terminal) with the
-    visited valid entries as Python lists. ``kind`` is "dte", "ite" or "l1"."""
-    if n_entries <= _SMALL:
-        return _walk_small(gmap, base, n_entries, kind)
-    idx, words, term = _walk(gmap, base, n_entries, *_KINDS[kind])
-    return idx.tolist(), words.tolist(), term
-
-
-def _walk_small(gmap: _Map, base: int, n: int, kind: str):
-    idx: list[int] = []
-    out: list[int] = []
-    off, words = 0, []  # words[k] is entry off + k
-    i = 0
-    n = max(n, 1)  # the first entry is read even from an empty table
-    while True:
-        if i >= n:
-            return idx, out, "end"
-        if i - off >= len(words):  # past the readable run: read again from entry i
-            m = gmap.readable_entries(base + i * ESZ, n - i)
-            if m == 0:
-                return idx, out, ("fault", i)
-            off, words = i, gmap.mem.read(base + i * ESZ, m * ESZ).view("<u8").tolist()
-        w = words[i - off]
-        if kind == "ite":
-            if not (w >> 16) & 0xFFFF_FFFF:
-                i += 1
-                continue
-            step = w >> 48
-        else:
-            if not w >> 63:
-                i += 1
-                continue
-            step = (w >> 49) & DTE_NEXT_MAX if kind == "dte" else 1
-        idx.append(i)
-        out.append(w)
-        if step == 0:
-            return idx, out, "stop"
-        i += step
-
-
-def _bit63(words: np.ndarray) -> np.ndarray:
-    return (words >> _U64(63)) != 0
-
-
-def _ite_valid(words: np.ndarray) -> np.ndarray:
-    return ((words >> _U64(16)) & _U64(0xFFFF_FFFF)) != 0
-
-
-def _dte_step(words: np.ndarray) -> np.ndarray:
-    return (words >> _U64(49)) & _U64(DTE_NEXT_MAX)
-
-
-def _ite_step(words: np.ndarray) -> np.ndarray:
-    return words >> _U64(48)
-
-
-def _l1_step(words: np.ndarray) -> np.ndarray:
-    return np.ones(words.shape, np.int64)  # the L1 scan always steps 1 (see device_tables)
-
-
-_KINDS = {"dte": (_bit63, _dte_step), "ite": (_ite_valid, _ite_step), "l1": (_bit63, _l1_step)}
-
-
-_EMPTY_ITES = (np.zeros(0, np.uint32), np.zeros(0, np.uint32), np.zeros(0, np.uint16), np.zeros(0, bool))
-
-
-class _Restore:
-    def __init__(self, gmap: _Map, n_vcpus: int, baser0: int, baser1: int, existing) -> None:
-        self.gmap = gmap
-        self.n_vcpus = n_vcpus
-        self.baser0 = baser0
-        self.baser1 = baser1
-        self.collections: list[tuple[int, int]] = []
-        self.devices: list[ItsDevice] = []
-        self.known = set(existing)
-        self.l1_cache: dict[int, int | None] = {}  # restore only reads memory: L1 words can be cached
-
-    def fail(self, err: int, message: str, where: str, gpa: int | None):
-        return ItsTableError(
-            err,
-            f"{message} ({where})",
-            where=where,
-            gpa=gpa,
-            collections=list(self.collections),
-            devices=list(self.devices),
-        )
-
-    # ------------------------------------------------------------------ collections
-    def collections_table(self) -> None:
-        if not _valid(self.baser1):
-            return
-        base, nbytes, _ = baser_table(self.baser1)
-        total = nbytes // ESZ
-        pos = 0
-        chunk = 512
-        while pos < total:
-            m = min(total - pos, chunk)
-            chunk = min(chunk * 4, 1 << 20)
-            words, n = self.gmap.read_words(base + pos * ESZ, m)
-            inval = ~_bit63(words)
-            stop = int(np.argmax(inval)) if inval.any() else n
-            self._ctes(words[:stop], pos, base)
-            if stop < n:
-                return
-            if n < m:
-                a = base + (pos + n) * ESZ
-                raise self.fail(
-                    _errno.EFAULT,
-                    "guest memory fault reading the collection table",
-                    f"collection table: CTE {pos + n} at GPA {a:#x}",
-                    a,
-                )
-            pos += n
-
-    def _ctes(self, words: np.ndarray, pos0: int, base: int) -> None:
-        if words.size == 0:
-            return
-        rd = ((words >> _U64(16)) & _U64(0xFFFF_FFFF)).astype(np.int64)
-        icid = (words & _U64(0xFFFF)).astype(np.int64)
-        bad_rd = (rd != COLLECTION_NOT_MAPPED) & (rd >= self.n_vcpus)
-        _, first = np.unique(icid, return_index=True)
-        dup = np.ones(icid.size, bool)
-        dup[first] = False
-        if self.known:
-            dup |= np.isin(icid, np.fromiter(self.known, np.int64))
-        _, ct_bytes, _ = baser_table(self.baser1)
-        ct_base = baser_table(self.baser1)[0]
-        bad_id = (icid >= ct_bytes // ESZ) | ~self.gmap.visible((ct_base + icid * ESZ).astype(np.uint64))
-        bad = bad_rd | dup | bad_id
-        f = int(np.argmax(bad)) if bad.any() else icid.size
-        self.collections.extend(zip(icid[:f].tolist(), rd[:f].tolist(), strict=False))
-        self.known.update(icid[:f].tolist())
-        if f == icid.size:
-            return
-        a = base + (pos0 + f) * ESZ
-        where = f"collection table: CTE {pos0 + f} at GPA {a:#x} (ICID {int(icid[f])}, RDBase {int(rd[f]):#x})"
-        if bad_rd[f]:
-            raise self.fail(_errno.EINVAL, f"RDBase is not a vCPU id (n_vcpus = {self.n_vcpus})", where, a)
-        if dup[f]:
-            raise self.fail(_errno.EEXIST, "collection already exists", where, a)
-        raise self.fail(_errno.EINVAL, "ICID fails the collection-table check", where, a)
-
-    # ---------------------------------------------------------------------- devices
-    def device_tables(self) -> None:
-        if not _valid(self.baser0):
-            return
-        base, nbytes, indirect = baser_table(self.baser0)
-        if not indirect:
-            self._dte_scan(base, nbytes // ESZ, 0)
-            return
-        l1_idx, l1_words, term = _walk_all(self.gmap, base, nbytes // ESZ, "l1")
-        for i, w in zip(l1_idx, l1_words, strict=True):
-            start = (i * L2_ENTRIES) & 0xFFFF_FFFF
-            if self._dte_scan(w & _ADDR_51_16, L2_ENTRIES, start) == "stop":
-                return
-        if isinstance(term, tuple):
-            a = base + term[1] * ESZ
-            raise self.fail(
-                _errno.EFAULT,
-                "guest memory fault reading the level-1 device table",
-                f"device table: L1 entry {term[1]} at GPA {a:#x}",
-                a,
-            )
-
-    def _dte_scan(self, base: int, n: int, start_id: int) -> str:
-        idx, words, term = _walk_all(self.gmap, base, n, "dte")
-        indirect = baser_table(self.baser0)[2]
-        for i, w in zip(idx, words, strict=True):
-            dev_id = (start_id + i) & 0xFFFF_FFFF
-            a = base + i * ESZ
-            # check_id: in a flat table the ID is in range and its entry visible by
-            # construction (it was just read from there); a two-level table re-reads the L1
-            # entry of the (32-bit wrapped) ID, which may not be the one being scanned.
-            if dev_id > VITS_MAX_DEVID or (indirect and not self._l2_ok(dev_id)):
-                ok, _, reason = _check_id(self.gmap, self.baser0, dev_id, True, self.l1_cache)
-                if not ok:
-                    raise self.fail(
-                        _errno.EINVAL,
-                        f"DeviceID fails the device-table check: {reason}",
-                        f"device table: DTE of DeviceID {dev_id} at GPA {a:#x}",
-                        a,
-                    )
-            dev = ItsDevice(dev_id, ((w >> 5) & ((1 << 44) - 1)) << 8, (w & 0x1F) + 1, *_EMPTY_ITES)
-            self.devices.append(dev)
-            self._itt(dev)
-        if term == "stop":
-            return "stop"
-        if isinstance(term, tuple):
-            a = base + term[1] * ESZ
-            raise self.fail(
-                _errno.EFAULT,
-                "guest memory fault reading the device table",
-                f"device table: DTE of DeviceID {(start_id + term[1]) & 0xFFFF_FFFF} at GPA {a:#x}",
-                a,
-            )
-        return "end"
-
-    def _l2_ok(self, dev_id: int) -> bool:
-        """Fast path of ``vgic_its_check_id`` for a DeviceID <= 0xffff in a two-level table
-        (False sends the caller to :func:`_check_id`, which also says why)."""
-        index = dev_id // L2_ENTRIES  # <= 7, always inside a level-1 table of >= 8192 entries
-        if index not in self.l1_cache:
-            _check_id(self.gmap, self.baser0, index * L2_ENTRIES, True, self.l1_cache)  # fills it
-        l1 = self.l1_cache[index]
-        return (
-            l1 is not None and bool(l1 >> 63) and self.gmap.visible1((l1 & _ADDR_51_16) + (dev_id % L2_ENTRIES) * ESZ)
-        )
-
-    def _itt(self, dev: ItsDevice) -> None:
-        bits = dev.eventid_bits
-        limit = 1 << bits
-        n_scan = _scan_entries(limit * ESZ)
-        if n_scan <= _SMALL:
-            li, lw, term = _walk_small(self.gmap, dev.itt_addr, n_scan, "ite")
-            idx, words = np.array(li, np.int64), np.array(lw, np.uint64)
-        else:
-            idx, words, term = _walk(self.gmap, dev.itt_addr, n_scan, *_KINDS["ite"])
-        # the checks of vgic_its_restore_ite, in the kernel's order, for every visited ITE
-        eid = idx & 0xFFFF_FFFF  # the scan's int id, seen as u32 by the callback
-        pint = (words >> _U64(16)) & _U64(0xFFFF_FFFF)
-        nxt = (words >> _U64(48)).astype(np.int64)
-        icid = (words & _U64(0xFFFF)).astype(np.int64)
-        known = np.fromiter(self.known, np.int64, len(self.known))
-        checks = (
-            (pint < _U64(MIN_LPI), f"pINTID below {MIN_LPI}"),
-            (((eid + nxt) & 0xFFFF_FFFF) >= limit, f"EventID + next is not below 2^{bits}"),  # u32 sum
-            (~np.isin(icid, known), "the ITE's collection does not exist"),
-            (eid >= limit, f"EventID is not below 2^{bits}"),  # vgic_its_check_event_id
-        )
-        bad = np.zeros(idx.size, bool)
-        for m, _ in checks:
-            bad |= m
-        f = int(np.argmax(bad)) if bad.any() else idx.size
-        dev.event_id = eid[:f].astype(np.uint32)
-        dev.pintid = pint[:f].astype(np.uint32)
-        dev.icid = icid[:f].astype(np.uint16)
-        dev.hw = np.zeros(f, bool)
-        if f < idx.size:
-            msg = next(text for m, text in checks if m[f])
-            i, w = int(idx[f]), int(words[f])
-            a = dev.itt_addr + i * ESZ
-            where = (
-                f"ITT of DeviceID {dev.device_id}: EventID {i} at GPA {a:#x} "
-                f"(pINTID {(w >> 16) & 0xFFFF_FFFF}, ICID {w & 0xFFFF}, next {w >> 48})"
-            )
-            raise self.fail(_errno.EINVAL, msg, where, a)
-        if isinstance(term, tuple):
-            a = dev.itt_addr + term[1] * ESZ
-            raise self.fail(
-                _errno.EFAULT,
-                "guest memory fault reading an ITT",
-                f"ITT of DeviceID {dev.device_id}: EventID {term[1]} at GPA {a:#x}",
-                a,
-            )
+_RESTORE_MESSAGES = {
+    _k.R_CTE_RDBASE: "RDBase is not a vCPU id",
+    _k.R_CTE_EXISTS: "collection already exists",
+    _k.R_CTE_ICID: "ICID fails the collection-table check",
+    _k.R_CTE_FAULT: "guest memory fault reading the collection table",
+    _k.R_DTE_ID: "DeviceID fails the device-table check",
+    _k.R_DTE_FAULT: "guest memory fault reading the device table",
+    _k.R_L1_FAULT: "guest memory fault reading the level-1 device table",
+    _k.R_ITE_PINTID: f"pINTID below {MIN_LPI}",
+    _k.R_ITE_NEXT: "EventID + next is not below 2^EventID bits",
+    _k.R_ITE_COLL: "the ITE's collection does not exist",
+    _k.R_ITE_EVENT: "EventID is not below 2^EventID bits",
+    _k.R_ITE_GPA: "the ITE's GPA is in no memslot",
+    _k.R_ITE_FAULT: "guest memory fault reading an ITT",
+    _k.R_TOO_MANY: "the tables name more ITEs than memory can hold (max_ites)",
+}
 
 
 def restore_tables_v0(
@@ -1219,6 +847,7 @@ def restore_tables_v0(
     *,
     n_vcpus: int,
     existing_collections: Sequence[int] = (),
+    max_ites: int | None = None,
 ) -> tuple[list[tuple[int, int]], list[ItsDevice]]:
     """``KVM_DEV_ARM_ITS_RESTORE_TABLES`` with ABI revision 0 (``vgic_its_restore_tables_v0``).
 
@@ -1235,6 +864,10 @@ def restore_tables_v0(
     existing_collections : sequence of int, optional
         ICIDs the ITS already has (``RESTORE_TABLES`` without a reset): restoring one of them
         again is ``EEXIST``, and restored ITEs may refer to them.
+    max_ites : int, optional
+        Refuse (``ENOMEM``) tables that name more ITEs than this (the walk stops there). Default:
+        as many as a quarter of the machine's physical memory holds at 32 bytes each (the walk's
+        worst case; the ITS and the LPIs built from the result need about as much again).
 
     Returns
     -------
@@ -1242,13 +875,17 @@ def restore_tables_v0(
         Restored collections in table order.
     devices : list of ItsDevice
         Restored devices in DeviceID scan order, each with its ITEs in EventID scan order
-        (``hw`` all False). This is the order in which KVM creates the LPIs.
+        (``hw`` all False). This is the order in which KVM creates the LPIs. A DeviceID may
+        appear twice (a two-level table whose level-1 index wraps the 32-bit DeviceID):
+        the kernel does not check either.
 
     Raises
     ------
     ItsTableError
-        ``EINVAL``, ``EEXIST`` or ``EFAULT``; ``.collections``/``.devices`` hold what was
-        restored before the error.
+        ``EINVAL``, ``EEXIST``, ``EFAULT`` or ``ENOMEM``; ``.collections``/``.devices`` hold
+        what the walk restored before the error, in walk order (the failing device included,
+        with the ITEs before the failing one). KVM creates the LPI of each of those ITEs
+        (consuming its pending bit) before it reads the next entry.
     TypeError, ValueError
         Bad arguments.
     """
@@ -1259,12 +896,56 @@ def restore_tables_v0(
         raise TypeError(f"n_vcpus must be an integer, got {type(n_vcpus).__name__}")
     if not 0 <= int(n_vcpus) < COLLECTION_NOT_MAPPED:
         raise ValueError(f"n_vcpus must be >= 0, got {n_vcpus}")
-    existing = []
+    exists = np.zeros(1 << 16, np.uint8)
     for i, c in enumerate(existing_collections):
         if isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, np.integer)) or not 0 <= int(c) < 1 << 16:
             raise ValueError(f"existing_collections[{i}] must be an ICID in [0, 65536), got {c!r}")
-        existing.append(int(c))
-    r = _Restore(_Map(mem), int(n_vcpus), baser0, baser1, existing)
-    r.collections_table()
-    r.device_tables()
-    return r.collections, r.devices
+        exists[int(c)] = 1
+    if max_ites is None:
+        max_ites = _physical_memory() // (4 * _RESTORED_ITE_BYTES)
+    elif isinstance(max_ites, (bool, np.bool_)) or not isinstance(max_ites, (int, np.integer)) or max_ites < 0:
+        raise ValueError(f"max_ites must be a non-negative integer, got {max_ites!r}")
+    sl = _Slots(mem)
+    dt_valid, dt_base, dt_entries, indirect = _table(baser0)
+    ct_valid, ct_base, ct_entries, _ = _table(baser1)
+    info = np.zeros(8, np.int64)
+    (c_icid, c_rd, nc, d_id, d_itt, d_bits, d_first, nd, i_eid, i_pint, i_icid, ni) = _k.restore_walk(
+        sl.start, sl.end, sl.ptr, dt_valid, np.int64(dt_base), np.int64(dt_entries), indirect,
+        ct_valid, np.int64(ct_base), np.int64(ct_entries), np.int64(n_vcpus), exists, np.int64(max_ites), info,
+    )
+    colls = list(zip(c_icid[:nc].tolist(), c_rd[:nc].tolist(), strict=True))
+    hw = np.zeros(ni, bool)
+    ids, itts, bits, first = d_id[:nd].tolist(), d_itt[:nd].tolist(), d_bits[:nd].tolist(), d_first[: nd + 1].tolist()
+    devs = [
+        ItsDevice(ids[k], itts[k], bits[k], i_eid[first[k] : first[k + 1]], i_pint[first[k] : first[k + 1]],
+                  i_icid[first[k] : first[k + 1]], hw[first[k] : first[k + 1]])
+        for k in range(nd)
+    ]
+    if info[0]:
+        raise _restore_error(info, colls, devs, int(n_vcpus), int(max_ites))
+    return colls, devs
+
+
+def _restore_error(info: np.ndarray, colls, devs, n_vcpus: int, max_ites: int) -> ItsTableError:
+    err, reason, gpa, a, b, c, d = (int(x) for x in info[:7])
+    msg = _RESTORE_MESSAGES[reason]
+    if reason in (_k.R_CTE_RDBASE, _k.R_CTE_EXISTS, _k.R_CTE_ICID):
+        where = f"collection table: CTE {a} at GPA {gpa:#x} (ICID {b}, RDBase {c:#x})"
+        if reason == _k.R_CTE_RDBASE:
+            msg += f" (n_vcpus = {n_vcpus})"
+    elif reason == _k.R_CTE_FAULT:
+        where = f"collection table: CTE {a} at GPA {gpa:#x}"
+    elif reason in (_k.R_DTE_ID, _k.R_DTE_FAULT):
+        where = f"device table: DTE of DeviceID {a} at GPA {gpa:#x}"
+    elif reason == _k.R_L1_FAULT:
+        where = f"device table: L1 entry {a} at GPA {gpa:#x}"
+    elif reason == _k.R_TOO_MANY:
+        where = f"ITT of DeviceID {a}: EventID {b} at GPA {gpa:#x}"
+        msg += f": more than {max_ites} ITEs"
+    elif reason == _k.R_ITE_FAULT:
+        where = f"ITT of DeviceID {a}: EventID {b} at GPA {gpa:#x}"
+    else:
+        entry = f"pINTID {c}, ICID {d & 0xFFFF}, next {d >> 48 & 0xFFFF}"
+        where = f"ITT of DeviceID {a}: EventID {b} at GPA {gpa:#x} ({entry})"
+    table = "collection" if reason in (_k.R_CTE_RDBASE, _k.R_CTE_EXISTS, _k.R_CTE_ICID, _k.R_CTE_FAULT) else "device"
+    return ItsTableError(err, f"{msg} ({where})", where=where, gpa=gpa, collections=colls, devices=devs, table=table)

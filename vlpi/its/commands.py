@@ -1,7 +1,7 @@
 """ITS commands: opcodes, architected error codes, and the 32-byte command encoding.
 
 A command is one 32-byte slot of four little-endian 64-bit doublewords DW0..DW3
-(kernel-semantics §10.2). :class:`ItsCommand` is the decoded form that the virtual ITS
+(GICv3 architecture, IHI0069). :class:`ItsCommand` is the decoded form that the virtual ITS
 executes (:meth:`vlpi.its.VirtualITS.execute`); :func:`encode` / :func:`decode` convert between
 it and the bytes a guest writes into its command queue, and :func:`encode_many` builds many
 slots of one opcode at once (no Python loop per command).

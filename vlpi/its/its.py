@@ -34,7 +34,7 @@ from vlpi.its import commands as C
 from vlpi.its.commands import ItsCommand, ItsCommandError
 from vlpi.lpi import LPI_INTID_LIMIT
 from vlpi.memory import GuestMemory
-from vlpi.vgic import LostReason, LostSource, Vgic, check_flag, check_reg, first_of, in_ram
+from vlpi.vgic import PROPBASER_ADDRESS_MASK, LostReason, LostSource, Vgic, check_flag, check_reg, first_of, in_ram
 
 __all__ = [
     "VirtualITS",
@@ -59,13 +59,21 @@ LPI_OFFSET = 8192
 _TABLE_PAGE = 1 << 16
 _ESZ = 8
 _CMD_OFFSET = 0xF_FFE0  # GITS_CWRITER / GITS_CREADR bits [19:5]
+
+
+def _ite_gpa(itt, event_id):
+    """The ITE address as vgic_its_check_event_id computes it: ``itt + (u32)(EventID * 8)`` (the
+    product wraps for ITTs of more than 2^29 events, which only a restored DTE can declare)."""
+    return itt + ((event_id * _ESZ) & 0xFFFF_FFFF)
+
+
 _NOT_MAPPED = -1  # collection target: exists but not mapped
 _FREED = -2  # collection object freed
 
 
 class ItsStateError(OSError):
     """The ITS is in a state the modelled kernel cannot handle (e.g. ``SAVE_TABLES`` with an ITE
-    whose collection was unmapped: KVM dereferences NULL there; spec §6.6)."""
+    whose collection was unmapped: ``vgic_its_save_ite`` dereferences NULL there)."""
 
 
 @dataclass
@@ -156,14 +164,25 @@ class VirtualITS:
         self._coll: dict[int, int] = {}  # ICID -> collection serial (insertion = creation order)
         self._cobj = _Grow.make(icid=np.int64, target=np.int64)  # by serial
         self._ite = _Grow.make(
-            dev=np.uint32, event=np.uint32, intid=np.uint32, coll=np.int64, live=bool, fwd=bool
+            dev=np.uint32, event=np.uint32, intid=np.uint32, coll=np.int64, live=bool, fwd=bool, inst=np.int64,
+            shadow=bool,
         )
+        # KVM's device list may hold one DeviceID twice (RESTORE_TABLES onto an ITS that was not
+        # reset never checks): ``devices`` is the first of each ID (the one find_its_device
+        # returns), ``_shadows`` the later ones in list order as (instance, itt_addr, bits);
+        # ITEs carry their device instance (``inst``) and ``shadow`` while it is not the first
+        self._inst: dict[int, int] = {}  # DeviceID -> instance of the device in ``devices``
+        self._shadows: dict[int, list[tuple[int, int, int]]] = {}
+        self._n_inst = 0
         self._ite_dict: dict[int, int] | None = {}
         self._ite_sorted: tuple[np.ndarray, np.ndarray] | None = None
         self._n_dead = 0
         from vlpi.its.queue import CommandLog
 
         self.command_log = CommandLog()
+        #: GPA of the 8-byte table entry the last MAPD V=0 or DISCARD zeroed (None: none yet):
+        #: the command queue re-reads the slots it read ahead when a command wrote into them
+        self.last_entry_write: int | None = None
 
     # ================================================================ registers (state)
     @property
@@ -267,6 +286,19 @@ class VirtualITS:
         intid = np.where(r >= 0, self._ite.arrays["intid"][np.maximum(r, 0)] if self._ite.n else 0, 0)
         return r, intid.astype(np.int64)
 
+    def resolvable(self, ites: np.ndarray) -> np.ndarray:
+        """Per ITE handle: would vgic_its_resolve_lpi succeed? The ITS is enabled, the ITE's
+        collection is mapped to a vCPU and that vCPU has EnableLPIs = 1 (``-EBUSY`` or
+        ``E_ITS_INT_UNMAPPED_INTERRUPT`` otherwise)."""
+        ites = np.asarray(ites, dtype=np.int64)
+        ok = ites >= 0
+        if not self.ctlr_enabled or not ok.any():
+            return np.zeros(ites.shape, bool)
+        t = self._coll_target(self._ite.arrays["coll"][np.maximum(ites, 0)])
+        ok &= (t >= 0) & (t < self.vgic.n_vcpus)
+        ok[ok] &= self.vgic.lpis_enabled[t[ok]]
+        return ok
+
     def forwarded(self, ites: np.ndarray) -> np.ndarray:
         """Per ITE handle (-1: none, False): was forwarding set up through this event?"""
         ites = np.asarray(ites, dtype=np.int64)
@@ -324,7 +356,7 @@ class VirtualITS:
 
     def _dict(self) -> dict[int, int]:
         if self._ite_dict is None:
-            live = np.flatnonzero(self._ite["live"])
+            live = np.flatnonzero(self._ite["live"] & ~self._ite["shadow"])
             keys = self._key(self._ite["dev"][live], self._ite["event"][live])
             self._ite_dict = dict(zip(keys.tolist(), live.tolist(), strict=False))
         return self._ite_dict
@@ -335,7 +367,7 @@ class VirtualITS:
     def _lookup(self, dev: np.ndarray, ev: np.ndarray) -> np.ndarray:
         """Vectorised ITE row per (DeviceID, EventID), -1 where none."""
         if self._ite_sorted is None:
-            live = np.flatnonzero(self._ite["live"])
+            live = np.flatnonzero(self._ite["live"] & ~self._ite["shadow"])
             keys = self._key(self._ite["dev"][live], self._ite["event"][live])
             o = np.argsort(keys, kind="stable")
             self._ite_sorted = (keys[o], live[o])
@@ -350,8 +382,17 @@ class VirtualITS:
     def _ites_changed(self) -> None:
         self._ite_sorted = None
 
-    def _add_ites(self, dev, ev, intid, coll) -> np.ndarray:
-        rows = self._ite.append(dev=dev, event=ev, intid=intid, coll=coll, live=True, fwd=False)
+    def _add_ites(self, dev, ev, intid, coll, inst=None, shadow=None) -> np.ndarray:
+        """Append ITEs of visible devices (``inst`` defaults to their device's instance) or,
+        with ``shadow``, of later duplicates of a DeviceID (never found by look-ups)."""
+        if inst is None:
+            d = np.asarray(dev, dtype=np.int64).reshape(-1)
+            u, iv = np.unique(d, return_inverse=True)
+            inst = np.array([self._inst[int(x)] for x in u.tolist()], np.int64)[iv] if d.size else 0
+        rows = self._ite.append(dev=dev, event=ev, intid=intid, coll=coll, live=True, fwd=False, inst=inst,
+                                shadow=False if shadow is None else shadow)
+        if shadow is not None and np.any(shadow):
+            self._ite_dict = None
         if self._ite_dict is not None:
             if rows.size == 1:
                 self._ite_dict[(int(np.asarray(dev).reshape(-1)[0]) << 32) | int(np.asarray(ev).reshape(-1)[0])] = int(
@@ -381,9 +422,8 @@ class VirtualITS:
             else:
                 self._ite_dict = None
         self._ites_changed()
-        # its_free_ite: an ITE whose LPI is forwarded unmaps the VLPI (its pending state goes).
-        # vlpi also clears ``hw``; KVM leaves it set when another ITE still holds the LPI (a
-        # dangling state not modelled)
+        # its_free_ite: an ITE whose LPI is forwarded always unmaps the VLPI (its_unmap_vlpi),
+        # whether or not another ITE still names the LPI; its pending state goes, ``hw`` clears
         unmapped, _ = self.vgic.unmap_vlpis(intids, devs, evs, source, LostReason.FREED_PENDING)
         self.clear_forwarded(intids[unmapped])
         self.vgic.put_lpis(intids, devs, evs, source)
@@ -477,15 +517,46 @@ class VirtualITS:
             self._free_device(dev, source=LostSource.MAPD)
         if not valid:
             if self.kernel == "new":
+                self.last_entry_write = gpa
                 self.mem.write(gpa, np.zeros(8, np.uint8))  # zero DTE (a fault is the command's error)
             return
-        self.devices[dev] = (itt, size + 1)
+        self._alloc_device(dev, itt, size + 1)
+
+    def _alloc_device(self, dev: int, itt: int, bits: int) -> tuple[int, bool]:
+        """vgic_its_alloc_device: a new device at the end of the list. Returns (instance,
+        shadowed): shadowed when the DeviceID is there already (look-ups keep finding that one)."""
+        self._n_inst += 1
+        inst = self._n_inst
+        if dev in self.devices:
+            self._shadows.setdefault(dev, []).append((inst, itt, bits))
+            return inst, True
+        self.devices[dev] = (itt, bits)
+        self._inst[dev] = inst
+        return inst, False
 
     def _free_device(self, dev: int, source: int) -> None:
+        """vgic_its_free_device of the device find_its_device returns; a later device with the
+        same ID (restored twice) then becomes the one found."""
         a = self._ite
-        rows = np.flatnonzero(a["live"] & (a["dev"] == dev))
+        inst = self._inst.pop(dev)
+        rows = np.flatnonzero(a["live"] & (a["inst"] == inst))
         self._free_ites(rows, source)
         del self.devices[dev]
+        later = self._shadows.get(dev)
+        if later:
+            inst2, itt, bits = later.pop(0)
+            if not later:
+                del self._shadows[dev]
+            self.devices[dev] = (itt, bits)
+            self._inst[dev] = inst2
+            a.arrays["shadow"][: a.n][a["inst"] == inst2] = False
+            self._ite_dict = None
+            self._ites_changed()
+
+    def _free_device_list(self, source: int) -> None:
+        """vgic_its_free_device_list: every device, duplicates included."""
+        while self.devices:
+            self._free_device(next(iter(self.devices)), source)
 
     def mapc(self, icid: int, rdbase: int, *, valid: bool = True) -> None:
         """MAPC: map collection ``icid`` to vCPU ``rdbase`` (V=1) or delete it (V=0)."""
@@ -548,8 +619,8 @@ class VirtualITS:
         itt, bits = d
         if ev >= 1 << bits:
             raise ItsCommandError(C.E_ITS_MAPTI_ID_OOR, name, f"EventID {ev} >= 2^{bits}")
-        if self.kernel == "new" and self.mem.slot_at(itt + ev * _ESZ) is None:
-            raise ItsCommandError(C.E_ITS_MAPTI_ID_OOR, name, f"ITE address {itt + ev * _ESZ:#x} is not in a memslot")
+        if self.kernel == "new" and self.mem.slot_at(_ite_gpa(itt, ev)) is None:
+            raise ItsCommandError(C.E_ITS_MAPTI_ID_OOR, name, f"ITE address {_ite_gpa(itt, ev):#x} is not in a memslot")
         if lpi < LPI_OFFSET or lpi >= self._max_lpis():
             raise ItsCommandError(
                 C.E_ITS_MAPTI_PHYSICALID_OOR, name, f"pINTID {lpi} outside [8192, {self._max_lpis()})"
@@ -626,7 +697,7 @@ class VirtualITS:
         oor = known & (ev >= (np.int64(1) << bits))
         code[(code == 0) & oor] = C.E_ITS_MAPTI_ID_OOR
         if self.kernel == "new" and dids.size:
-            ite_gpa = (ditt[dic] + ev * _ESZ).astype(np.uint64)
+            ite_gpa = _ite_gpa(ditt[dic], np.asarray(ev, dtype=np.int64)).astype(np.uint64)
             vis = in_ram(self.mem, ite_gpa)
             code[(code == 0) & ~vis] = C.E_ITS_MAPTI_ID_OOR
         code[(code == 0) & ((lpi < LPI_OFFSET) | (lpi >= self._max_lpis()))] = C.E_ITS_MAPTI_PHYSICALID_OOR
@@ -730,7 +801,8 @@ class VirtualITS:
         self._free_ites(np.array([r]), LostSource.DISCARD)
         if self.kernel == "new":
             itt, _ = self.devices[dev]
-            self.mem.write(itt + ev * _ESZ, np.zeros(8, np.uint8))
+            self.last_entry_write = _ite_gpa(itt, ev)
+            self.mem.write(_ite_gpa(itt, ev), np.zeros(8, np.uint8))
 
     def int_(self, device_id: int, event_id: int) -> None:
         """INT: make the event's LPI pending (a forwarded one: set its VLPI pending).
@@ -809,8 +881,7 @@ class VirtualITS:
         self.baser[n] = v
         if not v >> 63:
             if n == 0:
-                for d in list(self.devices):
-                    self._free_device(d, LostSource.MAPD)
+                self._free_device_list(LostSource.MAPD)
             else:
                 for icid in list(self._coll):
                     self._free_collection(icid)
@@ -818,8 +889,7 @@ class VirtualITS:
     def reset(self) -> None:
         """KVM_DEV_ARM_ITS_CTRL_RESET."""
         self.ctlr_enabled = False
-        for d in list(self.devices):
-            self._free_device(d, LostSource.MAPD)
+        self._free_device_list(LostSource.MAPD)
         for icid in list(self._coll):
             self._free_collection(icid)
         self.baser = [b & ~(1 << 63) for b in self.baser]
@@ -839,12 +909,20 @@ class VirtualITS:
                 _errno.EINVAL,
                 f"ITE device {a['dev'][r]} event {a['event'][r]} (LPI {a['intid'][r]}) points to an unmapped "
                 "collection (MAPC V=0 while in use): KVM's SAVE_TABLES dereferences NULL here; "
-                "kernel behaviour undefined (spec §6.6). Remap or discard the event first.",
+                "kernel behaviour undefined. Remap or discard the event first.",
             )
         hw_of = self.vgic.hw_of(a["intid"])
+        rows = np.flatnonzero(live)
+        rows = rows[np.argsort(a["inst"][rows], kind="stable")]
+        inst_sorted = a["inst"][rows]
+        # the device list sorted by DeviceID, stable (list_sort): duplicates in list order
+        entries = [(d, self._inst[d], itt, bits) for d, (itt, bits) in self.devices.items()]
+        entries += [(d, i, itt, bits) for d, lst in self._shadows.items() for i, itt, bits in lst]
+        entries.sort(key=lambda x: (x[0], x[1]))
         devices = []
-        for d, (itt, bits) in sorted(self.devices.items()):
-            m = live & (a["dev"] == d)
+        for d, i, itt, bits in entries:
+            lo, hi = np.searchsorted(inst_sorted, [i, i + 1])
+            m = rows[lo:hi]
             devices.append(
                 ItsDevice(
                     device_id=d, itt_addr=itt, eventid_bits=bits,
@@ -863,9 +941,20 @@ class VirtualITS:
         return save_tables_v0(self.mem, self.baser[0], self.baser[1], devices, colls, has_gicv4_1=has_gicv4_1)
 
     def restore_tables(self):
-        """``KVM_DEV_ARM_ITS_RESTORE_TABLES``: collections first, then devices in scan order;
-        each ITE's LPI is created (config read, pending bit pulled and cleared in RAM) in scan
-        order. Any error frees every device and collection (as KVM does) and re-raises."""
+        """``KVM_DEV_ARM_ITS_RESTORE_TABLES`` (:func:`vlpi.its.abi.restore_tables_v0`), with the
+        kernel's order of effects: collections first, then devices in scan order, each ITE's LPI
+        created (config read, pending bit pulled and cleared in RAM) before the next entry is
+        read. So an error leaves the pending bits of the LPIs created before it consumed, and
+        the first failure in walk order wins (an LPI creation fault before a later invalid
+        entry is ``EFAULT``). After a collection-table error only the collection list is freed
+        (devices, ITEs and LPIs already there stay, without their collection); after any other
+        error every device, then every collection, is freed.
+
+        A pINTID >= 2^24 (KVM checks only >= 8192): the kernel would read its configuration
+        byte, then create the LPI. vlpi's LPIs are 24-bit INTIDs, so when that byte is guest
+        RAM the restore is refused with ``ValueError`` before anything changes; when it is
+        not, the creation faults (``EFAULT``) as in the kernel.
+        """
         from vlpi.its.abi import ItsTableError, restore_tables_v0
 
         try:
@@ -873,49 +962,65 @@ class VirtualITS:
                 self.mem, self.baser[0], self.baser[1], n_vcpus=self.vgic.n_vcpus,
                 existing_collections=list(self._coll),
             )
-        except ItsTableError:
-            self._free_all()
-            raise
-        for d in devs:  # KVM checks only pINTID >= 8192; vlpi's LPIs are 24-bit INTIDs
-            big = np.flatnonzero(np.asarray(d.pintid, np.uint64) >= np.uint64(LPI_INTID_LIMIT))
-            if big.size:
-                k = int(big[0])
+            table_err = None
+        except ItsTableError as e:
+            if e.table == "collection":  # vgic_its_restore_collection_table: free the list, return
+                for icid in list(self._coll):
+                    self._free_collection(icid)
+                raise
+            table_err = e
+            colls, devs = e.collections or [], e.devices or []
+        n_ite = [len(d.event_id) for d in devs]
+        dev = np.repeat(np.array([int(d.device_id) for d in devs], np.int64), n_ite).astype(np.uint32)
+        ev = np.concatenate([d.event_id for d in devs]).astype(np.uint32) if devs else np.zeros(0, np.uint32)
+        lpi = np.concatenate([d.pintid for d in devs]).astype(np.int64) if devs else np.zeros(0, np.int64)
+        icid = np.concatenate([d.icid for d in devs]).astype(np.int64) if devs else np.zeros(0, np.int64)
+        big = np.flatnonzero(lpi >= LPI_INTID_LIMIT)
+        n_try = int(big[0]) if big.size else lpi.size
+        if big.size:
+            cfg = np.uint64((self.vgic.propbaser & PROPBASER_ADDRESS_MASK) + int(lpi[n_try]) - 8192)
+            if in_ram(self.mem, cfg):
                 raise ValueError(
-                    f"RESTORE_TABLES: device {int(d.device_id)} event {int(d.event_id[k])} has pINTID "
-                    f"{int(d.pintid[k])} >= 2**24. KVM would create this LPI (it checks only pINTID >= 8192), "
-                    "but vlpi models LPIs with 24-bit INTIDs; nothing was restored"
+                    f"RESTORE_TABLES: device {int(dev[n_try])} event {int(ev[n_try])} has pINTID "
+                    f"{int(lpi[n_try])} >= 2**24. KVM would create this LPI (it checks only pINTID >= 8192; "
+                    f"its configuration byte at GPA {int(cfg):#x} is guest RAM), but vlpi models LPIs with "
+                    "24-bit INTIDs; nothing was restored"
                 )
-        for icid, rd in colls:
-            self._new_collection(int(icid), _NOT_MAPPED if rd == COLLECTION_NOT_MAPPED else int(rd))
-        for d in devs:
-            self.devices[int(d.device_id)] = (int(d.itt_addr), int(d.eventid_bits))
-        if not devs:
-            return colls, devs
-        dev = np.concatenate([np.full(len(d.event_id), d.device_id, np.uint32) for d in devs])
-        ev = np.concatenate([d.event_id for d in devs]).astype(np.uint32)
-        lpi = np.concatenate([d.pintid for d in devs]).astype(np.uint32)
-        icid = np.concatenate([d.icid for d in devs]).astype(np.int64)
+        for c, rd in colls:
+            self._new_collection(int(c), _NOT_MAPPED if rd == COLLECTION_NOT_MAPPED else int(rd))
+        inst = np.zeros(len(devs), np.int64)
+        shadowed = np.zeros(len(devs), bool)
+        for k, d in enumerate(devs):
+            inst[k], shadowed[k] = self._alloc_device(int(d.device_id), int(d.itt_addr), int(d.eventid_bits))
+        inst, shadowed = np.repeat(inst, n_ite), np.repeat(shadowed, n_ite)
         uniq = np.unique(icid)
         ser = np.array([self._coll[int(i)] for i in uniq.tolist()], dtype=np.int64)
         s = ser[np.searchsorted(uniq, icid)] if icid.size else np.zeros(0, np.int64)
         tgt = self._coll_target(s)
-        err = self.vgic.get_lpis(lpi, tgt, atomic=False, stop_on_error=True)
-        if np.any(err):
-            i = int(np.flatnonzero(err)[0])
-            # the LPIs created before the fault keep their consumed bits (RAM already cleared)
-            self._add_ites(dev[:i], ev[:i], lpi[:i], s[:i])
-            self._free_all()
-            raise ItsTableError(
-                int(err[i]), f"RESTORE_TABLES: vgic_add_lpi({int(lpi[i])}) for device {int(dev[i])} "
-                f"event {int(ev[i])} faulted; every device and collection was freed",
-                where=f"ITE device {int(dev[i])} event {int(ev[i])}",
-            )
-        self._add_ites(dev, ev, lpi, s)
-        return colls, devs
+        err = self.vgic.get_lpis(lpi[:n_try].astype(np.uint32), tgt[:n_try], atomic=False, stop_on_error=True)
+        bad = np.flatnonzero(err)
+        i = int(bad[0]) if bad.size else (n_try if big.size else -1)
+        if i < 0:  # every LPI created
+            self._add_ites(dev, ev, lpi.astype(np.uint32), s, inst, shadowed)
+            if table_err is None:
+                return colls, devs
+        else:
+            self._add_ites(dev[:i], ev[:i], lpi[:i].astype(np.uint32), s[:i], inst[:i], shadowed[:i])
+        # vgic_its_restore_device_tables frees the device list, vgic_its_restore_tables_v0 the
+        # collection list; the LPIs created on the way go with their last ITE, their pending
+        # bits stay consumed in RAM
+        self._free_all()
+        if i < 0:
+            raise table_err
+        raise ItsTableError(
+            _errno.EFAULT, f"RESTORE_TABLES: vgic_add_lpi({int(lpi[i])}) for device {int(dev[i])} event "
+            f"{int(ev[i])} faulted (configuration byte or pending table not in guest RAM); every device and "
+            "collection was freed", where=f"ITE device {int(dev[i])} event {int(ev[i])}", table="device",
+            collections=colls, devices=devs,
+        )
 
     def _free_all(self) -> None:
-        for d in list(self.devices):
-            self._free_device(d, LostSource.MAPD)
+        self._free_device_list(LostSource.MAPD)
         for icid in list(self._coll):
             self._free_collection(icid)
 

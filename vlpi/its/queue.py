@@ -1,6 +1,6 @@
 """The ITS command queue in guest RAM: GITS_CBASER / GITS_CWRITER / GITS_CREADR / GITS_CTLR.
 
-KVM's mechanics (kernel-semantics §10.1, §10.7):
+KVM's mechanics (``vgic_its_process_commands`` and the GITS_* register handlers):
 
 * a CWRITER write keeps bits [19:5]; an offset beyond the queue is dropped; otherwise every
   slot from CREADR up to the new CWRITER (wrapping at the queue size) runs, in order, before
@@ -36,7 +36,7 @@ from vlpi.its.commands import (
     encode,
     encode_many,
 )
-from vlpi.vgic import VMError, check_reg
+from vlpi.vgic import PENDBASER_ADDRESS_MASK, VMError, check_reg
 
 __all__ = [
     "CommandLog",
@@ -224,9 +224,12 @@ def process_commands(its) -> int:
     bits [19:5] and refuse offsets beyond the queue), so this ends within one lap: each slot
     runs at most once per call.
 
-    Runs of consecutive MAPTI/MAPI slots are executed with the vectorised
-    :meth:`~vlpi.its.VirtualITS.map_events` (exactly the one-by-one semantics, tested), so a
-    guest that queues millions of mappings is not replayed one Python call per slot.
+    The kernel reads each slot just before it runs it, so a command that rewrites later slots
+    (the queue overlapping a table it zeroes, or a pending table whose bits an LPI creation
+    clears) changes what runs next; so does this loop. Runs of consecutive MAPTI/MAPI slots
+    are executed with the vectorised :meth:`~vlpi.its.VirtualITS.map_events` (exactly the
+    one-by-one semantics, tested), so a guest that queues millions of mappings is not replayed
+    one Python call per slot; slots read ahead are read again after a command wrote into them.
     """
     if not its.ctlr_enabled or not its.cbaser >> 63:
         return 0
@@ -234,6 +237,9 @@ def process_commands(its) -> int:
     base = queue_gpa(its.cbaser)
     mem = its.mem
     log = its.command_log
+    # LPI creation clears pending bits: at most 8 KiB from each PENDBASER (vITS INTIDs < 2^16)
+    pend = np.asarray(its.vgic.pendbaser, dtype=np.int64) & PENDBASER_ADDRESS_MASK
+    maps_write_queue = bool(((pend < base + size) & (pend + 8192 > base)).any())
     n = 0
     bulk = True
     lap = size // 32
@@ -248,8 +254,7 @@ def process_commands(its) -> int:
                 slots = None
                 bulk = False
             if slots is not None:
-                _run_slots(its, slots, off)
-                k = slots.shape[0]
+                k = _run_slots(its, slots, off, base, maps_write_queue)
                 n += k
                 its.creadr = (off + 32 * k) % size
                 continue
@@ -276,8 +281,9 @@ def _run_one(its, cmd: ItsCommand, off: int) -> None:
     log.executed += 1
 
 
-def _run_slots(its, slots: np.ndarray, off0: int) -> None:
-    """Execute readable slots in order, MAPTI/MAPI runs in bulk."""
+def _run_slots(its, slots: np.ndarray, off0: int, base: int, maps_write_queue: bool) -> int:
+    """Execute slots read ahead, in order, MAPTI/MAPI runs in bulk; stop after a command that
+    wrote into the slots still to run (the caller reads them again). Returns slots run."""
     f = decode_many(slots)
     op = f["opcode"]
     is_map = (op == GITS_CMD_MAPTI) | (op == GITS_CMD_MAPI)
@@ -287,8 +293,9 @@ def _run_slots(its, slots: np.ndarray, off0: int) -> None:
     starts = np.concatenate([[0], edges])
     stops = np.concatenate([edges, [k]])
     log = its.command_log
+    hi = base + off0 + 32 * k  # end of the slots read ahead
     for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
-        if is_map[a] and b - a > 1:
+        if is_map[a] and b - a > 1 and not maps_write_queue:
             pint = np.where(op[a:b] == GITS_CMD_MAPI, f["event_id"][a:b], f["pintid"][a:b])
             codes = its.map_events(f["device_id"][a:b], f["event_id"][a:b], pint, f["icid"][a:b], errors="skip")
             for i in np.flatnonzero(codes).tolist():
@@ -298,9 +305,15 @@ def _run_slots(its, slots: np.ndarray, off0: int) -> None:
                 msg = f"{name}: {ERROR_NAMES.get(c, f'errno {-c}')} (bulk)"
                 log.errors.append(CommandRecord(off0 + 32 * (a + i), o, name, c, msg))
             log.executed += b - a
-        else:
-            for i in range(a, b):
-                _run_one(its, decode(slots[i]), off0 + 32 * i)
+            continue
+        for i in range(a, b):
+            its.last_entry_write = None
+            _run_one(its, decode(slots[i]), off0 + 32 * i)
+            lo = base + off0 + 32 * (i + 1)  # the slots after this one
+            g = its.last_entry_write
+            if (is_map[i] and maps_write_queue) or (g is not None and lo - 8 < g < hi):
+                return i + 1
+    return k
 
 
 class GuestCommandWriter:
