@@ -26,6 +26,18 @@ walk order, and bits with no LPI are untouched. Its access counts depend only on
 
 Restore (``sync_pending_status``, §3.1) and the EnableLPIs scan (``sync_pending_table``, §3.3)
 follow the same pattern.
+
+Safety
+------
+Kernels reach guest RAM, LPI arrays and plans through raw addresses, so nothing they read may
+change behind the engine's back: slots are frozen and change only through ``add_slot``/
+``remove_slot``; ``intid``/``target_vcpu`` are immutable; cached plans are keyed on the memory's
+generation, the PENDBASER bytes and the table's target version; flag bytes are read as
+``byte != 0`` (never used as numbers in an address); VPT indices are validated or clamped.
+Each call holds the locks of its memories and LPI tables from validation to the end of the
+kernel, so a slot change in another thread waits for it. ``VLPI_RAW_CHECK=1`` checks every
+raw-address access of the kernels against the memory validated for the call (CI runs the
+engine tests in that mode).
 """
 
 from __future__ import annotations
@@ -396,7 +408,8 @@ class _Locked:
     __slots__ = ("locks",)
 
     def __init__(self, objs) -> None:
-        self.locks = [o._lock for _, o in sorted({id(o): o for o in objs}.items())]
+        by_id = {id(o): o._lock for o in objs}
+        self.locks = [by_id[k] for k in sorted(by_id)]
 
     def __enter__(self) -> None:
         done = []
