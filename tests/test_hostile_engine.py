@@ -406,6 +406,8 @@ def test_slot_flags_and_shapes_are_checked():
             readonly="no")
     refused(TypeError, [r"^gpa must be an integer, got str"], mem.add_slot, "0x100000", 16, mem=mem)
     refused(ValueError, [r"^add_slot: size must be > 0, got 0"], mem.add_slot, 0x100000, 0, mem=mem)
+    refused(ValueError, [r"^add_slot: size = 2251799813685248 bytes cannot be allocated"], mem.add_slot,
+            1 << 51, 1 << 51, mem=mem)
 
 
 @pytest.mark.parametrize(

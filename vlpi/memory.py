@@ -38,8 +38,13 @@ MAX_READ = 1 << 32  # bytes one GuestMemory.read may copy
 
 @dataclass(eq=False, frozen=True)
 class MemSlot:
-    """One memslot: ``size`` bytes of guest RAM at ``gpa`` (a frozen record: its fields cannot be
-    reassigned; the contents of ``data`` may be written, they are guest RAM)."""
+    """One memslot: ``size`` bytes of guest RAM at ``gpa``.
+
+    A frozen record: its fields cannot be reassigned. The bytes of ``data`` may be written (they
+    are guest RAM; such writes are not logged); ``data`` must not be resized. ``dirty`` is the
+    slot's part of the dirty log, owned by its :class:`GuestMemory` (read it through
+    :meth:`GuestMemory.dirty_pages`). Thread safety: as its ``GuestMemory``'s.
+    """
 
     gpa: int
     size: int
@@ -190,7 +195,10 @@ class GuestMemory:
                 f"guest physical address space [0, {GPA_LIMIT:#x})"
             )
         if data is None:
-            arr = np.zeros(size, dtype=np.uint8)  # calloc: pages committed only when written
+            try:
+                arr = np.zeros(size, dtype=np.uint8)  # calloc: pages committed only when written
+            except MemoryError:
+                raise ValueError(f"add_slot: size = {size} bytes cannot be allocated in host memory") from None
         else:
             if not isinstance(data, np.ndarray):
                 raise TypeError(f"add_slot: data must be a numpy.ndarray of uint8, got {type(data).__name__}")
@@ -259,6 +267,11 @@ class GuestMemory:
         t = self._tables
         if t is None:
             slots = self._slots
+            for s in slots:  # a slot changed by going around the frozen dataclass is not used
+                d = s.data
+                if not (isinstance(d, np.ndarray) and d.flags.c_contiguous and d.nbytes == s.size
+                        and d.dtype == np.uint8):
+                    raise RuntimeError(f"memslot at GPA {s.gpa:#x} was changed behind GuestMemory's back")
             starts = np.array([s.gpa for s in slots], dtype=np.uint64)
             ends = np.array([s.end for s in slots], dtype=np.uint64)
             ptrs = np.array([s.data.ctypes.data for s in slots], dtype=np.uint64)

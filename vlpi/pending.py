@@ -99,6 +99,11 @@ class SaveReport:
         Sorted unique 4 KiB guest page numbers written.
     elapsed_s : float
         Wall time of the call.
+
+    Notes
+    -----
+    A plain result owned by the caller: the engine keeps no reference to it, so it may be changed
+    or shared between threads freely (``dirty_pages`` is read-only: it may be shared).
     """
 
     lpis_total: int
@@ -139,6 +144,11 @@ class SyncReport:
         Sorted unique 4 KiB guest page numbers written (restore clears consumed bits).
     elapsed_s : float
         Wall time of the call.
+
+    Notes
+    -----
+    A plain result owned by the caller: the engine keeps no reference to it, so it may be changed
+    or shared between threads freely (``dirty_pages`` is read-only: it may be shared).
     """
 
     lpis_total: int
@@ -582,6 +592,7 @@ class _Batch:
             with _guard(jobs, scratch, self.vmt):
                 kern(self.vmt, units, out_pages, out_cnt, scratch, restore)
         counts, pages, off = _k.collect(units, out_cnt, out_pages, self.n)
+        pages.flags.writeable = False  # shared by the reports and the memories' dirty logs
         return counts, [pages[off[i] : off[i + 1]] if off[i + 1] > off[i] else _NO_PAGES for i in range(self.n)]
 
 
@@ -623,6 +634,7 @@ def _changed_bytes(mem: GuestMemory, wr_addr: np.ndarray, wr_old: np.ndarray):
     ua, first = np.unique(wr_addr, return_index=True)
     now = mem.read_u8(ua)
     pages = np.unique((ua >> np.uint64(PAGE_SHIFT)).astype(np.int64))
+    pages.flags.writeable = False  # shared by the report and the memory's dirty log
     mem._mark_dirty(pages)
     return int(np.count_nonzero(now != wr_old[first])), pages
 
