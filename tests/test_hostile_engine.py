@@ -171,6 +171,16 @@ ISOLATED = {
             assert not a.flags.writeable
         lp.pending_latch[:] = False
         check_save(mem, pb, lp)
+        # going around the frozen dataclass: refused when the slot tables are next built
+        object.__setattr__(s, "size", 1 << 32)
+        mem.add_slot(0x1000_0000, 0x1000)
+        snap = s.data.copy()
+        try:
+            vlpi.save_pending_tables(mem, pb, lp)
+            raise AssertionError("accepted")
+        except RuntimeError as e:
+            assert "memslot at GPA 0x10000 was changed behind GuestMemory's back" in str(e)
+        assert np.array_equal(snap, s.data)
     """,
     "slot_swapped_between_saves": """
         mem, pb = fresh()

@@ -411,15 +411,18 @@ def _guard(jobs, *extra):
 
 
 class _Locked:
-    """Holds the locks of the memories and LPI tables of one engine call, taken in one global
-    order (by id) so that concurrent calls over overlapping objects cannot deadlock. Slot changes
-    (``GuestMemory.add_slot``/``remove_slot``) and ``LPITable.set_targets`` wait for it."""
+    """Holds the locks of the memories and LPI tables of one engine call. Every engine call takes
+    them in one global order: memories before tables, each kind by id; so concurrent calls over
+    overlapping objects cannot deadlock (``add_slot``/``remove_slot`` and ``set_targets`` take
+    one lock each). Slot changes and retargeting wait for the call to end."""
 
     __slots__ = ("locks",)
 
-    def __init__(self, objs) -> None:
-        by_id = {id(o): o._lock for o in objs}
-        self.locks = [by_id[k] for k in sorted(by_id)]
+    def __init__(self, mems, tables) -> None:
+        self.locks = []
+        for objs in (mems, tables):
+            by_id = {id(o): o._lock for o in objs}
+            self.locks += [by_id[k] for k in sorted(by_id)]
 
     def __enter__(self) -> None:
         done = []
@@ -589,7 +592,10 @@ class _Batch:
             # than it saves, and badly so when the machine is oversubscribed
             kern = _SERIAL[kernel] if self.serial else kernel
             scratch = np.zeros(units.shape[0] * 64, np.uint8)
-            with _guard(jobs, scratch, self.vmt):
+            if _jit.RAW_CHECK:
+                with _guard(jobs, scratch, self.vmt):
+                    kern(self.vmt, units, out_pages, out_cnt, scratch, restore)
+            else:
                 kern(self.vmt, units, out_pages, out_cnt, scratch, restore)
         counts, pages, off = _k.collect(units, out_cnt, out_pages, self.n)
         pages.flags.writeable = False  # shared by the reports and the memories' dirty logs
@@ -684,7 +690,14 @@ def save_pending_tables(
     TypeError, ValueError
         Bad arguments (nothing is changed).
     """
-    return _save_many([(mem, pendbaser, lpis, vpt)], has_gicv4_1, order, atomic, single=True)[0]
+    t0 = time.perf_counter()
+    has_gicv4_1 = _check_flag(has_gicv4_1, "has_gicv4_1")
+    atomic = _check_flag(atomic, "atomic")
+    _check_order(order)
+    _check_mem(mem, "")
+    _check_lpis(lpis, "")
+    with mem._lock, lpis._lock:  # the global order of _Locked: memory, then table
+        return _save_locked([(mem, pendbaser, lpis, vpt)], has_gicv4_1, order, atomic, True, t0)[0]
 
 
 def save_pending_tables_many(
@@ -717,10 +730,6 @@ def save_pending_tables_many(
         is saved up to its fault (kernel-exact), later VMs are untouched. The exception carries
         ``.job`` (index) and ``.reports`` (reports of the VMs saved before it).
     """
-    return _save_many(jobs, has_gicv4_1, order, atomic, single=False)
-
-
-def _save_many(jobs, has_gicv4_1: bool, order: str, atomic: bool, single: bool) -> list[SaveReport]:
     t0 = time.perf_counter()
     has_gicv4_1 = _check_flag(has_gicv4_1, "has_gicv4_1")
     atomic = _check_flag(atomic, "atomic")
@@ -730,16 +739,16 @@ def _save_many(jobs, has_gicv4_1: bool, order: str, atomic: bool, single: bool) 
     jobs = list(jobs)  # one snapshot: the caller's list may change in another thread
     seen: dict[int, int] = {}
     for j, job in enumerate(jobs):
-        where = "" if single else f"jobs[{j}]: "
         if not isinstance(job, (tuple, list)) or len(job) != 4:
             raise TypeError(f"jobs[{j}] must be a (mem, pendbaser, lpis, vpt) tuple")
-        _check_mem(job[0], where)
-        _check_lpis(job[2], where)
+        if not (isinstance(job[0], GuestMemory) and isinstance(job[2], LPITable)):
+            _check_mem(job[0], f"jobs[{j}]: ")
+            _check_lpis(job[2], f"jobs[{j}]: ")
         other = seen.setdefault(id(job[0]), j)
         if other != j:
             raise ValueError(f"jobs[{j}] shares its GuestMemory with jobs[{other}]; one GuestMemory per VM")
-    with _Locked([x for job in jobs for x in (job[0], job[2])]):
-        return _save_locked(jobs, has_gicv4_1, order, atomic, single, t0)
+    with _Locked([job[0] for job in jobs], [job[2] for job in jobs]):
+        return _save_locked(jobs, has_gicv4_1, order, atomic, False, t0)
 
 
 def _save_locked(jobs, has_gicv4_1: bool, order: str, atomic: bool, single: bool, t0: float) -> list[SaveReport]:
@@ -849,7 +858,7 @@ def kernel_loop_save(
     _check_order(order)
     _check_mem(mem, "")
     _check_lpis(lpis, "")
-    with _Locked((mem, lpis)):
+    with mem._lock, lpis._lock:  # the global order of _Locked: memory, then table
         c = _Job(mem, pendbaser, lpis, vpt, has_gicv4_1, order)
         rep, f = _sequential_save(c, has_gicv4_1, order, t0)
     if f is not None:
@@ -893,7 +902,7 @@ def sync_pending_status(
     stop_on_error = _check_flag(stop_on_error, "stop_on_error")
     _check_mem(mem, "")
     _check_lpis(lpis, "")
-    with _Locked((mem, lpis)):
+    with mem._lock, lpis._lock:  # the global order of _Locked: memory, then table
         return _restore_locked(mem, pendbaser, lpis, atomic, stop_on_error, t0)
 
 
@@ -941,7 +950,7 @@ def kernel_loop_restore(mem: GuestMemory, pendbaser, lpis: LPITable) -> SyncRepo
     t0 = time.perf_counter()
     _check_mem(mem, "")
     _check_lpis(lpis, "")
-    with _Locked((mem, lpis)):
+    with mem._lock, lpis._lock:  # the global order of _Locked: memory, then table
         c = _Job(mem, pendbaser, lpis, None, False, None)
         rep, f = _sequential_restore(c, True, t0)
     if f is not None:
@@ -973,7 +982,7 @@ def sync_pending_table(
     _check_lpis(lpis, "")
     if isinstance(vcpu, (bool, np.bool_)) or not isinstance(vcpu, (int, np.integer)):
         raise TypeError(f"vcpu must be an integer, got {type(vcpu).__name__}")
-    with _Locked((mem, lpis)):
+    with mem._lock, lpis._lock:  # the global order of _Locked: memory, then table
         return _scan_locked(mem, pendbaser, lpis, vcpu, atomic, t0)
 
 
