@@ -173,7 +173,7 @@ ISOLATED = {
         check_save(mem, pb, lp)
         # going around the frozen dataclass: refused when the slot tables are next built
         object.__setattr__(s, "size", 1 << 32)
-        mem.add_slot(0x1000_0000, 0x1000)
+        mem.add_slot(0x2_0000_0000, 0x1000)
         snap = s.data.copy()
         try:
             vlpi.save_pending_tables(mem, pb, lp)
