@@ -115,9 +115,10 @@ class GuestMemory:
     :class:`MemSlot` records are frozen; a backing array must not be resized
     (``ndarray.resize(refcheck=False)``, numpy's unchecked escape hatch) while it is a slot.
 
-    Thread safety: every method, and every engine call on this memory, holds the memory's lock
-    (re-entrant), so adding or removing a slot while another thread saves into the memory waits
-    for that save to finish; engine calls on one memory run one at a time. Two memories never
+    Thread safety: slot changes, reads, writes, the dirty log and every engine call on this
+    memory hold the memory's lock (re-entrant), so adding or removing a slot while another thread
+    saves into the memory waits for that save to finish; engine calls on one memory run one at a
+    time. ``slots``, ``slot_at`` and ``extents`` return consistent snapshots. Two memories never
     share backing storage (``add_slot`` refuses an array that overlaps a live slot's), so calls on
     different memories are independent.
 
