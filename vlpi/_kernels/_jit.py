@@ -18,7 +18,8 @@ invisible to it. With ``VLPI_RAW_CHECK=1`` every ``view_*`` first asks :func:`_c
 whether its whole byte range lies in memory the engine registered for the running call (with
 :func:`guard`: the slot arrays, LPI arrays, plans, outputs the call validated). An access outside
 them prints what was accessed and ends the process (exit status 86) before the access happens.
-Slow (a call into Python per view); CI runs the engine tests in this mode.
+The registered extents are scanned natively; only a miss calls into Python. CI runs the engine
+tests in this mode.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import threading
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -76,6 +78,7 @@ def guard(arrays):
     with _extents_lock:
         for e in ext:
             _extents[e] = _extents.get(e, 0) + 1
+        _publish()
     try:
         yield
     finally:
@@ -86,6 +89,22 @@ def guard(arrays):
                     _extents[e] = c
                 else:
                     del _extents[e]
+            _publish()
+
+
+_MAX_EXTENTS = 4096
+# The kernels' copy of the registered extents: [count, 0, lo0, hi0, lo1, hi1, ...]. A kernel scans
+# it natively and calls _check_range (authoritative, under the lock) only on a miss.
+_TABLE = np.zeros(2 + 2 * _MAX_EXTENTS, np.uint64)
+
+
+def _publish() -> None:
+    """Copy the registered extents into _TABLE (caller holds the lock)."""
+    ext = list(_extents)[:_MAX_EXTENTS]
+    _TABLE[0] = 0
+    if ext:
+        _TABLE[2 : 2 + 2 * len(ext)] = np.array(ext, np.uint64).reshape(-1)
+    _TABLE[0] = len(ext)
 
 
 if RAW_CHECK:
@@ -94,9 +113,32 @@ if RAW_CHECK:
     _CHECK_CB = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint64)(_check_range)
     _llvm.add_symbol("vlpi_raw_check", ctypes.cast(_CHECK_CB, ctypes.c_void_p).value)
     _raw_check = types.ExternalFunction("vlpi_raw_check", types.int64(types.uint64, types.uint64))
+    _llvm.add_symbol("vlpi_raw_extents", _TABLE.ctypes.data)
+
+    @intrinsic
+    def _table_addr(typingctx):
+        """Address of _TABLE, resolved by symbol name when the kernel is linked (so cached
+        kernels find this process's table)."""
+        sig = types.uint64()
+
+        def codegen(context, builder, signature, args):
+            gv = builder.module.globals.get("vlpi_raw_extents")
+            if gv is None:
+                gv = ir.GlobalVariable(builder.module, ir.IntType(64), name="vlpi_raw_extents")
+                gv.linkage = "external"
+            return builder.ptrtoint(gv, ir.IntType(64))
+
+        return sig, codegen
 
     @numba.njit(inline="always", nogil=True, cache=True)
     def _checked(addr, nbytes):
+        if nbytes == 0:
+            return
+        t = numba.carray(voidptr(_table_addr()), (2 + 2 * _MAX_EXTENTS,), numba.uint64)
+        end = addr + nbytes
+        for k in range(t[0]):
+            if t[2 + 2 * k] <= addr and end <= t[3 + 2 * k]:
+                return
         _raw_check(addr, nbytes)
 
 else:
