@@ -51,14 +51,17 @@ def test_save_counts_match_the_library(capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["save", "--id-bits", "30"], "id_bits must be in 14..24"),
-        (["save", "--vms", "0"], "vms must be >= 1"),
-        (["save", "--vcpus", "0"], "vcpus must be >= 1"),
+        (["save", "--id-bits", "30"], "argument --id-bits: must be in 14..24, got '30'"),
+        (["save", "--vms", "0"], "argument --vms: must be an integer >= 1, got '0'"),
+        (["save", "--vcpus", "0"], "argument --vcpus: must be an integer >= 1, got '0'"),
     ],
 )
 def test_bad_sizes_exit_2_with_a_message(args, message, capsys):
-    assert main(args) == 2
-    assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"vlpi save: error: {message}\n"
 
 
 def test_unknown_choice_is_an_argparse_error(capsys):

@@ -16,12 +16,19 @@ def _default_cache_dir() -> str:
     return os.path.join(base, "vlpi", "numba")
 
 
+# VLPI_RAW_CHECK=1: debug mode in which every raw-address access of a kernel is checked against
+# the memory the engine validated for the call (see vlpi._kernels._jit). Its kernels differ from
+# the normal ones but have the same source, so they get their own cache directory.
+RAW_CHECK = os.environ.get("VLPI_RAW_CHECK", "0") not in ("", "0")
+
 if not os.environ.get("NUMBA_CACHE_DIR"):
     os.environ["NUMBA_CACHE_DIR"] = _default_cache_dir()
-    if "numba" in sys.modules:  # numba was imported first: tell its config too
-        import numba
+if RAW_CHECK and not os.environ["NUMBA_CACHE_DIR"].rstrip(os.sep).endswith("-rawcheck"):
+    os.environ["NUMBA_CACHE_DIR"] = os.environ["NUMBA_CACHE_DIR"].rstrip(os.sep) + "-rawcheck"
+if "numba" in sys.modules:  # numba was imported first: tell its config too
+    import numba
 
-        numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
+    numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
 
 # Numba's OpenMP threading layer spins idle workers by default. On a 2-core machine with anything
 # else running, a parallel region then waits for a descheduled spinner: measured (benchmarks, 2-core

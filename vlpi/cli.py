@@ -3,11 +3,16 @@
 ``vlpi save`` builds a host scenario (default: host-4096), saves every VM's pending tables in one
 parallel pass, restores them, and prints what the kernel would have done (reads, writes, bytes
 changed, dirty pages) and how long vlpi took, next to the kernel's own algorithm compiled.
+
+Bad options are refused before any work with a one-line ``vlpi CMD: error: ...`` message and exit
+status 2. The host options and their checks (:func:`add_host_options`, :func:`check_host_options`)
+are shared by every command that builds a host.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
@@ -16,25 +21,132 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser", "add_host_options", "check_host_options", "UsageError"]
+
+_LPI_MIN_INTID = 8192
+_ID_BITS = (14, 24)
+_GICS = ("v3", "v4.0", "v4.1")
 
 
-def _host_options(s: argparse.ArgumentParser) -> None:
-    """The host scenario options shared by ``save`` and ``migrate``."""
-    s.add_argument("--vms", type=int, default=64, help="VMs on the host (default 64)")
-    s.add_argument("--vcpus", type=int, default=64, help="vCPUs (= vPEs) per VM (default 64)")
-    s.add_argument("--id-bits", type=int, default=16, help="LPI INTID bits, 14..24 (default 16)")
-    s.add_argument("--lpis-per-vcpu", type=int, default=None,
+class UsageError(Exception):
+    """A bad command-line value: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``prog: error: message``, exit status 2), no usage dump."""
+
+    def error(self, message: str):  # noqa: D102
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# ----------------------------------------------------------------- reusable option types
+def positive_int(text: str) -> int:
+    """argparse ``type=``: an integer >= 1."""
+    v = _int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return v
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse ``type=``: an integer >= 0."""
+    v = _int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return v
+
+
+def id_bits(text: str) -> int:
+    """argparse ``type=``: LPI INTID bits, 14..24."""
+    v = _int(text)
+    if not _ID_BITS[0] <= v <= _ID_BITS[1]:
+        raise argparse.ArgumentTypeError(f"must be in {_ID_BITS[0]}..{_ID_BITS[1]}, got {text!r}")
+    return v
+
+
+def fraction(text: str) -> float:
+    """argparse ``type=``: a real number in [0, 1] (NaN refused)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
+    if math.isnan(v) or not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
+    return v
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+def add_host_options(p: argparse.ArgumentParser) -> None:
+    """The options that describe a host of VMs (``--vms --vcpus --id-bits --lpis-per-vcpu --gic
+    --hw-fraction --seed``); check the parsed result with :func:`check_host_options`."""
+    p.add_argument("--vms", type=positive_int, default=64, help="VMs on the host (default 64)")
+    p.add_argument("--vcpus", type=positive_int, default=64, help="vCPUs (= vPEs) per VM (default 64)")
+    p.add_argument("--id-bits", type=id_bits, default=16, help="LPI INTID bits, 14..24 (default 16)")
+    p.add_argument("--lpis-per-vcpu", type=positive_int, default=None,
                    help="sparse tables: this many random INTIDs per vCPU (default: every INTID, dense)")
-    s.add_argument("--gic", choices=("v3", "v4.0", "v4.1"), default="v4.1", help="host GIC (default v4.1)")
-    s.add_argument("--hw-fraction", type=float, default=0.5, help="fraction of LPIs forwarded on GICv4 (0.5)")
-    s.add_argument("--order", choices=("intid", "insertion"), default="intid",
+    p.add_argument("--gic", choices=_GICS, default="v4.1", help="host GIC (default v4.1)")
+    p.add_argument("--hw-fraction", type=fraction, default=0.5,
+                   help="fraction of LPIs forwarded on GICv4, in [0, 1] (default 0.5)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed, >= 0 (default 0)")
+
+
+def host_bytes(vms: int, vcpus: int, id_bits: int, lpis_per_vcpu: int | None, gic: str) -> int:
+    """Estimated peak host memory of building and saving such a host: pending tables (64 KiB
+    apart), VPTs, the LPI tables and the engine's plans."""
+    table = (1 << id_bits) // 8
+    stride = max(1 << 16, -(-table // (1 << 16)) * (1 << 16))
+    n_vm = ((1 << id_bits) - _LPI_MIN_INTID) if lpis_per_vcpu is None else lpis_per_vcpu * vcpus
+    per_vm = vcpus * stride + (vcpus * table if gic != "v3" else 0) + 16 * n_vm
+    return vms * per_vm + 64 * n_vm  # + one VM's transient plan-building arrays
+
+
+def available_bytes() -> int | None:
+    """Host memory available for new allocations (Linux ``MemAvailable``, else free pages), or
+    None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_host_options(a: argparse.Namespace) -> None:
+    """Cross-option checks of :func:`add_host_options`' values; raises :class:`UsageError`."""
+    space = (1 << a.id_bits) - _LPI_MIN_INTID
+    if a.lpis_per_vcpu is not None and a.lpis_per_vcpu * a.vcpus > space:
+        raise UsageError(
+            f"--lpis-per-vcpu {a.lpis_per_vcpu} x --vcpus {a.vcpus} = {a.lpis_per_vcpu * a.vcpus} LPIs do not fit "
+            f"in the {space} INTIDs of --id-bits {a.id_bits} (at most {space // a.vcpus} per vCPU)"
+        )
+    need = host_bytes(a.vms, a.vcpus, a.id_bits, a.lpis_per_vcpu, a.gic)
+    have = available_bytes()
+    if have is not None and need > have:
+        raise UsageError(
+            f"this host needs about {need / 2**30:.1f} GiB of memory but {have / 2**30:.1f} GiB is available "
+            "(fewer --vms, --vcpus or --id-bits)"
+        )
+
+
+def _order_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--order", choices=("intid", "insertion"), default="intid",
                    help="kernel walk order: intid (Linux >= 6.9) or insertion (5.13-6.8)")
-    s.add_argument("--seed", type=int, default=0)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> argparse.ArgumentParser:
+    """The ``vlpi`` command's argument parser (subcommands ``save``, ``migrate``, ``inspect``)."""
+    p = _Parser(
         prog="vlpi",
         description="Model arm64 KVM LPI/VLPI pending-table save/restore for live migration, bit-exactly and fast.",
     )
@@ -49,8 +161,10 @@ def _parser() -> argparse.ArgumentParser:
         "vCPUs, PENDBASERs 64 KiB apart, random pending/VPT/table bits), save all pending tables in one "
         "parallel pass (GICv4.1: VPT bits of forwarded LPIs), restore them, and report.",
     )
-    _host_options(s)
-    s.add_argument("--rounds", type=int, default=5, help="timed rounds, fresh random state each (default 5)")
+    add_host_options(s)
+    _order_option(s)
+    s.add_argument("--rounds", type=positive_int, default=5,
+                   help="timed rounds, fresh random state each (default 5)")
     s.add_argument("--no-baseline", action="store_true", help="skip the compiled kernel-loop baseline")
     m = sub.add_parser(
         "migrate",
@@ -60,7 +174,8 @@ def _parser() -> argparse.ArgumentParser:
         "redistributors, ITS, RESTORE_TABLES, forwarding), verify the pending state interrupt by interrupt, "
         "and report phases, times, bytes, dirty pages and interrupts lost. Exit status 0 when verified.",
     )
-    _host_options(m)
+    add_host_options(m)
+    _order_option(m)
     m.add_argument("--traffic", type=float, default=0.0, metavar="MSI_PER_S",
                    help="MSIs per second per device while the vPEs are unmapped (default 0: devices quiesced)")
     m.add_argument("--fault", choices=("none", "its-save", "pending-save", "restore", "snapshot"), default="none",
@@ -114,8 +229,7 @@ def _cmd_save(a: argparse.Namespace) -> int:
     from vlpi.pending import kernel_loop_restore, kernel_loop_save
     from vlpi.scenarios import build_host
 
-    if a.rounds < 1:
-        raise SystemExit("vlpi save: --rounds must be >= 1")
+    check_host_options(a)
     t0 = time.perf_counter()
     host = build_host(a.vms, a.vcpus, a.id_bits, gic=a.gic, hw_fraction=a.hw_fraction,
                       lpis_per_vcpu=a.lpis_per_vcpu, seed=a.seed)
@@ -237,9 +351,10 @@ def _cmd_migrate(a: argparse.Namespace) -> int:
     from vlpi import migration as M
     from vlpi.scenarios import build_model_host
 
-    if a.vms < 1 or a.vcpus < 1:
-        raise ValueError("--vms and --vcpus must be >= 1")
-    if not 0.0 <= a.fault_at < 1.0:
+    check_host_options(a)
+    if math.isnan(a.traffic) or not 0.0 <= a.traffic < math.inf:
+        raise UsageError(f"--traffic must be a number of MSIs per second >= 0, got {a.traffic}")
+    if math.isnan(a.fault_at) or not 0.0 <= a.fault_at < 1.0:
         raise ValueError(f"--fault-at must be in [0, 1), got {a.fault_at}")
     quiet = a.json
     err = sys.stderr
@@ -288,7 +403,7 @@ def _cmd_migrate(a: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vlpi`` command."""
-    a = _parser().parse_args(argv)
+    a = build_parser().parse_args(argv)
     try:
         if a.cmd == "save":
             return _cmd_save(a)
@@ -296,8 +411,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_migrate(a)
         if a.cmd == "inspect":
             return _cmd_inspect(a)
-    except ValueError as e:  # bad sizes etc.: say what, exit 2
+    except (UsageError, ValueError) as e:  # bad sizes etc.: say what, exit 2
         print(f"vlpi {a.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"vlpi {a.cmd}: error: out of host memory (fewer --vms, --vcpus or --id-bits)", file=sys.stderr)
         return 2
     return 2
 

@@ -8,13 +8,17 @@ Resident state is compact: ``intid`` uint32, ``target_vcpu`` in the narrowest si
 holds the largest target (int8 up to 126 vCPUs, then int16, then int32), ``pending_latch`` and
 ``hw`` one byte each: 7 bytes per LPI for VMs of up to 126 vCPUs, 8 up to 32766.
 
-``intid`` and ``target_vcpu`` are read-only arrays: the engine caches derived orderings keyed on
-them (and on the PENDBASERs it is called with), so they change only through
-:meth:`LPITable.set_targets`, which invalidates those caches. ``pending_latch`` and ``hw`` are
-ordinary writable arrays; restore updates ``pending_latch`` in place.
+``intid`` and ``target_vcpu`` are immutable: they are backed by ``bytes`` objects, so their
+``writeable`` flag cannot be turned back on. The engine caches derived orderings keyed on them
+(and on the PENDBASERs it is called with); targets change only through
+:meth:`LPITable.set_targets`, which replaces the array and invalidates those caches.
+``pending_latch`` and ``hw`` are ordinary writable arrays; restore updates ``pending_latch`` in
+place. Any nonzero flag byte means True, everywhere (numpy's own reading of a ``bool`` byte).
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -33,7 +37,14 @@ def _target_dtype(max_target: int) -> np.dtype:
     return np.dtype(np.int32)
 
 
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """An immutable copy of ``a``: backed by ``bytes``, so ``flags.writeable`` cannot be set again."""
+    return np.frombuffer(np.ascontiguousarray(a).tobytes(), dtype=a.dtype)
+
+
 def _int_array(x, name: str) -> np.ndarray:
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be an integer array, got {type(x).__name__}")
     a = np.asarray(x)
     if a.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
@@ -45,16 +56,22 @@ def _int_array(x, name: str) -> np.ndarray:
 
 
 def _flag_array(x, name: str, n: int) -> np.ndarray:
-    """bool/uint8 flags; a contiguous writeable bool or 0/1 uint8 array is used in place."""
+    """bool/uint8 flags; a contiguous writeable bool or 0/1 uint8 array is used in place.
+
+    Bool arrays whose bytes are not 0/1 are copied with their truth values (nonzero = True)."""
     if x is None:
         return np.zeros(n, dtype=bool)
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be bool or 0/1 integers, got {type(x).__name__}")
     a = np.asarray(x)
     if a.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
     if a.shape[0] != n:
         raise ValueError(f"{name} has {a.shape[0]} entries but intid has {n}")
     if a.dtype == np.bool_:
-        pass
+        raw = a.view(np.uint8) if a.flags.c_contiguous else a.astype(np.uint8)
+        if n and raw.max() > 1:  # a bool byte that is not 0/1 (e.g. np.frombuffer): normalise
+            a = a != 0
     elif np.issubdtype(a.dtype, np.integer):
         bad = np.flatnonzero((a != 0) & (a != 1))
         if bad.size:
@@ -88,6 +105,19 @@ class LPITable:
     ------
     TypeError, ValueError
         Naming the argument and the first offending index; nothing is created.
+
+    Notes
+    -----
+    What may change in place: the *contents* of ``pending_latch`` and ``hw`` (any nonzero byte
+    reads as True), or the arrays themselves through their setters (same length, validated).
+    What may not: ``intid`` and ``target_vcpu`` are immutable (retarget with
+    :meth:`set_targets`); the length of the table is fixed. Do not resize an array you handed
+    over with ``ndarray.resize(refcheck=False)`` (numpy's own unchecked escape hatch).
+
+    Thread safety: engine calls and :meth:`set_targets` on one table hold its lock, so they run
+    one at a time and never see a half-made change. Writing ``pending_latch``/``hw`` contents from
+    another thread while an engine call runs is memory-safe but racy (which value wins is
+    unspecified).
     """
 
     def __init__(self, intid, target_vcpu, pending_latch=None, hw=None) -> None:
@@ -108,29 +138,37 @@ class LPITable:
                 raise ValueError(
                     f"target_vcpu[{bad[0]}] = {ta[bad[0]]}: must be -1 (no target) or a vCPU index < 2**31"
                 )
-        self._intid = ia.astype(np.uint32, copy=True)
+        intid_u32 = ia.astype(np.uint32)
         if n:
-            _, first = np.unique(self._intid, return_index=True)
+            _, first = np.unique(intid_u32, return_index=True)
             if first.size != n:
                 # the first row (in array order) whose INTID appeared in an earlier row
                 is_first = np.zeros(n, dtype=bool)
                 is_first[first] = True
                 row = int(np.argmin(is_first))
-                val = int(self._intid[row])
-                prev = int(np.flatnonzero(self._intid == val)[0])
+                val = int(intid_u32[row])
+                prev = int(np.flatnonzero(intid_u32 == val)[0])
                 raise ValueError(f"intid[{row}] = {val} duplicates intid[{prev}]: INTIDs must be unique")
         tmax = int(ta.max()) if n else -1
         tdt = _target_dtype(tmax)
-        self._target = ta.astype(tdt, copy=True)
-        self._pending_latch = _flag_array(pending_latch, "pending_latch", n)
-        self._hw = _flag_array(hw, "hw", n)
-        self._intid.flags.writeable = False
-        self._target.flags.writeable = False
+        latch = _flag_array(pending_latch, "pending_latch", n)
+        hwa = _flag_array(hw, "hw", n)
+        # validated: nothing below can fail
+        self._intid = _frozen(intid_u32)
+        self._target = _frozen(ta.astype(tdt))
+        self._pending_latch = latch
+        self._hw = hwa
+        self._lock = threading.RLock()
         self._max_target = tmax
         self._max_intid = int(self._intid.max()) if n else 0
         self._min_intid = int(self._intid.min()) if n else 0
         self._cache: dict = {}
-        self.version = 0  # bumped whenever intid/target change
+        self._version = 0  # bumped whenever the targets change
+
+    @property
+    def version(self) -> int:
+        """Bumped whenever the targets change (read-only)."""
+        return self._version
 
     # ------------------------------------------------------------ accessors
     @property
@@ -215,14 +253,11 @@ class LPITable:
         vmax = int(v.max()) if v.size else -1
         t = self._target.astype(np.promote_types(self._target.dtype, _target_dtype(vmax)))
         t[idx] = v
-        t.flags.writeable = False
-        self._target = t
-        self._max_target = int(t.max()) if n else -1
-        self._invalidate()
-
-    def _invalidate(self) -> None:
-        self._cache.clear()
-        self.version += 1
+        with self._lock:
+            self._target = _frozen(t)
+            self._max_target = int(t.max()) if n else -1
+            self._cache.clear()
+            self._version += 1
 
     def copy(self) -> LPITable:
         """A deep copy (fresh pending_latch/hw arrays, no caches)."""

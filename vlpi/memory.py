@@ -10,27 +10,41 @@ page, so a 4 GiB slot costs nothing until written).
 Every write through this class or the engine is recorded in a dirty-page log of 4 KiB guest
 pages, as KVM's dirty log records the writes of ``SAVE_PENDING_TABLES``. Writes you make directly
 into a slot's array are not logged (they are not guest or KVM writes).
+
+Slots are immutable: a :class:`MemSlot` is a frozen record, and the slot set changes only through
+:meth:`GuestMemory.add_slot` and :meth:`GuestMemory.remove_slot`, which wait for engine calls on the
+same memory to finish. A backing array belongs to one slot of one ``GuestMemory``: an array that
+overlaps the backing store of any live slot is refused, so no two slots (or memories) alias.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from vlpi.errors import GuestMemoryFault
 
-__all__ = ["GuestMemory", "MemSlot", "PAGE_SHIFT", "PAGE_SIZE", "GPA_LIMIT"]
+__all__ = ["GuestMemory", "MemSlot", "PAGE_SHIFT", "PAGE_SIZE", "GPA_LIMIT", "MAX_READ"]
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 GPA_BITS = 52
 GPA_LIMIT = 1 << GPA_BITS
+MAX_READ = 1 << 32  # bytes one GuestMemory.read may copy
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, frozen=True)
 class MemSlot:
-    """One memslot: ``size`` bytes of guest RAM at ``gpa``."""
+    """One memslot: ``size`` bytes of guest RAM at ``gpa``.
+
+    A frozen record: its fields cannot be reassigned. The bytes of ``data`` may be written (they
+    are guest RAM; such writes are not logged); ``data`` must not be resized. ``dirty`` is the
+    slot's part of the dirty log, owned by its :class:`GuestMemory` (read it through
+    :meth:`GuestMemory.dirty_pages`). Thread safety: as its ``GuestMemory``'s.
+    """
 
     gpa: int
     size: int
@@ -53,8 +67,60 @@ def _as_int(value, name: str) -> int:
     return int(value)
 
 
+def _as_gpa(value, name: str) -> int:
+    """A non-negative integer address (one beyond the 52-bit space faults, as in the kernel)."""
+    v = _as_int(value, name)
+    if v < 0:
+        raise ValueError(f"{name} = {v} is negative: not a guest physical address")
+    return v
+
+
+def _as_flag(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def _gpa_array(gpas, name: str) -> np.ndarray:
+    """GPAs as uint64; negative or non-integer values are an error naming the index."""
+    if isinstance(gpas, (str, bytes)):
+        raise TypeError(f"{name} must be integer guest physical addresses, got {type(gpas).__name__}")
+    a = np.asarray(gpas)
+    if a.size == 0:
+        return np.zeros(a.shape, np.uint64)
+    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
+        if a.dtype == object:
+            try:
+                a = np.asarray(gpas, dtype=np.int64)  # Python ints beyond int64 raise OverflowError
+            except (OverflowError, TypeError, ValueError):
+                raise TypeError(f"{name} must be integer guest physical addresses below 2**{GPA_BITS}") from None
+        else:
+            raise TypeError(f"{name} must be integer guest physical addresses, got dtype {a.dtype}")
+    flat = a.reshape(-1)
+    bad = np.flatnonzero(flat < 0) if np.issubdtype(a.dtype, np.signedinteger) else np.zeros(0, np.intp)
+    if bad.size:
+        raise ValueError(f"{name}[{bad[0]}] = {flat[bad[0]]} is negative: not a guest physical address")
+    return a.astype(np.uint64)  # addresses beyond the 52-bit space fault like unmapped ones
+
+
+_ALL_MEMORIES: weakref.WeakSet = weakref.WeakSet()  # every live GuestMemory (backing-store aliasing check)
+_REGISTRY_LOCK = threading.Lock()
+
+
 class GuestMemory:
     """A guest physical address space made of memslots.
+
+    What may change in place: the bytes of a slot's backing array (guest RAM; such writes are not
+    logged). What may not: the slot set changes only through :meth:`add_slot`/:meth:`remove_slot`;
+    :class:`MemSlot` records are frozen; a backing array must not be resized
+    (``ndarray.resize(refcheck=False)``, numpy's unchecked escape hatch) while it is a slot.
+
+    Thread safety: slot changes, reads, writes, the dirty log and every engine call on this
+    memory hold the memory's lock (re-entrant), so adding or removing a slot while another thread
+    saves into the memory waits for that save to finish; engine calls on one memory run one at a
+    time. ``slots``, ``slot_at`` and ``extents`` return consistent snapshots. Two memories never
+    share backing storage (``add_slot`` refuses an array that overlaps a live slot's), so calls on
+    different memories are independent.
 
     Examples
     --------
@@ -68,10 +134,17 @@ class GuestMemory:
     """
 
     def __init__(self) -> None:
-        self._slots: list[MemSlot] = []
-        self.generation = 0  # bumped on every slot change; engine caches key on it
+        self._slots: list[MemSlot] = []  # replaced (never mutated) on every slot change
+        self._generation = 0  # bumped on every slot change; engine caches key on it
         self._tables = None
         self._dirty_pending: list[np.ndarray] = []  # page arrays logged by the engine, applied lazily
+        self._lock = threading.RLock()
+        _ALL_MEMORIES.add(self)
+
+    @property
+    def generation(self) -> int:
+        """Bumped on every slot change (read-only); engine caches key on it."""
+        return self._generation
 
     # ------------------------------------------------------------------ slots
     def add_slot(
@@ -89,7 +162,8 @@ class GuestMemory:
             Writes into the slot fault (``GuestMemoryFault`` with ``write=True``).
         data : numpy.ndarray, optional
             Backing store: ``uint8``, C-contiguous, exactly ``size`` elements. Used in place: the
-            engine's writes land in it. Must be writeable unless ``readonly``.
+            engine's writes land in it. Must be writeable unless ``readonly``, and must not
+            overlap the backing store of any slot of any live ``GuestMemory``.
 
         Returns
         -------
@@ -102,9 +176,11 @@ class GuestMemory:
             ``gpa``/``size`` not integers, ``data`` not a uint8 ndarray.
         ValueError
             Empty slot, slot outside the 52-bit space, overlap with an existing slot, ``data``
-            not C-contiguous, of the wrong size or read-only for a writable slot.
+            not C-contiguous, of the wrong size, read-only for a writable slot, or sharing memory
+            with a live slot.
         """
         gpa = _as_int(gpa, "gpa")
+        readonly = _as_flag(readonly, "add_slot: readonly")
         if data is not None and not isinstance(data, np.ndarray):
             raise TypeError(f"add_slot: data must be a numpy.ndarray of uint8, got {type(data).__name__}")
         if size is None:
@@ -120,7 +196,10 @@ class GuestMemory:
                 f"guest physical address space [0, {GPA_LIMIT:#x})"
             )
         if data is None:
-            arr = np.zeros(size, dtype=np.uint8)  # calloc: pages committed only when written
+            try:
+                arr = np.zeros(size, dtype=np.uint8)  # calloc: pages committed only when written
+            except MemoryError:
+                raise ValueError(f"add_slot: size = {size} bytes cannot be allocated in host memory") from None
         else:
             if not isinstance(data, np.ndarray):
                 raise TypeError(f"add_slot: data must be a numpy.ndarray of uint8, got {type(data).__name__}")
@@ -133,58 +212,76 @@ class GuestMemory:
             if not readonly and not data.flags.writeable:
                 raise ValueError("add_slot: data is read-only but the slot is writable (pass readonly=True)")
             arr = data.reshape(-1)
-        for s in self._slots:
-            if gpa < s.end and s.gpa < gpa + size:
-                raise ValueError(
-                    f"add_slot: slot [{gpa:#x}, {gpa + size:#x}) overlaps existing slot "
-                    f"[{s.gpa:#x}, {s.end:#x})"
-                )
         npages = ((gpa + size - 1) >> PAGE_SHIFT) - (gpa >> PAGE_SHIFT) + 1
-        slot = MemSlot(gpa, size, bool(readonly), arr, np.zeros(npages, dtype=bool))
-        self._slots.append(slot)
-        self._slots.sort(key=lambda s: s.gpa)
-        self._changed()
+        with _REGISTRY_LOCK, self._lock:
+            for s in self._slots:
+                if gpa < s.end and s.gpa < gpa + size:
+                    raise ValueError(
+                        f"add_slot: slot [{gpa:#x}, {gpa + size:#x}) overlaps existing slot "
+                        f"[{s.gpa:#x}, {s.end:#x})"
+                    )
+            if data is not None:
+                _check_unshared(arr, self)
+            slot = MemSlot(gpa, size, readonly, arr, np.zeros(npages, dtype=bool))
+            self._apply_dirty()
+            self._slots = sorted([*self._slots, slot], key=lambda s: s.gpa)
+            self._changed()
         return arr
 
     def remove_slot(self, gpa: int) -> None:
-        """Remove the slot that starts at ``gpa`` (its dirty log goes with it)."""
+        """Remove the slot that starts at ``gpa`` (its dirty log goes with it). Waits for engine
+        calls on this memory in other threads to finish."""
         gpa = _as_int(gpa, "gpa")
-        for i, s in enumerate(self._slots):
-            if s.gpa == gpa:
-                del self._slots[i]
-                self._changed()
-                return
+        with self._lock:
+            for i, s in enumerate(self._slots):
+                if s.gpa == gpa:
+                    self._apply_dirty()
+                    self._slots = self._slots[:i] + self._slots[i + 1 :]
+                    self._changed()
+                    return
         raise ValueError(f"remove_slot: no slot starts at GPA {gpa:#x}")
 
     @property
     def slots(self) -> tuple[MemSlot, ...]:
         """The slots, sorted by GPA (their ``dirty`` bitmaps brought up to date)."""
-        self._apply_dirty()
-        return tuple(self._slots)
+        with self._lock:
+            self._apply_dirty()
+            return tuple(self._slots)
 
     def slot_at(self, gpa: int) -> MemSlot | None:
         """The slot containing ``gpa``, or None."""
-        for s in self._slots:
+        gpa = _as_int(gpa, "gpa")
+        for s in self._slots:  # a snapshot: the list is replaced, never mutated
             if s.gpa <= gpa < s.end:
                 return s
         return None
 
     def _changed(self) -> None:
-        self._apply_dirty()
-        self.generation += 1
+        self._generation += 1
         self._tables = None
 
     # ------------------------------------------------------- kernel interface
     def _kernel_tables(self):
-        """Slot tables for kernels: (starts, ends, ptrs, readonly) as uint64/uint8 arrays, and
-        the merged readable and writable extents. Cached until the slots change."""
-        if self._tables is None:
-            starts = np.array([s.gpa for s in self._slots], dtype=np.uint64)
-            ends = np.array([s.end for s in self._slots], dtype=np.uint64)
-            ptrs = np.array([s.data.ctypes.data for s in self._slots], dtype=np.uint64)
-            ro = np.array([s.readonly for s in self._slots], dtype=np.uint8)
-            self._tables = (starts, ends, ptrs, ro, _merge(self._slots, False), _merge(self._slots, True))
-        return self._tables
+        """Slot tables for kernels: (starts, ends, ptrs, readonly) as read-only uint64/uint8
+        arrays, the merged readable and writable extents, and the slots' backing arrays (kept
+        alive with the tables). Cached until the slots change. Engine callers hold the lock."""
+        t = self._tables
+        if t is None:
+            slots = self._slots
+            for s in slots:  # a slot changed by going around the frozen dataclass is not used
+                d = s.data
+                if not (isinstance(d, np.ndarray) and d.flags.c_contiguous and d.nbytes == s.size
+                        and d.dtype == np.uint8):
+                    raise RuntimeError(f"memslot at GPA {s.gpa:#x} was changed behind GuestMemory's back")
+            starts = np.array([s.gpa for s in slots], dtype=np.uint64)
+            ends = np.array([s.end for s in slots], dtype=np.uint64)
+            ptrs = np.array([s.data.ctypes.data for s in slots], dtype=np.uint64)
+            ro = np.array([s.readonly for s in slots], dtype=np.uint8)
+            for a in (starts, ends, ptrs, ro):
+                a.flags.writeable = False
+            t = (starts, ends, ptrs, ro, _merge(slots, False), _merge(slots, True), tuple(s.data for s in slots))
+            self._tables = t
+        return t
 
     def extents(self, writable: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Guest address ranges covered by slots, adjacent slots merged: (starts, ends) as
@@ -205,11 +302,18 @@ class GuestMemory:
 
     def _mark_dirty(self, pages: np.ndarray) -> None:
         """Log writes to the given 4 KiB page numbers. O(1): the engine calls this once per VM per
-        save, and the pages are applied to the per-slot bitmaps when the log is next read."""
+        save (holding the lock), and the pages are applied to the per-slot bitmaps when the log
+        is next read."""
         if len(pages):
             self._dirty_pending.append(pages)
 
     def _apply_dirty(self) -> None:
+        if not self._dirty_pending:
+            return
+        with self._lock:
+            self._apply_dirty_locked()
+
+    def _apply_dirty_locked(self) -> None:
         if not self._dirty_pending:
             return
         pages = np.concatenate(self._dirty_pending).astype(np.int64, copy=False)
@@ -239,16 +343,24 @@ class GuestMemory:
     def read(self, gpa: int, n: int) -> np.ndarray:
         """Copy ``n`` bytes from ``gpa`` (may span adjacent slots).
 
-        Raises ``GuestMemoryFault`` naming the first unmapped byte.
+        Raises ``GuestMemoryFault`` naming the first unmapped byte (before allocating anything);
+        ``ValueError`` for a negative ``gpa`` or ``n``, or ``n`` above :data:`MAX_READ` (4 GiB).
         """
-        gpa, n = _as_int(gpa, "gpa"), _as_int(n, "n")
+        gpa, n = _as_gpa(gpa, "read: gpa"), _as_int(n, "read: n")
         if n < 0:
             raise ValueError(f"read: n must be >= 0, got {n}")
-        out = np.empty(n, dtype=np.uint8)
-        k = 0
-        for s, off, take in self._pieces(gpa, n, False):
-            out[k : k + take] = s.data[off : off + take]
-            k += take
+        if n > MAX_READ:
+            raise ValueError(f"read: n = {n} bytes is more than one read may copy ({MAX_READ} bytes, 4 GiB)")
+        with self._lock:
+            pieces = self._pieces(gpa, n, False)
+            try:
+                out = np.empty(n, dtype=np.uint8)
+            except MemoryError:
+                raise ValueError(f"read: n = {n} bytes is too large to copy into host memory") from None
+            k = 0
+            for s, off, take in pieces:
+                out[k : k + take] = s.data[off : off + take]
+                k += take
         return out
 
     def write(self, gpa: int, data) -> None:
@@ -256,20 +368,21 @@ class GuestMemory:
 
         The whole range is checked first: on a fault nothing is written.
         """
-        gpa = _as_int(gpa, "gpa")
+        gpa = _as_gpa(gpa, "write: gpa")
         buf = _bytes(data, "write: data")
-        pieces = self._pieces(gpa, buf.size, True)
-        k = 0
-        for s, off, take in pieces:
-            s.data[off : off + take] = buf[k : k + take]
-            p0 = (s.gpa + off) >> PAGE_SHIFT
-            p1 = (s.gpa + off + take - 1) >> PAGE_SHIFT
-            s.dirty[p0 - s.page0 : p1 - s.page0 + 1] = True
-            k += take
+        with self._lock:
+            pieces = self._pieces(gpa, buf.size, True)
+            k = 0
+            for s, off, take in pieces:
+                s.data[off : off + take] = buf[k : k + take]
+                p0 = (s.gpa + off) >> PAGE_SHIFT
+                p1 = (s.gpa + off + take - 1) >> PAGE_SHIFT
+                s.dirty[p0 - s.page0 : p1 - s.page0 + 1] = True
+                k += take
 
-    def _resolve(self, gpas: np.ndarray):
-        starts, ends, _, ro, _, _ = self._kernel_tables()
-        gpas = np.asarray(gpas, dtype=np.uint64)
+    def _resolve(self, gpas: np.ndarray, name: str):
+        starts, ends, _, ro, _, _, _ = self._kernel_tables()
+        gpas = _gpa_array(gpas, name)
         idx = np.searchsorted(starts, gpas, side="right") - 1
         ok = idx >= 0
         idxc = np.where(ok, idx, 0)
@@ -278,50 +391,61 @@ class GuestMemory:
 
     def read_u8(self, gpas) -> np.ndarray:
         """Vectorised 1-byte reads at arbitrary GPAs. Faults (naming the first bad GPA, in the
-        order given) before returning anything."""
-        gpas, idx, ok, _ = self._resolve(gpas)
-        if not ok.all():
-            bad = int(np.argmin(ok))
-            raise GuestMemoryFault(int(gpas[bad]), detail=f"gpas[{bad}] is not in any memslot")
-        out = np.empty(gpas.shape, dtype=np.uint8)
-        for si in np.unique(idx):
-            sel = idx == si
-            s = self._slots[si]
-            out[sel] = s.data[(gpas[sel] - np.uint64(s.gpa)).astype(np.int64)]
+        order given) before returning anything. ``ValueError`` for a negative GPA, ``TypeError``
+        for non-integers."""
+        with self._lock:
+            gpas, idx, ok, _ = self._resolve(gpas, "read_u8: gpas")
+            if not ok.all():
+                bad = int(np.argmin(ok))
+                raise GuestMemoryFault(int(gpas.flat[bad]), detail=f"gpas[{bad}] is not in any memslot")
+            out = np.empty(gpas.shape, dtype=np.uint8)
+            slots = self._slots
+            for si in np.unique(idx):
+                sel = idx == si
+                s = slots[si]
+                out[sel] = s.data[(gpas[sel] - np.uint64(s.gpa)).astype(np.int64)]
         return out
 
     def write_u8(self, gpas, values) -> None:
         """Vectorised 1-byte writes (later duplicates win). Checks every GPA first: on a fault
         nothing is written."""
-        gpas, idx, ok, ro = self._resolve(gpas)
-        values = np.broadcast_to(_bytes(values, "write_u8: values"), gpas.shape)
-        if not ok.all():
-            bad = int(np.argmin(ok))
-            raise GuestMemoryFault(int(gpas[bad]), write=True, detail=f"gpas[{bad}] is not in any memslot")
-        if ro.size and ro[idx].any():
-            bad = int(np.argmax(ro[idx]))
-            raise GuestMemoryFault(int(gpas[bad]), write=True, detail=f"gpas[{bad}] is in a read-only memslot")
-        for si in np.unique(idx):
-            sel = idx == si
-            s = self._slots[si]
-            s.data[(gpas[sel] - np.uint64(s.gpa)).astype(np.int64)] = values[sel]
-        self._mark_dirty((gpas >> np.uint64(PAGE_SHIFT)).astype(np.int64))
+        with self._lock:
+            gpas, idx, ok, ro = self._resolve(gpas, "write_u8: gpas")
+            vals = _bytes(values, "write_u8: values")
+            try:
+                values = np.broadcast_to(vals if vals.size != 1 else vals.reshape(()), gpas.shape)
+            except ValueError:
+                raise ValueError(f"write_u8: {vals.size} values for {gpas.size} gpas") from None
+            if not ok.all():
+                bad = int(np.argmin(ok))
+                raise GuestMemoryFault(int(gpas.flat[bad]), write=True, detail=f"gpas[{bad}] is not in any memslot")
+            if ro.size and ro[idx].any():
+                bad = int(np.argmax(ro[idx]))
+                raise GuestMemoryFault(int(gpas.flat[bad]), write=True, detail=f"gpas[{bad}] is in a read-only memslot")
+            slots = self._slots
+            for si in np.unique(idx):
+                sel = idx == si
+                s = slots[si]
+                s.data[(gpas[sel] - np.uint64(s.gpa)).astype(np.int64)] = values[sel]
+            self._mark_dirty((gpas.reshape(-1) >> np.uint64(PAGE_SHIFT)).astype(np.int64))
 
     # ------------------------------------------------------------ dirty log
     def dirty_pages(self) -> np.ndarray:
         """Sorted unique 4 KiB guest page numbers (GPA >> 12) written since the last
         :meth:`clear_dirty`."""
-        self._apply_dirty()
-        parts = [np.flatnonzero(s.dirty).astype(np.int64) + s.page0 for s in self._slots]
+        with self._lock:
+            self._apply_dirty()
+            parts = [np.flatnonzero(s.dirty).astype(np.int64) + s.page0 for s in self._slots]
         if not parts:
             return np.zeros(0, dtype=np.int64)
         return np.unique(np.concatenate(parts))
 
     def clear_dirty(self) -> None:
         """Clear the dirty-page log."""
-        self._dirty_pending = []
-        for s in self._slots:
-            s.dirty[:] = False
+        with self._lock:
+            self._dirty_pending = []
+            for s in self._slots:
+                s.dirty[:] = False
 
     def __repr__(self) -> str:
         parts = ", ".join(
@@ -344,6 +468,18 @@ def _bytes(data, what: str) -> np.ndarray:
     if bad.size:
         raise ValueError(f"{what}[{bad[0]}] = {flat[bad[0]]} is not a byte value (0..255)")
     return flat.astype(np.uint8)
+
+
+def _check_unshared(arr: np.ndarray, mem: GuestMemory) -> None:
+    """Refuse a backing array that overlaps a live slot's (caller holds the registry lock)."""
+    for m in list(_ALL_MEMORIES):
+        for s in m._slots:
+            if np.may_share_memory(arr, s.data):
+                whose = "this GuestMemory's" if m is mem else "another GuestMemory's"
+                raise ValueError(
+                    f"add_slot: data shares memory with {whose} slot at GPA {s.gpa:#x}; a backing array "
+                    "belongs to one slot of one GuestMemory (pass a copy)"
+                )
 
 
 def _merge(slots: list[MemSlot], writable_only: bool):

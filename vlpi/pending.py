@@ -26,10 +26,23 @@ walk order, and bits with no LPI are untouched. Its access counts depend only on
 
 Restore (``sync_pending_status``, §3.1) and the EnableLPIs scan (``sync_pending_table``, §3.3)
 follow the same pattern.
+
+Safety
+------
+Kernels reach guest RAM, LPI arrays and plans through raw addresses, so nothing they read may
+change behind the engine's back: slots are frozen and change only through ``add_slot``/
+``remove_slot``; ``intid``/``target_vcpu`` are immutable; cached plans are keyed on the memory's
+generation, the PENDBASER bytes and the table's target version; flag bytes are read as
+``byte != 0`` (never used as numbers in an address); VPT indices are validated or clamped.
+Each call holds the locks of its memories and LPI tables from validation to the end of the
+kernel, so a slot change in another thread waits for it. ``VLPI_RAW_CHECK=1`` checks every
+raw-address access of the kernels against the memory validated for the call (CI runs the
+engine tests in that mode).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno as _errno
 import time
 import weakref
@@ -38,6 +51,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from vlpi._kernels import _jit
 from vlpi._kernels import kernel_loop as _kl
 from vlpi._kernels import pending as _k
 from vlpi.errors import GuestMemoryFault
@@ -85,6 +99,11 @@ class SaveReport:
         Sorted unique 4 KiB guest page numbers written.
     elapsed_s : float
         Wall time of the call.
+
+    Notes
+    -----
+    A plain result owned by the caller: the engine keeps no reference to it, so it may be changed
+    or shared between threads freely (``dirty_pages`` is read-only: it may be shared).
     """
 
     lpis_total: int
@@ -125,6 +144,11 @@ class SyncReport:
         Sorted unique 4 KiB guest page numbers written (restore clears consumed bits).
     elapsed_s : float
         Wall time of the call.
+
+    Notes
+    -----
+    A plain result owned by the caller: the engine keeps no reference to it, so it may be changed
+    or shared between threads freely (``dirty_pages`` is read-only: it may be shared).
     """
 
     lpis_total: int
@@ -343,7 +367,7 @@ def _check_vpt(vpt, lpis: LPITable, n_vcpus: int, has_gicv4_1: bool, where: str)
         raise ValueError(f"{where}vpt must have shape [{n_vcpus}, vpt_bytes] (one VPT per vPE), got {vpt.shape}")
     vb = int(vpt.shape[1])
     if (vb << 3) <= lpis.max_intid and len(lpis):
-        bad = np.flatnonzero(lpis.hw.astype(bool) & ((lpis.intid >> 3) >= vb))
+        bad = np.flatnonzero((lpis.hw != 0) & ((lpis.intid >> 3) >= vb))
         if bad.size:
             b = int(bad[0])
             raise ValueError(
@@ -356,8 +380,64 @@ def _check_vpt(vpt, lpis: LPITable, n_vcpus: int, has_gicv4_1: bool, where: str)
 
 
 def _check_order(order) -> None:
-    if order not in ORDERS:
+    if not isinstance(order, str) or order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+
+
+def _check_flag(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+_NO_GUARD = contextlib.nullcontext()
+
+
+def _guard(jobs, *extra):
+    """Debug mode (``VLPI_RAW_CHECK=1``): register what the jobs' kernels may reach through raw
+    addresses; a no-op otherwise."""
+    if not _jit.RAW_CHECK:
+        return _NO_GUARD
+    arrays = list(extra)
+    for c in jobs:
+        lp = c.lpis
+        t = c.mem._kernel_tables()
+        arrays += [lp.intid, lp.target_vcpu, lp.pending_latch, lp.hw, c.base, c.vpt, *t[:4], *t[6]]
+        if c.row is not None:
+            arrays += [c.row, c.keep[0], c.keep[1], *c.keep[2][:4], *c.keep[2][6]]
+        if c.plan is not None:
+            arrays += [c.plan.runs, c.plan.perm_x]
+    return _jit.guard(arrays)
+
+
+class _Locked:
+    """Holds the locks of the memories and LPI tables of one engine call. Every engine call takes
+    them in one global order: memories before tables, each kind by id; so concurrent calls over
+    overlapping objects cannot deadlock (``add_slot``/``remove_slot`` and ``set_targets`` take
+    one lock each). Slot changes and retargeting wait for the call to end."""
+
+    __slots__ = ("locks",)
+
+    def __init__(self, mems, tables) -> None:
+        self.locks = []
+        for objs in (mems, tables):
+            by_id = {id(o): o._lock for o in objs}
+            self.locks += [by_id[k] for k in sorted(by_id)]
+
+    def __enter__(self) -> None:
+        done = []
+        try:
+            for lk in self.locks:
+                lk.acquire()
+                done.append(lk)
+        except BaseException:
+            for lk in reversed(done):
+                lk.release()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        for lk in reversed(self.locks):
+            lk.release()
 
 
 # ===================================================================== job context
@@ -422,10 +502,11 @@ class _Job:
             return self.row
         p = self.plan
         lp = self.lpis
-        sstart, send, sptr, _, _, _ = self.mem._kernel_tables()
+        tables = self.mem._kernel_tables()
+        sstart, send, sptr = tables[:3]
         latch = lp.pending_latch
         hw = lp.hw
-        self.keep = (latch, hw, sstart, send, sptr, p)  # alive while the row is
+        self.keep = (latch, hw, tables, p)  # alive while the row is (tables hold the slot arrays)
         row = np.empty(_k.NCOL, dtype=np.uint64)
         row[_k.P_INTID] = _addr(lp.intid)
         row[_k.P_LATCH] = _addr(latch)
@@ -453,7 +534,9 @@ class _Job:
         if self.plan.covered(self.mem):
             return None
         ro = self.mem._kernel_tables()[3]
-        i, w, gpa = _k.first_fault(self.make_row(), 0, self.plan.runs.shape[0], mode, key_is_intid, ro)
+        row = self.make_row()
+        with _guard([self]):
+            i, w, gpa = _k.first_fault(row, 0, self.plan.runs.shape[0], mode, key_is_intid, ro)
         if i < 0:
             return None
         return int(i), bool(w), int(gpa)
@@ -499,7 +582,7 @@ class _Batch:
     def matches(self, jobs: list[_Job]) -> bool:
         return len(jobs) == len(self.refs) and all(r() is j for r, j in zip(self.refs, jobs, strict=True))
 
-    def run(self, kernel, restore: bool):
+    def run(self, kernel, restore: bool, jobs: list[_Job]):
         """Run the kernel; returns (counts [n, 4], list of per-job page arrays)."""
         units = self.units
         out_pages = np.empty(self.pages_cap, dtype=np.uint64)
@@ -508,8 +591,14 @@ class _Batch:
             # small batches and single units run serially: waking the thread pool costs more
             # than it saves, and badly so when the machine is oversubscribed
             kern = _SERIAL[kernel] if self.serial else kernel
-            kern(self.vmt, units, out_pages, out_cnt, np.zeros(units.shape[0] * 64, np.uint8), restore)
+            scratch = np.zeros(units.shape[0] * 64, np.uint8)
+            if _jit.RAW_CHECK:
+                with _guard(jobs, scratch, self.vmt):
+                    kern(self.vmt, units, out_pages, out_cnt, scratch, restore)
+            else:
+                kern(self.vmt, units, out_pages, out_cnt, scratch, restore)
         counts, pages, off = _k.collect(units, out_cnt, out_pages, self.n)
+        pages.flags.writeable = False  # shared by the reports and the memories' dirty logs
         return counts, [pages[off[i] : off[i + 1]] if off[i + 1] > off[i] else _NO_PAGES for i in range(self.n)]
 
 
@@ -536,7 +625,7 @@ def _run(jobs: list[_Job], restore: bool) -> list[tuple[np.ndarray, np.ndarray]]
         if batch is None or not batch.matches(sub):
             batch = _Batch(sub, whole_vm=restore)
             _BATCHES[key] = batch
-        counts, pages = batch.run(_k.run_units if run_kernel else _k.merge_units, restore)
+        counts, pages = batch.run(_k.run_units if run_kernel else _k.merge_units, restore, sub)
         for k, i in enumerate(idx):
             if len(pages[k]):
                 jobs[i].mem._mark_dirty(pages[k])
@@ -551,6 +640,7 @@ def _changed_bytes(mem: GuestMemory, wr_addr: np.ndarray, wr_old: np.ndarray):
     ua, first = np.unique(wr_addr, return_index=True)
     now = mem.read_u8(ua)
     pages = np.unique((ua >> np.uint64(PAGE_SHIFT)).astype(np.int64))
+    pages.flags.writeable = False  # shared by the report and the memory's dirty log
     mem._mark_dirty(pages)
     return int(np.count_nonzero(now != wr_old[first])), pages
 
@@ -600,7 +690,14 @@ def save_pending_tables(
     TypeError, ValueError
         Bad arguments (nothing is changed).
     """
-    return _save_many([(mem, pendbaser, lpis, vpt)], has_gicv4_1, order, atomic, single=True)[0]
+    t0 = time.perf_counter()
+    has_gicv4_1 = _check_flag(has_gicv4_1, "has_gicv4_1")
+    atomic = _check_flag(atomic, "atomic")
+    _check_order(order)
+    _check_mem(mem, "")
+    _check_lpis(lpis, "")
+    with mem._lock, lpis._lock:  # the global order of _Locked: memory, then table
+        return _save_locked([(mem, pendbaser, lpis, vpt)], has_gicv4_1, order, atomic, True, t0)[0]
 
 
 def save_pending_tables_many(
@@ -633,26 +730,31 @@ def save_pending_tables_many(
         is saved up to its fault (kernel-exact), later VMs are untouched. The exception carries
         ``.job`` (index) and ``.reports`` (reports of the VMs saved before it).
     """
-    return _save_many(jobs, has_gicv4_1, order, atomic, single=False)
-
-
-def _save_many(jobs, has_gicv4_1: bool, order: str, atomic: bool, single: bool) -> list[SaveReport]:
     t0 = time.perf_counter()
+    has_gicv4_1 = _check_flag(has_gicv4_1, "has_gicv4_1")
+    atomic = _check_flag(atomic, "atomic")
     _check_order(order)
     if isinstance(jobs, (str, bytes)) or not isinstance(jobs, Sequence):
         raise TypeError(f"jobs must be a sequence of (mem, pendbaser, lpis, vpt) tuples, got {type(jobs).__name__}")
-    ctx: list[_Job] = []
+    jobs = list(jobs)  # one snapshot: the caller's list may change in another thread
+    seen: dict[int, int] = {}
     for j, job in enumerate(jobs):
-        where = "" if single else f"jobs[{j}]: "
         if not isinstance(job, (tuple, list)) or len(job) != 4:
             raise TypeError(f"jobs[{j}] must be a (mem, pendbaser, lpis, vpt) tuple")
-        mem, pb, lp, vpt = job
-        ctx.append(_job(mem, pb, lp, vpt, bool(has_gicv4_1), order, where))
-    mems = [id(c.mem) for c in ctx]
-    if len(set(mems)) != len(mems):
-        first = next(j for j, m in enumerate(mems) if mems.index(m) != j)
-        other = mems.index(mems[first])
-        raise ValueError(f"jobs[{first}] shares its GuestMemory with jobs[{other}]; one GuestMemory per VM")
+        if not (isinstance(job[0], GuestMemory) and isinstance(job[2], LPITable)):
+            _check_mem(job[0], f"jobs[{j}]: ")
+            _check_lpis(job[2], f"jobs[{j}]: ")
+        other = seen.setdefault(id(job[0]), j)
+        if other != j:
+            raise ValueError(f"jobs[{j}] shares its GuestMemory with jobs[{other}]; one GuestMemory per VM")
+    with _Locked([job[0] for job in jobs], [job[2] for job in jobs]):
+        return _save_locked(jobs, has_gicv4_1, order, atomic, False, t0)
+
+
+def _save_locked(jobs, has_gicv4_1: bool, order: str, atomic: bool, single: bool, t0: float) -> list[SaveReport]:
+    ctx: list[_Job] = []
+    for j, (mem, pb, lp, vpt) in enumerate(jobs):
+        ctx.append(_job(mem, pb, lp, vpt, has_gicv4_1, order, "" if single else f"jobs[{j}]: "))
     key_intid = order == "intid"
     bad, fault = None, None
     for j, c in enumerate(ctx):  # the first VM whose walk would fault, if any
@@ -715,16 +817,17 @@ def _fault(c: _Job, row: int, write: bool, gpa: int, report, detail: str) -> Gue
 def _sequential_save(c: _Job, has_gicv4_1: bool, order: str, t0: float):
     """The literal walk (kernel-exact, stops at the first fault). Returns (report, fault)."""
     lp = c.lpis
-    sstart, send, sptr, sro, _, _ = c.mem._kernel_tables()
+    sstart, send, sptr, sro = c.mem._kernel_tables()[:4]
     use_walk = order == "intid"
     walk = _walk_intid(lp) if use_walk else np.zeros(1, np.int32)
     n = max(c.plan.n_entries, 1)
     wr_addr = np.empty(n, np.uint64)
     wr_old = np.empty(n, np.uint8)
-    reads, writes, vreads, frow, fw, fgpa, nrec = _kl.walk_save(
-        walk, use_walk, lp.intid, lp.target_vcpu, lp.pending_latch.view(np.uint8), lp.hw.view(np.uint8),
-        c.base, c.vpt, c.vb, c.use_vpt, sstart, send, sptr, sro, wr_addr, wr_old,
-    )
+    with _guard([c]):
+        reads, writes, vreads, frow, fw, fgpa, nrec = _kl.walk_save(
+            walk, use_walk, lp.intid, lp.target_vcpu, lp.pending_latch.view(np.uint8), lp.hw.view(np.uint8),
+            c.base, c.vpt, c.vb, c.use_vpt, sstart, send, sptr, sro, wr_addr, wr_old,
+        )
     changed, pages = _changed_bytes(c.mem, wr_addr[:nrec], wr_old[:nrec])
     rep = _save_report(c, has_gicv4_1, order, int(reads), int(writes), int(vreads), changed, pages,
                        time.perf_counter() - t0)
@@ -751,9 +854,13 @@ def kernel_loop_save(
     faults (raises ``GuestMemoryFault`` with the partial report). The walk order is cached, as
     the kernel's xarray is ordered. Used by the benchmarks; prefer :func:`save_pending_tables`."""
     t0 = time.perf_counter()
+    has_gicv4_1 = _check_flag(has_gicv4_1, "has_gicv4_1")
     _check_order(order)
-    c = _Job(mem, pendbaser, lpis, vpt, bool(has_gicv4_1), order)
-    rep, f = _sequential_save(c, has_gicv4_1, order, t0)
+    _check_mem(mem, "")
+    _check_lpis(lpis, "")
+    with mem._lock, lpis._lock:  # the global order of _Locked: memory, then table
+        c = _Job(mem, pendbaser, lpis, vpt, has_gicv4_1, order)
+        rep, f = _sequential_save(c, has_gicv4_1, order, t0)
     if f is not None:
         raise _fault(c, f[0], f[1], f[2], rep, "kernel loop")
     return rep
@@ -791,6 +898,15 @@ def sync_pending_status(
     SyncReport
     """
     t0 = time.perf_counter()
+    atomic = _check_flag(atomic, "atomic")
+    stop_on_error = _check_flag(stop_on_error, "stop_on_error")
+    _check_mem(mem, "")
+    _check_lpis(lpis, "")
+    with mem._lock, lpis._lock:  # the global order of _Locked: memory, then table
+        return _restore_locked(mem, pendbaser, lpis, atomic, stop_on_error, t0)
+
+
+def _restore_locked(mem, pendbaser, lpis, atomic: bool, stop_on_error: bool, t0: float) -> SyncReport:
     c = _job(mem, pendbaser, lpis, None, False, "insertion", kind="restore")
     n = len(lpis)
     f = c.first_fault(1, False)
@@ -812,15 +928,16 @@ def sync_pending_status(
 
 def _sequential_restore(c: _Job, stop_on_error: bool, t0: float):
     lp = c.lpis
-    sstart, send, sptr, sro, _, _ = c.mem._kernel_tables()
+    sstart, send, sptr, sro = c.mem._kernel_tables()[:4]
     n = len(lp)
     err = np.zeros(n, np.int32)
     wr_addr = np.empty(max(n, 1), np.uint64)
     wr_old = np.empty(max(n, 1), np.uint8)
-    reads, writes, synced, frow, fw, fgpa, nrec = _kl.walk_restore(
-        lp.intid, lp.target_vcpu, lp.pending_latch.view(np.uint8), c.base, sstart, send, sptr, sro,
-        bool(stop_on_error), err, wr_addr, wr_old,
-    )
+    with _guard([c]):
+        reads, writes, synced, frow, fw, fgpa, nrec = _kl.walk_restore(
+            lp.intid, lp.target_vcpu, lp.pending_latch.view(np.uint8), c.base, sstart, send, sptr, sro,
+            bool(stop_on_error), err, wr_addr, wr_old,
+        )
     _, pages = _changed_bytes(c.mem, wr_addr[:nrec], wr_old[:nrec])
     rep = SyncReport(n, int(synced), int(reads), int(writes), err, pages, time.perf_counter() - t0)
     return rep, (None if frow < 0 else (int(frow), bool(fw), int(fgpa)))
@@ -831,8 +948,11 @@ def kernel_loop_restore(mem: GuestMemory, pendbaser, lpis: LPITable) -> SyncRepo
     LPI, a clearing write per set bit). Kernel-exact; raises ``GuestMemoryFault`` at the first
     fault. Used by the benchmarks; prefer :func:`sync_pending_status`."""
     t0 = time.perf_counter()
-    c = _Job(mem, pendbaser, lpis, None, False, None)
-    rep, f = _sequential_restore(c, True, t0)
+    _check_mem(mem, "")
+    _check_lpis(lpis, "")
+    with mem._lock, lpis._lock:  # the global order of _Locked: memory, then table
+        c = _Job(mem, pendbaser, lpis, None, False, None)
+        rep, f = _sequential_restore(c, True, t0)
     if f is not None:
         raise _fault(c, f[0], f[1], f[2], rep, "kernel loop")
     return rep
@@ -857,15 +977,27 @@ def sync_pending_table(
         kernel-exact (LPIs with smaller INTIDs than the faulting one are assigned).
     """
     t0 = time.perf_counter()
-    c = _Job(mem, pendbaser, lpis, None, False, None)
+    atomic = _check_flag(atomic, "atomic")
+    _check_mem(mem, "")
+    _check_lpis(lpis, "")
     if isinstance(vcpu, (bool, np.bool_)) or not isinstance(vcpu, (int, np.integer)):
         raise TypeError(f"vcpu must be an integer, got {type(vcpu).__name__}")
+    with mem._lock, lpis._lock:  # the global order of _Locked: memory, then table
+        return _scan_locked(mem, pendbaser, lpis, vcpu, atomic, t0)
+
+
+def _scan_locked(mem, pendbaser, lpis, vcpu, atomic: bool, t0: float) -> SyncReport:
+    c = _Job(mem, pendbaser, lpis, None, False, None)
     if not 0 <= int(vcpu) < c.n_vcpus:
         raise ValueError(f"vcpu = {vcpu} is not a vCPU of this VM (0 <= vcpu < {c.n_vcpus})")
-    vcpu = int(vcpu)
+    with _guard([c]):
+        return _scan(c, mem, lpis, int(vcpu), atomic, t0)
+
+
+def _scan(c: _Job, mem: GuestMemory, lpis: LPITable, vcpu: int, atomic: bool, t0: float) -> SyncReport:
     n = len(lpis)
     b = np.uint64(c.base[vcpu])
-    sstart, send, sptr, _, _, _ = mem._kernel_tables()
+    sstart, send, sptr = mem._kernel_tables()[:3]
     latch = lpis.pending_latch.view(np.uint8)
     inf = np.int64(1) << 40
     covered = True

@@ -9,16 +9,143 @@
   the owning ndarrays alive for the duration of the call.
 
 The cache directory is chosen in :mod:`vlpi._config` before numba is imported.
+
+Raw-address check (debug mode)
+------------------------------
+Numba's bounds checking (``NUMBA_BOUNDSCHECK=1``) sees indexing into a view, not how the view
+was made: a wrong raw address (a stale slot pointer, a computed address off its table) is
+invisible to it. With ``VLPI_RAW_CHECK=1`` every ``view_*`` first asks :func:`_check_range`
+whether its whole byte range lies in memory the engine registered for the running call (with
+:func:`guard`: the slot arrays, LPI arrays, plans, outputs the call validated). An access outside
+them prints what was accessed and ends the process (exit status 86) before the access happens.
+The registered extents are scanned natively; only a miss calls into Python. CI runs the engine
+tests in this mode.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
+import sys
+import threading
+
 import numba
+import numpy as np
+from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from vlpi import _config  # noqa: F401  (sets NUMBA_CACHE_DIR before first compile)
+from vlpi import _config  # sets NUMBA_CACHE_DIR before first compile
+
+RAW_CHECK = _config.RAW_CHECK
+RAW_CHECK_EXIT = 86
+_extents: dict[tuple[int, int], int] = {}  # (lo, hi) -> how many active guards registered it
+_extents_lock = threading.Lock()
+
+
+def _check_range(addr: int, nbytes: int) -> int:
+    """Called by the kernels (debug mode): 1 when [addr, addr + nbytes) lies in one registered
+    extent; otherwise report and end the process before the access is made."""
+    if nbytes == 0:
+        return 1
+    with _extents_lock:
+        for lo, hi in _extents:
+            if lo <= addr and addr + nbytes <= hi:
+                return 1
+        n = len(_extents)
+    sys.stderr.write(
+        f"vlpi raw-access check: a kernel accessed [{addr:#x}, {addr + nbytes:#x}) ({nbytes} bytes), "
+        f"outside the {n} extents validated for the running call\n"
+    )
+    sys.stderr.flush()
+    os._exit(RAW_CHECK_EXIT)
+
+
+@contextlib.contextmanager
+def guard(arrays):
+    """Debug mode: register the arrays a kernel call may reach through raw addresses, for the
+    duration of the ``with`` block. Callers skip it unless ``RAW_CHECK``."""
+    ext = []
+    for a in arrays:
+        if a is None:
+            continue
+        a = np.asarray(a)
+        if a.nbytes:
+            lo = a.__array_interface__["data"][0]
+            ext.append((lo, lo + a.nbytes))
+    with _extents_lock:
+        for e in ext:
+            _extents[e] = _extents.get(e, 0) + 1
+        _publish()
+    try:
+        yield
+    finally:
+        with _extents_lock:
+            for e in ext:
+                c = _extents[e] - 1
+                if c:
+                    _extents[e] = c
+                else:
+                    del _extents[e]
+            _publish()
+
+
+_MAX_EXTENTS = 4096
+# The kernels' copy of the registered extents: [count, 0, lo0, hi0, lo1, hi1, ...]. A kernel scans
+# it natively and calls _check_range (authoritative, under the lock) only on a miss.
+_TABLE = np.zeros(2 + 2 * _MAX_EXTENTS, np.uint64)
+
+
+def _publish() -> None:
+    """Copy the registered extents into _TABLE (caller holds the lock)."""
+    ext = list(_extents)[:_MAX_EXTENTS]
+    _TABLE[0] = 0
+    if ext:
+        _TABLE[2 : 2 + 2 * len(ext)] = np.array(ext, np.uint64).reshape(-1)
+    _TABLE[0] = len(ext)
+
+
+if RAW_CHECK:
+    from llvmlite import binding as _llvm
+
+    _CHECK_CB = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint64)(_check_range)
+    _llvm.add_symbol("vlpi_raw_check", ctypes.cast(_CHECK_CB, ctypes.c_void_p).value)
+    _raw_check = types.ExternalFunction("vlpi_raw_check", types.int64(types.uint64, types.uint64))
+    _llvm.add_symbol("vlpi_raw_extents", _TABLE.ctypes.data)
+
+    @intrinsic
+    def _table_addr(typingctx):
+        """Address of _TABLE, resolved by symbol name when the kernel is linked (so cached
+        kernels find this process's table)."""
+        sig = types.uint64()
+
+        def codegen(context, builder, signature, args):
+            gv = builder.module.globals.get("vlpi_raw_extents")
+            if gv is None:
+                gv = ir.GlobalVariable(builder.module, ir.IntType(64), name="vlpi_raw_extents")
+                gv.linkage = "external"
+            return builder.ptrtoint(gv, ir.IntType(64))
+
+        return sig, codegen
+
+    @numba.njit(inline="always", nogil=True, cache=True)
+    def _checked(addr, nbytes):
+        if nbytes == 0:
+            return
+        t = numba.carray(voidptr(_table_addr()), (2 + 2 * _MAX_EXTENTS,), numba.uint64)
+        end = addr + nbytes
+        for k in range(t[0]):
+            if t[2 + 2 * k] <= addr and end <= t[3 + 2 * k]:
+                return
+        _raw_check(addr, nbytes)
+
+else:
+
+    @numba.njit(inline="always", nogil=True, cache=True)
+    def _checked(addr, nbytes):
+        pass
 
 
 def jit(fn=None, **kw):
@@ -47,29 +174,35 @@ def voidptr(typingctx, addr):
 
 @numba.njit(inline="always", nogil=True, cache=True)
 def view_u8(addr, n):
+    _checked(addr, np.uint64(n) * np.uint64(1))
     return numba.carray(voidptr(addr), (n,), numba.uint8)
 
 
 @numba.njit(inline="always", nogil=True, cache=True)
 def view_u32(addr, n):
+    _checked(addr, np.uint64(n) * np.uint64(4))
     return numba.carray(voidptr(addr), (n,), numba.uint32)
 
 
 @numba.njit(inline="always", nogil=True, cache=True)
 def view_i16(addr, n):
+    _checked(addr, np.uint64(n) * np.uint64(2))
     return numba.carray(voidptr(addr), (n,), numba.int16)
 
 
 @numba.njit(inline="always", nogil=True, cache=True)
 def view_i32(addr, n):
+    _checked(addr, np.uint64(n) * np.uint64(4))
     return numba.carray(voidptr(addr), (n,), numba.int32)
 
 
 @numba.njit(inline="always", nogil=True, cache=True)
 def view_i64(addr, n):
+    _checked(addr, np.uint64(n) * np.uint64(8))
     return numba.carray(voidptr(addr), (n,), numba.int64)
 
 
 @numba.njit(inline="always", nogil=True, cache=True)
 def view_u64(addr, n):
+    _checked(addr, np.uint64(n) * np.uint64(8))
     return numba.carray(voidptr(addr), (n,), numba.uint64)

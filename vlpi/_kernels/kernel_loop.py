@@ -47,8 +47,8 @@ def walk_save(walk, use_walk, intid, target, latch, hw, base, vpt, vb, use_vpt,
             val = view_u8(sptr[s], send[s] - sstart[s])[addr - sstart[s]]
             last = addr
         bit = iid & 7
-        want = latch[i]
-        if use_vpt and hw[i]:
+        want = np.uint8(latch[i] != 0)  # any nonzero flag byte is True
+        if use_vpt and hw[i] != 0:
             vpt_reads += 1
             want = (vpt[v * vb + (iid >> 3)] >> bit) & 1
         if ((val >> bit) & 1) == want:

@@ -273,9 +273,9 @@ def _merge_unit(vmt, units, u, out_pages, out_cnt, restore):
                 diff = (val >> bit) & 1
                 latch[i] = diff
             else:
-                h = use_vpt & np.int64(hw[i])
+                h = use_vpt & np.int64(hw[i] != 0)  # any nonzero flag byte is True
                 vbit = (np.int64(vpt[(vrow + (iid >> 3)) * h]) >> bit) & 1
-                lt = np.int64(latch[i])
+                lt = np.int64(latch[i] != 0)
                 want = lt ^ ((lt ^ vbit) & h)
                 diff = ((val >> bit) & 1) ^ want
                 vpt_reads += h
@@ -338,8 +338,8 @@ def first_fault(vmrow, run_lo, run_hi, mode, walk_key_is_intid, sro):
             bit = iid & 7
             stored = (view_u8(sptr[s], send[s] - sstart[s])[addr - sstart[s]] >> bit) & 1
             if mode == 0:
-                want = latch[i]
-                if use_vpt and hw[i]:
+                want = np.uint8(latch[i] != 0)
+                if use_vpt and hw[i] != 0:
                     want = (vpt[v * vb + (iid >> 3)] >> bit) & 1
                 fault = want != stored
             else:
@@ -506,9 +506,9 @@ def _run_unit(vmt, units, u, out_pages, out_cnt, scratch, restore, track_bytes):
                     diff = (old >> bit) & 1
                     view_u8(lp, 1)[0] = diff
                 else:
-                    h = use_vpt & np.int64(view_u8(hp, 1)[0])
+                    h = use_vpt & np.int64(view_u8(hp, 1)[0] != 0)  # any nonzero flag byte is True
                     vbit = (np.int64(view_u8(va, 1)[0]) >> bit) & 1
-                    lt = np.int64(view_u8(lp, 1)[0])
+                    lt = np.int64(view_u8(lp, 1)[0] != 0)
                     want = lt ^ ((lt ^ vbit) & h)
                     diff = ((old >> bit) & 1) ^ want
                     vpt_reads += h
@@ -547,9 +547,9 @@ def _run_unit(vmt, units, u, out_pages, out_cnt, scratch, restore, track_bytes):
                 else:
                     # the VPT byte is loaded at an index that does not wait for hw[i] (clamped into
                     # the array; validation guarantees hw LPIs are in range), then selected
-                    h = use_vpt & np.int64(hw[i])
+                    h = use_vpt & np.int64(hw[i] != 0)
                     vbit = (np.int64(vpt[min(vrow + byte, vlim)]) >> bit) & 1
-                    lt = np.int64(latch[i])
+                    lt = np.int64(latch[i] != 0)
                     want = lt ^ ((lt ^ vbit) & h)
                     diff = ((old >> bit) & 1) ^ want
                     vpt_reads += h
