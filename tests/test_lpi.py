@@ -90,11 +90,11 @@ def test_pending_latch_setter_validates():
 
 def test_set_targets_index_mask_and_invalidation():
     t = LPITable(8192 + np.arange(6), [0, 0, 1, 1, -1, -1])
-    t._cache["plan"] = object()
+    t.plan_cache["plan"] = object()
     v0 = t.version
     t.set_targets([4, 5], 2)
     assert t.target_vcpu.tolist() == [0, 0, 1, 1, 2, 2] and t.max_target == 2
-    assert t.version == v0 + 1 and "plan" not in t._cache
+    assert t.version == v0 + 1 and "plan" not in t.plan_cache
     t.set_targets(np.array([True, False, True, False, False, False]), [-1, 3])
     assert t.target_vcpu.tolist() == [-1, 0, 3, 1, 2, 2] and t.max_target == 3
     assert not t.target_vcpu.flags.writeable

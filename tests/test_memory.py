@@ -167,7 +167,7 @@ def test_vectorised_helpers_against_byte_model(seed):
         b = a + int(rng.integers(0, 40))
         for writable in (False, True):
             want = all(g in model and not (writable and model[g][1]) for g in range(a, b + 1))
-            got = bool(mem._covered(np.array([a], np.uint64), np.array([b], np.uint64), writable)[0])
+            got = bool(mem.covered(np.array([a], np.uint64), np.array([b], np.uint64), writable)[0])
             assert got == want, (a, b, writable)
 
 

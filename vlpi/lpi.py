@@ -165,6 +165,19 @@ class LPITable:
         self._cache: dict = {}
         self._version = 0  # bumped whenever the targets change
 
+    # ------------------------------------------------------- engine interface
+    # Used by the engine (vlpi.pending) only; not for user code.
+    @property
+    def lock(self) -> threading.RLock:
+        """The re-entrant lock that engine calls and ``set_targets`` hold (engine interface)."""
+        return self._lock
+
+    @property
+    def plan_cache(self) -> dict:
+        """The engine's cache of plans built from this table, cleared when the targets change
+        (engine interface)."""
+        return self._cache
+
     @property
     def version(self) -> int:
         """Bumped whenever the targets change (read-only)."""

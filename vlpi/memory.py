@@ -261,7 +261,14 @@ class GuestMemory:
         self._tables = None
 
     # ------------------------------------------------------- kernel interface
-    def _kernel_tables(self):
+    # Used by the engine (vlpi.pending) only; not for user code. The engine holds ``lock`` from
+    # validation to the end of the kernel, so the tables it validated cannot change under it.
+    @property
+    def lock(self) -> threading.RLock:
+        """The re-entrant lock that engine calls and slot changes hold (engine interface)."""
+        return self._lock
+
+    def kernel_tables(self):
         """Slot tables for kernels: (starts, ends, ptrs, readonly) as read-only uint64/uint8
         arrays, the merged readable and writable extents, and the slots' backing arrays (kept
         alive with the tables). Cached until the slots change. Engine callers hold the lock."""
@@ -287,9 +294,9 @@ class GuestMemory:
         """Guest address ranges covered by slots, adjacent slots merged: (starts, ends) as
         read-only uint64 arrays, sorted, ends exclusive. ``writable``: read-only slots left out.
         Cached until the slots change."""
-        return self._kernel_tables()[5 if writable else 4]
+        return self.kernel_tables()[5 if writable else 4]
 
-    def _covered(self, lo: np.ndarray, hi: np.ndarray, writable: bool) -> np.ndarray:
+    def covered(self, lo: np.ndarray, hi: np.ndarray, writable: bool) -> np.ndarray:
         """For inclusive address ranges [lo, hi]: True where one extent of adjacent slots (writable
         ones only if ``writable``) covers the whole range."""
         ext = self.extents(writable)
@@ -300,7 +307,7 @@ class GuestMemory:
         ic = np.where(ok, i, 0)
         return ok & (hi < ext[1][ic])
 
-    def _mark_dirty(self, pages: np.ndarray) -> None:
+    def mark_dirty(self, pages: np.ndarray) -> None:
         """Log writes to the given 4 KiB page numbers. O(1): the engine calls this once per VM per
         save (holding the lock), and the pages are applied to the per-slot bitmaps when the log
         is next read."""
@@ -381,7 +388,7 @@ class GuestMemory:
                 k += take
 
     def _resolve(self, gpas: np.ndarray, name: str):
-        starts, ends, _, ro, _, _, _ = self._kernel_tables()
+        starts, ends, _, ro, _, _, _ = self.kernel_tables()
         gpas = _gpa_array(gpas, name)
         idx = np.searchsorted(starts, gpas, side="right") - 1
         ok = idx >= 0
@@ -427,7 +434,7 @@ class GuestMemory:
                 sel = idx == si
                 s = slots[si]
                 s.data[(gpas[sel] - np.uint64(s.gpa)).astype(np.int64)] = values[sel]
-            self._mark_dirty((gpas.reshape(-1) >> np.uint64(PAGE_SHIFT)).astype(np.int64))
+            self.mark_dirty((gpas.reshape(-1) >> np.uint64(PAGE_SHIFT)).astype(np.int64))
 
     # ------------------------------------------------------------ dirty log
     def dirty_pages(self) -> np.ndarray:

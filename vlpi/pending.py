@@ -230,7 +230,7 @@ class _Plan:
         c = self._cov
         if c is not None and c[0]() is mem and c[1] == mem.generation:
             return c[2]
-        ok = bool(mem._covered(self.run_lo, self.run_hi, True).all()) if self.n_entries else True
+        ok = bool(mem.covered(self.run_lo, self.run_hi, True).all()) if self.n_entries else True
         self._cov = (weakref.ref(mem), mem.generation, ok)
         return ok
 
@@ -242,7 +242,7 @@ class _Plan:
             return c[2]
         ok = True
         if self.n_entries:
-            starts, ends = mem._kernel_tables()[:2]
+            starts, ends = mem.kernel_tables()[:2]
             if starts.size == 0:
                 ok = False
             else:
@@ -287,7 +287,7 @@ def _make_units(e0: np.ndarray, run_lo: np.ndarray, run_hi: np.ndarray, addr_s: 
 def _plan(lpis: LPITable, base: np.ndarray, tie: str) -> _Plan:
     """The cached plan for (lpis, base, tie). A plan without aliased bits serves both ties."""
     bkey = base.tobytes()
-    cache = lpis._cache
+    cache = lpis.plan_cache
     p = cache.get(("plan", tie, bkey))
     if p is not None:
         return p
@@ -305,10 +305,10 @@ def _plan(lpis: LPITable, base: np.ndarray, tie: str) -> _Plan:
 
 
 def _walk_intid(lpis: LPITable) -> np.ndarray:
-    w = lpis._cache.get("walk_intid")
+    w = lpis.plan_cache.get("walk_intid")
     if w is None:
         w = np.argsort(lpis.intid, kind="stable").astype(np.int32)
-        lpis._cache["walk_intid"] = w
+        lpis.plan_cache["walk_intid"] = w
     return w
 
 
@@ -401,7 +401,7 @@ def _guard(jobs, *extra):
     arrays = list(extra)
     for c in jobs:
         lp = c.lpis
-        t = c.mem._kernel_tables()
+        t = c.mem.kernel_tables()
         arrays += [lp.intid, lp.target_vcpu, lp.pending_latch, lp.hw, c.base, c.vpt, *t[:4], *t[6]]
         if c.row is not None:
             arrays += [c.row, c.keep[0], c.keep[1], *c.keep[2][:4], *c.keep[2][6]]
@@ -421,7 +421,7 @@ class _Locked:
     def __init__(self, mems, tables) -> None:
         self.locks = []
         for objs in (mems, tables):
-            by_id = {id(o): o._lock for o in objs}
+            by_id = {id(o): o.lock for o in objs}
             self.locks += [by_id[k] for k in sorted(by_id)]
 
     def __enter__(self) -> None:
@@ -502,7 +502,7 @@ class _Job:
             return self.row
         p = self.plan
         lp = self.lpis
-        tables = self.mem._kernel_tables()
+        tables = self.mem.kernel_tables()
         sstart, send, sptr = tables[:3]
         latch = lp.pending_latch
         hw = lp.hw
@@ -533,7 +533,7 @@ class _Job:
         """(row, is_write, gpa) of the first faulting access, or None. Cheap when covered."""
         if self.plan.covered(self.mem):
             return None
-        ro = self.mem._kernel_tables()[3]
+        ro = self.mem.kernel_tables()[3]
         row = self.make_row()
         with _guard([self]):
             i, w, gpa = _k.first_fault(row, 0, self.plan.runs.shape[0], mode, key_is_intid, ro)
@@ -546,11 +546,11 @@ def _job(mem, pendbaser, lpis, vpt, has_gicv4_1: bool, tie: str, where: str = ""
     """The validated job for these arguments: the cached one when nothing it depends on changed."""
     if isinstance(lpis, LPITable):
         key = ("job", kind, tie, has_gicv4_1)
-        j = lpis._cache.get(key)
+        j = lpis.plan_cache.get(key)
         if j is not None and j.still_valid(mem, pendbaser, lpis, vpt, has_gicv4_1):
             return j
         j = _Job(mem, pendbaser, lpis, vpt, has_gicv4_1, tie, where)
-        lpis._cache[key] = j
+        lpis.plan_cache[key] = j
         return j
     return _Job(mem, pendbaser, lpis, vpt, has_gicv4_1, tie, where)
 
@@ -628,7 +628,7 @@ def _run(jobs: list[_Job], restore: bool) -> list[tuple[np.ndarray, np.ndarray]]
         counts, pages = batch.run(_k.run_units if run_kernel else _k.merge_units, restore, sub)
         for k, i in enumerate(idx):
             if len(pages[k]):
-                jobs[i].mem._mark_dirty(pages[k])
+                jobs[i].mem.mark_dirty(pages[k])
             res[i] = (counts[k], pages[k])
     return res
 
@@ -641,7 +641,7 @@ def _changed_bytes(mem: GuestMemory, wr_addr: np.ndarray, wr_old: np.ndarray):
     now = mem.read_u8(ua)
     pages = np.unique((ua >> np.uint64(PAGE_SHIFT)).astype(np.int64))
     pages.flags.writeable = False  # shared by the report and the memory's dirty log
-    mem._mark_dirty(pages)
+    mem.mark_dirty(pages)
     return int(np.count_nonzero(now != wr_old[first])), pages
 
 
@@ -696,7 +696,7 @@ def save_pending_tables(
     _check_order(order)
     _check_mem(mem, "")
     _check_lpis(lpis, "")
-    with mem._lock, lpis._lock:  # the global order of _Locked: memory, then table
+    with mem.lock, lpis.lock:  # the global order of _Locked: memory, then table
         return _save_locked([(mem, pendbaser, lpis, vpt)], has_gicv4_1, order, atomic, True, t0)[0]
 
 
@@ -817,7 +817,7 @@ def _fault(c: _Job, row: int, write: bool, gpa: int, report, detail: str) -> Gue
 def _sequential_save(c: _Job, has_gicv4_1: bool, order: str, t0: float):
     """The literal walk (kernel-exact, stops at the first fault). Returns (report, fault)."""
     lp = c.lpis
-    sstart, send, sptr, sro = c.mem._kernel_tables()[:4]
+    sstart, send, sptr, sro = c.mem.kernel_tables()[:4]
     use_walk = order == "intid"
     walk = _walk_intid(lp) if use_walk else np.zeros(1, np.int32)
     n = max(c.plan.n_entries, 1)
@@ -858,7 +858,7 @@ def kernel_loop_save(
     _check_order(order)
     _check_mem(mem, "")
     _check_lpis(lpis, "")
-    with mem._lock, lpis._lock:  # the global order of _Locked: memory, then table
+    with mem.lock, lpis.lock:  # the global order of _Locked: memory, then table
         c = _Job(mem, pendbaser, lpis, vpt, has_gicv4_1, order)
         rep, f = _sequential_save(c, has_gicv4_1, order, t0)
     if f is not None:
@@ -902,7 +902,7 @@ def sync_pending_status(
     stop_on_error = _check_flag(stop_on_error, "stop_on_error")
     _check_mem(mem, "")
     _check_lpis(lpis, "")
-    with mem._lock, lpis._lock:  # the global order of _Locked: memory, then table
+    with mem.lock, lpis.lock:  # the global order of _Locked: memory, then table
         return _restore_locked(mem, pendbaser, lpis, atomic, stop_on_error, t0)
 
 
@@ -928,7 +928,7 @@ def _restore_locked(mem, pendbaser, lpis, atomic: bool, stop_on_error: bool, t0:
 
 def _sequential_restore(c: _Job, stop_on_error: bool, t0: float):
     lp = c.lpis
-    sstart, send, sptr, sro = c.mem._kernel_tables()[:4]
+    sstart, send, sptr, sro = c.mem.kernel_tables()[:4]
     n = len(lp)
     err = np.zeros(n, np.int32)
     wr_addr = np.empty(max(n, 1), np.uint64)
@@ -950,7 +950,7 @@ def kernel_loop_restore(mem: GuestMemory, pendbaser, lpis: LPITable) -> SyncRepo
     t0 = time.perf_counter()
     _check_mem(mem, "")
     _check_lpis(lpis, "")
-    with mem._lock, lpis._lock:  # the global order of _Locked: memory, then table
+    with mem.lock, lpis.lock:  # the global order of _Locked: memory, then table
         c = _Job(mem, pendbaser, lpis, None, False, None)
         rep, f = _sequential_restore(c, True, t0)
     if f is not None:
@@ -982,7 +982,7 @@ def sync_pending_table(
     _check_lpis(lpis, "")
     if isinstance(vcpu, (bool, np.bool_)) or not isinstance(vcpu, (int, np.integer)):
         raise TypeError(f"vcpu must be an integer, got {type(vcpu).__name__}")
-    with mem._lock, lpis._lock:  # the global order of _Locked: memory, then table
+    with mem.lock, lpis.lock:  # the global order of _Locked: memory, then table
         return _scan_locked(mem, pendbaser, lpis, vcpu, atomic, t0)
 
 
@@ -997,23 +997,23 @@ def _scan_locked(mem, pendbaser, lpis, vcpu, atomic: bool, t0: float) -> SyncRep
 def _scan(c: _Job, mem: GuestMemory, lpis: LPITable, vcpu: int, atomic: bool, t0: float) -> SyncReport:
     n = len(lpis)
     b = np.uint64(c.base[vcpu])
-    sstart, send, sptr = mem._kernel_tables()[:3]
+    sstart, send, sptr = mem.kernel_tables()[:3]
     latch = lpis.pending_latch.view(np.uint8)
     inf = np.int64(1) << 40
     covered = True
     if n:
         lo = np.array([int(b) + (lpis.min_intid >> 3)], np.uint64)
         hi = np.array([int(b) + (lpis.max_intid >> 3)], np.uint64)
-        covered = bool(mem._covered(lo, hi, False)[0])
+        covered = bool(mem.covered(lo, hi, False)[0])
     frow = -1
     if not covered:
         frow, _ = _k.scan_table(lpis.intid, lpis.target_vcpu, latch, b, vcpu, sstart, send, sptr, inf, False)
     if frow < 0:
         _, assigned = _k.scan_table(lpis.intid, lpis.target_vcpu, latch, b, vcpu, sstart, send, sptr, inf, True)
-        reads = lpis._cache.get("distinct_bytes")
+        reads = lpis.plan_cache.get("distinct_bytes")
         if reads is None:
             reads = int(_k.count_distinct_bytes(lpis.intid, inf))
-            lpis._cache["distinct_bytes"] = reads
+            lpis.plan_cache["distinct_bytes"] = reads
         return SyncReport(n, int(assigned), int(reads), 0, np.zeros(n, np.int32), _NO_PAGES, time.perf_counter() - t0)
     fid = int(lpis.intid[frow])
     gpa = int(b) + (fid >> 3)
