@@ -1,4 +1,5 @@
-"""The EnableLPIs 0->1 table scan (``sync_pending_table``, spec §3.3) of every vCPU of one VM.
+"""The EnableLPIs 0->1 table scan (``sync_pending_table``; the kernel's ``its_sync_lpi_pending_table``)
+of every vCPU of one VM.
 
 Each scan walks *all* LPIs of the VM against one vCPU's table, so scanning every vCPU visits
 ``n_lpis * n_vcpus`` LPIs; ``n_lpis`` in extra_info counts those visits. Pure Python scans the

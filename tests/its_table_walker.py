@@ -1,4 +1,5 @@
-"""Scalar reference for the KVM ITS table ABI revision 0 (kernel-semantics.md §4.3, §4.4, §10.3).
+"""Scalar reference for the KVM ITS table ABI revision 0 (vgic-its.c's
+``vgic_its_save_tables_v0``, ``vgic_its_restore_tables_v0`` and command handlers).
 
 A literal, entry-by-entry model of ``vgic_its_save_tables_v0`` / ``vgic_its_restore_tables_v0``:
 one Python int per entry, one ``mem.read``/``mem.write`` of 8 bytes per access, the

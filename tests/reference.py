@@ -1,9 +1,9 @@
 """The slow, literal, obviously-correct reference model of KVM's pending-table loops.
 
-One function per kernel function, written from ``/work/shared/spec/kernel-semantics.md`` (never
+One function per kernel function, written from the kernel's documented behaviour (docs/kernel-behaviour.md) (never
 from kernel code), one LPI at a time, with a comment naming the spec rule each line implements:
 
-* :func:`ref_save`                -- ``vgic_v3_save_pending_tables`` (spec §1.2)
+* :func:`ref_save`                -- ``vgic_v3_save_pending_tables``
 * :func:`ref_sync_pending_status` -- ``vgic_v3_lpi_sync_pending_status``, once per LPI (§3.1)
 * :func:`ref_sync_pending_table`  -- ``its_sync_lpi_pending_table`` at EnableLPIs 0->1 (§3.3)
 
@@ -39,9 +39,9 @@ __all__ = [
     "ref_sync_pending_table",
 ]
 
-#: GICR_PENDBASER_ADDRESS(x) = x & GENMASK(51, 16)  (spec §1.2 rule 5)
+#: GICR_PENDBASER_ADDRESS(x) = x & GENMASK(51, 16)
 PENDBASER_ADDRESS_MASK = ((1 << 52) - 1) & ~((1 << 16) - 1)
-#: "no cached byte": last_ptr starts as all-ones (spec §1.2 pseudo-code, rule 7)
+#: "no cached byte": last_ptr starts as all-ones
 ALL_ONES = (1 << 64) - 1
 PAGE_SHIFT = 12
 
@@ -176,7 +176,7 @@ class _Tracer:
 
 def _walk_order(intid: np.ndarray, order: str) -> list[int]:
     if order == "intid":
-        # Linux >= 6.9: xa_for_each over dist->lpi_xa = ascending INTID (spec §1.2 rule 1)
+        # Linux >= 6.9: xa_for_each over dist->lpi_xa = ascending INTID
         return sorted(range(len(intid)), key=lambda i: int(intid[i]))
     if order == "insertion":
         # Linux 5.13 - 6.8: list_for_each_entry, LPIs in creation (array) order (§1.2 rule 1)
@@ -195,7 +195,7 @@ def ref_save(
     has_gicv4_1: bool = False,
     order: str = "intid",
 ) -> RefResult:
-    """``vgic_v3_save_pending_tables`` one LPI at a time (spec §1.2). Mutates ``mem``.
+    """``vgic_v3_save_pending_tables`` one LPI at a time. Mutates ``mem``.
 
     Parameters
     ----------
@@ -276,7 +276,7 @@ def ref_sync_pending_status(
     pending_latch: np.ndarray,
     stop_on_error: bool = True,
 ) -> RefResult:
-    """``vgic_v3_lpi_sync_pending_status`` for each LPI in array order (spec §3.1).
+    """``vgic_v3_lpi_sync_pending_status`` for each LPI in array order.
 
     Mutates ``mem`` (consumed bits cleared) and ``pending_latch`` (assigned) in place.
 
@@ -345,7 +345,7 @@ def ref_sync_pending_table(
     pending_latch: np.ndarray,
     vcpu: int,
 ) -> RefResult:
-    """``its_sync_lpi_pending_table(vcpu)`` at GICR_CTLR.EnableLPIs 0->1 (spec §3.3).
+    """``its_sync_lpi_pending_table(vcpu)`` at GICR_CTLR.EnableLPIs 0->1.
 
     Mutates ``pending_latch`` in place; never writes guest memory.
 

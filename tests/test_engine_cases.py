@@ -1,5 +1,5 @@
 """Hand-computed engine cases: expected bytes and counts worked out by hand for small tables, and
-the kvm-unit-tests ``its-pending-migration`` shape at array level (spec §8).
+the kvm-unit-tests ``its-pending-migration`` shape at array level.
 
 Each case states its expected values literally, then also runs the oracle (engine == reference)
 on the same scenario, so a wrong hand value and a wrong engine cannot cancel out.
@@ -271,7 +271,7 @@ def test_its_migration_nothing_pending():
 
 
 def test_its_migrate_unmapped_collection():
-    """kvm-unit-tests its-migrate-unmapped-collection at array level (spec §6.5): LPI 8192 is
+    """kvm-unit-tests its-migrate-unmapped-collection at array level: LPI 8192 is
     mapped through a collection that is not mapped (target -1) and its bit is set in PE0's
     table. Save skips it; restore does not read it; after MAPC (retarget to PE0) only the
     EnableLPIs scan loads the bit, and RAM keeps it."""

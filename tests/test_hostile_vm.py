@@ -4,7 +4,7 @@ userspace writes (registers, command queue, tables), driven with bad arguments.
 Each refused call must raise a clear error naming the argument (checked with ``match``) and
 change nothing: a fingerprint of the whole VM (registers, LPIs, ITS state, vPEs, lost log,
 guest memory bytes) is compared before and after. Accepted hostile input must give KVM's result
-(kernel-semantics §10.1, §4.5: CWRITER/CREADR keep bits [19:5], a guest CWRITER beyond the
+(vgic-its.c's register handlers: CWRITER/CREADR keep bits [19:5], a guest CWRITER beyond the
 queue is dropped, userspace gets EINVAL/EBUSY where KVM returns them). Every single-bit flip of
 every register that ``migrate`` carries restores in bounded time with KVM's result or a clear
 error. The reproductions of hangs run in a subprocess with a timeout.

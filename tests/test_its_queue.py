@@ -1,4 +1,4 @@
-"""The ITS command queue in guest RAM (kernel-semantics §10.1, §10.7)."""
+"""The ITS command queue in guest RAM (``vgic_its_process_commands``, vgic-its.c)."""
 
 from __future__ import annotations
 

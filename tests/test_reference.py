@@ -1,7 +1,7 @@
 """Hand-computed cases that pin the reference model itself, and self-tests of the oracle.
 
 The reference is the yardstick for every engine test, so it is checked here against values worked
-out by hand from kernel-semantics.md (§1.2, §3.1, §3.3, §6), not against itself. The oracle is
+out by hand from the kernel's documented behaviour (docs/kernel-behaviour.md), not against itself. The oracle is
 checked with a reference-backed engine (must pass) and with mutants of it (must fail).
 """
 

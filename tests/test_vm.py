@@ -534,7 +534,7 @@ def test_its_save_einval_leaves_its_state_alone():
 
 
 def test_restored_lpi_beyond_idbits_is_created():
-    """RESTORE_TABLES checks only pINTID >= 8192, not PROPBASER.IDbits (spec §6.4): an ITE saved
+    """RESTORE_TABLES checks only pINTID >= 8192, not PROPBASER.IDbits: an ITE saved
     while IDbits was larger comes back, and its bit is pulled from wherever intid/8 lands."""
     from scenarios.kvm_guest import copy_memory
 

@@ -6,7 +6,7 @@ plans to private Numba kernels (:mod:`vlpi._kernels.pending`).
 
 How a save is computed
 ----------------------
-The kernel's loop (spec §1.2) walks LPIs in INTID order, reads a guest byte whenever the address
+The kernel's loop (``vgic_v3_save_pending_tables``) walks LPIs in INTID order, reads a guest byte whenever the address
 changes, and writes one byte per changed bit. Its final memory does not depend on how the work is
 scheduled: each (byte, bit) ends up holding the wanted state of the *last* LPI mapped to it in
 walk order, and bits with no LPI are untouched. Its access counts depend only on the static layout
@@ -24,7 +24,7 @@ walk order, and bits with no LPI are untouched. Its access counts depend only on
    before writing anything; with ``atomic=False`` it runs the literal sequential walk
    (:mod:`vlpi._kernels.kernel_loop`) so the partial result is the kernel's, byte for byte.
 
-Restore (``sync_pending_status``, §3.1) and the EnableLPIs scan (``sync_pending_table``, §3.3)
+Restore (``sync_pending_status``) and the EnableLPIs scan (``sync_pending_table``)
 follow the same pattern.
 
 Safety
@@ -877,7 +877,7 @@ def sync_pending_status(
 ) -> SyncReport:
     """Restore: set every targeted LPI's ``pending_latch`` from its guest bit and clear consumed bits.
 
-    Models ``vgic_v3_lpi_sync_pending_status`` (spec §3.1) for each LPI in row order: read the
+    Models ``vgic_v3_lpi_sync_pending_status`` for each LPI in row order: read the
     byte (no cache), assign ``pending_latch``, and when the bit was 1 write the byte back with
     it cleared. LPIs without a target are left alone.
 
@@ -962,7 +962,7 @@ def kernel_loop_restore(mem: GuestMemory, pendbaser, lpis: LPITable) -> SyncRepo
 def sync_pending_table(
     mem: GuestMemory, pendbaser, lpis: LPITable, vcpu: int, *, atomic: bool = True
 ) -> SyncReport:
-    """The GICR_CTLR.EnableLPIs 0->1 scan of one vCPU's pending table (spec §3.3).
+    """The GICR_CTLR.EnableLPIs 0->1 scan of one vCPU's pending table.
 
     Walks all LPIs in INTID order, reads ``vcpu``'s table at byte ``intid // 8`` for every LPI
     (whatever its target; cache keyed on the byte offset), and assigns ``pending_latch`` only for

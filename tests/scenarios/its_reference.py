@@ -1,5 +1,5 @@
-"""A slow, literal model of KVM's emulated ITS command handlers (kernel-semantics §3.1, §3.2,
-§10.3), one Python object per device, collection, ITE and LPI, used as the reference in
+"""A slow, literal model of KVM's emulated ITS command handlers (vgic-its.c's ``vgic_its_cmd_handle_*``
+and ``vgic_add_lpi``), one Python object per device, collection, ITE and LPI, used as the reference in
 differential tests of :class:`vlpi.its.VirtualITS` (software LPIs only: no forwarding).
 
 Written from the spec's tables, independently of vlpi's implementation: every command does its

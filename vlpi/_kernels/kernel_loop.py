@@ -1,8 +1,8 @@
 """Literal compiled ports of the kernel's loops: the exact sequential path and the baseline.
 
-``walk_save`` is ``vgic_v3_save_pending_tables`` (spec §1.2) one LPI at a time in walk order:
+``walk_save`` is ``vgic_v3_save_pending_tables`` one LPI at a time in walk order:
 GPA-keyed 1-byte read cache, VPT bit for hw LPIs on GICv4.1, one 1-byte write per changed bit,
-stop at the first fault. ``walk_restore`` is ``vgic_v3_lpi_sync_pending_status`` (§3.1) for each
+stop at the first fault. ``walk_restore`` is ``vgic_v3_lpi_sync_pending_status`` for each
 LPI in row order. They are used by the engine for faulting tables with ``atomic=False`` (where
 the kernel's partial result is wanted) and by the benchmarks as "the kernel's algorithm at native
 speed". Every access resolves its memslot like KVM does (binary search over sorted slots).
