@@ -136,14 +136,14 @@ class VirtualITS:
     ----------
     vgic : Vgic
         The vgic core of the VM: its LPIs, guest memory and vCPUs.
+    kernel : {"new", "old"}
+        Which KVM generation to model (see the module docstring).
 
     Notes
     -----
     Not thread-safe: one thread at a time per VM (KVM serialises with ``its_lock`` and
     ``cmd_lock``). The registers are checked properties; ``devices`` and ``baser`` are the ITS's
     own state, to be changed only through commands and :meth:`write_baser`.
-    kernel : {"new", "old"}
-        Which KVM generation to model (see the module docstring).
     """
 
     def __init__(self, vgic: Vgic, *, kernel: str = "new") -> None:
