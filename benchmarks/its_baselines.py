@@ -309,7 +309,7 @@ class _Guest:
         for s, o, po in zip(self.slots, self.offs.tolist(), self.page_offs.tolist(), strict=True):
             if not s.readonly:
                 s.data[:] = self.flat[o : o + s.size]
-            s.dirty |= self.dirty[po : po + s.dirty.size].astype(bool)
+            np.logical_or(s.dirty, self.dirty[po : po + s.dirty.size], out=s.dirty)  # the slot's own bitmap
 
 
 def _baser(baser: int):
