@@ -21,6 +21,7 @@ import numba
 import numpy as np
 
 from vlpi._kernels._jit import jit, view_u8, view_u32, view_u64, voidptr
+from vlpi._kernels.pending import _find_slot
 
 EINVAL = 22
 EEXIST = 17
@@ -49,18 +50,7 @@ def _view_u16(addr, n):
 # ------------------------------------------------------------------------- guest memory
 @jit(inline="always")
 def _slot_of(sstart, send, addr):
-    lo = np.int64(0)
-    hi = np.int64(sstart.shape[0])
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if sstart[mid] <= addr:
-            lo = mid + 1
-        else:
-            hi = mid
-    s = lo - 1
-    if s >= 0 and addr < send[s]:
-        return s
-    return np.int64(-1)
+    return _find_slot(sstart, send, sstart.shape[0], addr)
 
 
 @jit(inline="always")
