@@ -179,6 +179,33 @@ def first_of(key: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def _all_distinct(key: np.ndarray) -> bool:
+    """True when the non-negative int64 ``key`` has no repeated value (a count over the value
+    range when that range is small, no sort); False when unsure."""
+    if key.size < 2:
+        return True
+    top = int(key.max())
+    return top < 8 * key.size + (1 << 16) and int(np.bincount(key, minlength=0).max()) <= 1
+
+
+def peek_u8(mem: GuestMemory, gpas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(readable, writable, byte) per GPA; byte 0 where unreadable. One direct slot index when
+    every GPA lies in one slot (the usual case), no per-slot masks."""
+    g = np.asarray(gpas, dtype=np.uint64)
+    if g.size:
+        lo, hi = int(g.min()), int(g.max())
+        s = mem.slot_at(lo)
+        if s is not None and hi < s.end:
+            byte = s.data[(g - np.uint64(s.gpa)).astype(np.intp)]
+            rd = np.ones(g.shape, bool)
+            return rd, (np.zeros(g.shape, bool) if s.readonly else rd), byte
+    rd = in_ram(mem, g) if g.size else np.zeros(g.shape, bool)
+    byte = np.zeros(g.shape, np.uint8)
+    if rd.any():
+        byte[rd] = mem.read_u8(g[rd])
+    return rd, in_ram(mem, g, True), byte
+
+
 def in_ram(mem: GuestMemory, gpas: np.ndarray, writable: bool = False) -> np.ndarray:
     """True where the byte at each GPA is in a memslot (a writable one if ``writable``)."""
     starts, ends = mem.extents(writable)
@@ -299,10 +326,7 @@ class Vgic:
         where the read would fault."""
         it = np.asarray(intids, dtype=np.uint64)
         gpa = np.uint64(self.propbaser & PROPBASER_ADDRESS_MASK) + it - np.uint64(LPI_MIN_INTID)
-        ok = in_ram(self.mem, gpa) if it.size else np.zeros(0, bool)
-        byte = np.zeros(it.size, np.uint8)
-        if ok.any():
-            byte[ok] = self.mem.read_u8(gpa[ok])
+        ok, _, byte = peek_u8(self.mem, gpa)
         return ok, byte
 
     def predict_add(self, it: np.ndarray, tg: np.ndarray):
@@ -318,14 +342,10 @@ class Vgic:
         rd_ok = np.ones(it.size, bool)
         wr_ok = np.ones(it.size, bool)
         if targeted.any():
-            g = gpa[targeted]
-            rd = in_ram(self.mem, g)
-            byte = np.zeros(g.size, np.uint8)
-            if rd.any():
-                byte[rd] = self.mem.read_u8(g[rd])
+            rd, wr, byte = peek_u8(self.mem, gpa[targeted])
             b1 = ((byte >> (it[targeted] & 7).astype(np.uint8)) & 1).astype(bool)
             rd_ok[targeted] = rd
-            wr_ok[targeted] = ~b1 | in_ram(self.mem, g, True)
+            wr_ok[targeted] = ~b1 | wr
         return cfg_ok & rd_ok & wr_ok, cfg_ok, cfg, rd_ok, gpa
 
     def get_lpis(self, intids, targets, *, atomic: bool = False, stop_on_error: bool = False) -> np.ndarray:
@@ -352,9 +372,12 @@ class Vgic:
         t = tg[ci]
         # creator of each INTID: its first successful attempt; attempts before it fail
         key = it[ci].astype(np.int64)
-        cidx = ci[first_of(key, succ)]
         has_creator_before = np.zeros(ci.size, bool)
-        if cidx.size:
+        if succ.all() and _all_distinct(key):  # every attempt creates its own LPI
+            cidx = ci
+        else:
+            cidx = ci[first_of(key, succ)]
+        if cidx.size and cidx is not ci:
             ck = it[cidx].astype(np.int64)
             o = np.argsort(ck)
             ck, cpos = ck[o], cidx[o]
@@ -389,7 +412,7 @@ class Vgic:
             if bad.any():  # defensive: the prediction missed a fault
                 err[cr[bad]] = _errno.EFAULT
                 cr, pend = cr[~bad], pend[~bad]
-        byte_cfg = cfg[np.searchsorted(ci, cr)]
+        byte_cfg = cfg if cr.size == ci.size else cfg[np.searchsorted(ci, cr)]  # cr is a subset of ci, both sorted
         self._append(
             intid=it[cr], target=tg[cr], pending=pend, hw=False,
             priority=byte_cfg & 0xFC, enabled=(byte_cfg & 1).astype(bool), refs=0,
