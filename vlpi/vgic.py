@@ -47,6 +47,7 @@ __all__ = [
     "PENDBASER_PTZ",
     "first_of",
     "in_ram",
+    "all_distinct",
     "check_vcpu",
     "check_vcpus",
     "check_reg",
@@ -173,19 +174,27 @@ def first_of(key: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """True at the first element (in array order) of each key among the masked elements."""
     out = np.zeros(key.size, bool)
     idx = np.flatnonzero(mask)
-    if idx.size:
+    if idx.size and all_distinct(key[idx]):
+        out[idx] = True
+    elif idx.size:
         _, fi = np.unique(key[idx], return_index=True)
         out[idx[fi]] = True
     return out
 
 
-def _all_distinct(key: np.ndarray) -> bool:
-    """True when the non-negative int64 ``key`` has no repeated value (a count over the value
-    range when that range is small, no sort); False when unsure."""
-    if key.size < 2:
+def all_distinct(key: np.ndarray) -> bool:
+    """True when the integer array ``key`` has no repeated value, decided without a sort where
+    that is cheap (strictly ascending, or a count over a small non-negative range); False when
+    unsure (callers then take their general path)."""
+    k = np.asarray(key).reshape(-1)
+    if k.size < 2:
         return True
-    top = int(key.max())
-    return top < 8 * key.size + (1 << 16) and int(np.bincount(key, minlength=0).max()) <= 1
+    if bool(np.all(k[1:] > k[:-1])):
+        return True
+    lo, hi = int(k.min()), int(k.max())
+    if lo < 0 or hi >= 8 * k.size + (1 << 16):
+        return False
+    return int(np.bincount(k.astype(np.intp)).max()) <= 1
 
 
 def peek_u8(mem: GuestMemory, gpas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -373,7 +382,7 @@ class Vgic:
         # creator of each INTID: its first successful attempt; attempts before it fail
         key = it[ci].astype(np.int64)
         has_creator_before = np.zeros(ci.size, bool)
-        if succ.all() and _all_distinct(key):  # every attempt creates its own LPI
+        if succ.all() and all_distinct(key):  # every attempt creates its own LPI
             cidx = ci
         else:
             cidx = ci[first_of(key, succ)]

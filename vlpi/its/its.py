@@ -34,7 +34,17 @@ from vlpi.its import commands as C
 from vlpi.its.commands import ItsCommand, ItsCommandError
 from vlpi.lpi import LPI_INTID_LIMIT
 from vlpi.memory import GuestMemory
-from vlpi.vgic import PROPBASER_ADDRESS_MASK, LostReason, LostSource, Vgic, check_flag, check_reg, first_of, in_ram
+from vlpi.vgic import (
+    PROPBASER_ADDRESS_MASK,
+    LostReason,
+    LostSource,
+    Vgic,
+    all_distinct,
+    check_flag,
+    check_reg,
+    first_of,
+    in_ram,
+)
 
 __all__ = [
     "VirtualITS",
@@ -1034,7 +1044,9 @@ class VirtualITS:
 def _creator_index(key: np.ndarray, creators: np.ndarray, n: int) -> np.ndarray:
     """Per element, the index of the creator of its key (``n`` where the key has none)."""
     out = np.full(key.size, n, np.int64)
-    if creators.size:
+    if creators.size and all_distinct(key):  # each key's only element is its own creator
+        out[creators] = creators
+    elif creators.size:
         ck = key[creators]
         o = np.argsort(ck, kind="stable")
         ck, cr = ck[o], creators[o]
