@@ -404,8 +404,8 @@ def _by_vcpu_then_intid(tg: np.ndarray, it: np.ndarray) -> np.ndarray:
 
 
 def _events_of(vm, intids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    ites = vm.its.ites()
-    ii = ites["intid"].astype(np.int64)
+    dev, evt, ii = vm.its.ite_events()
+    ii = ii.astype(np.int64)
     d = np.full(intids.size, -1, np.int64)
     e = np.full(intids.size, -1, np.int64)
     if ii.size == 0 or intids.size == 0:
@@ -414,8 +414,8 @@ def _events_of(vm, intids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     first[ii[::-1]] = np.arange(ii.size - 1, -1, -1)  # the last write wins: the first ITE per INTID
     r = first[intids]
     hit = r >= 0
-    d[hit] = ites["device_id"][r[hit]]
-    e[hit] = ites["event_id"][r[hit]]
+    d[hit] = dev[r[hit]]
+    e[hit] = evt[r[hit]]
     return d, e
 
 

@@ -273,14 +273,20 @@ class VirtualITS:
         coll = self._ite["coll"][live]
         icid = np.where(coll >= 0, self._cobj["icid"][np.maximum(coll, 0)], -1) if coll.size else coll
         tgt = self._coll_target(coll)
-        return {
-            "device_id": self._ite["dev"][live].copy(),
-            "event_id": self._ite["event"][live].copy(),
-            "intid": self._ite["intid"][live].copy(),
+        return {  # boolean indexing copies: the arrays are the caller's
+            "device_id": self._ite["dev"][live],
+            "event_id": self._ite["event"][live],
+            "intid": self._ite["intid"][live],
             "icid": icid,
             "collection_mapped": tgt >= 0,
-            "forwarded": self._ite["fwd"][live].copy(),
+            "forwarded": self._ite["fwd"][live],
         }
+
+    def ite_events(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(DeviceID, EventID, pINTID) of the live ITEs in creation order: the first three
+        columns of :meth:`ites`, without the collection look-ups."""
+        live = self._ite["live"]
+        return self._ite["dev"][live], self._ite["event"][live], self._ite["intid"][live]
 
     def translate(self, device_id: int, event_id: int) -> tuple[int, int] | None:
         """(pINTID, target vCPU of the ITE's collection or -1) for a mapped event, else None."""
