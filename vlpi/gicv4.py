@@ -269,7 +269,10 @@ class GICv4:
         vp = np.asarray(vpes, dtype=np.int64).reshape(-1)
         it = np.asarray(intids, dtype=np.int64).reshape(-1)
         self._check_vintids(it, "VMAPTI")
-        np.add.at(self.vlpi_count, vp, 1)
+        if vp.size and 0 <= int(vp.min()) and int(vp.max()) < self.n_vpes:  # a count, not np.add.at
+            self.vlpi_count += np.bincount(vp, minlength=self.n_vpes)
+        else:
+            np.add.at(self.vlpi_count, vp, 1)
         self.counts["VMAPTI"] += int(vp.size)
 
     def vlpi_pending(self, vpes, intids) -> np.ndarray:

@@ -120,7 +120,9 @@ class Redistributors:
         enable = check_flag(enable, "enable")
         was = bool(g.lpis_enabled[v])
         g.lpis_enabled[v] = bool(enable)
-        if enable and not was and not (int(g.pendbaser[v]) & PENDBASER_PTZ):
+        if enable and not was and not (int(g.pendbaser[v]) & PENDBASER_PTZ) and g.n == 0:
+            self.last_scan_error = None  # no LPI to scan for (QEMU's restore enables LPIs before RESTORE_TABLES)
+        elif enable and not was and not (int(g.pendbaser[v]) & PENDBASER_PTZ):
             before = g["pending"].copy()
             try:
                 engine.sync_pending_table(g.mem, g.pendbaser, g.lpitable(), v, atomic=False)

@@ -47,6 +47,7 @@ __all__ = [
     "PENDBASER_PTZ",
     "first_of",
     "in_ram",
+    "all_distinct",
     "check_vcpu",
     "check_vcpus",
     "check_reg",
@@ -173,10 +174,45 @@ def first_of(key: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """True at the first element (in array order) of each key among the masked elements."""
     out = np.zeros(key.size, bool)
     idx = np.flatnonzero(mask)
-    if idx.size:
+    if idx.size and all_distinct(key[idx]):
+        out[idx] = True
+    elif idx.size:
         _, fi = np.unique(key[idx], return_index=True)
         out[idx[fi]] = True
     return out
+
+
+def all_distinct(key: np.ndarray) -> bool:
+    """True when the integer array ``key`` has no repeated value, decided without a sort where
+    that is cheap (strictly ascending, or a count over a small non-negative range); False when
+    unsure (callers then take their general path)."""
+    k = np.asarray(key).reshape(-1)
+    if k.size < 2:
+        return True
+    if bool(np.all(k[1:] > k[:-1])):
+        return True
+    lo, hi = int(k.min()), int(k.max())
+    if lo < 0 or hi >= 8 * k.size + (1 << 16):
+        return False
+    return int(np.bincount(k.astype(np.intp)).max()) <= 1
+
+
+def peek_u8(mem: GuestMemory, gpas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(readable, writable, byte) per GPA; byte 0 where unreadable. One direct slot index when
+    every GPA lies in one slot (the usual case), no per-slot masks."""
+    g = np.asarray(gpas, dtype=np.uint64)
+    if g.size:
+        lo, hi = int(g.min()), int(g.max())
+        s = mem.slot_at(lo)
+        if s is not None and hi < s.end:
+            byte = s.data[(g - np.uint64(s.gpa)).astype(np.intp)]
+            rd = np.ones(g.shape, bool)
+            return rd, (np.zeros(g.shape, bool) if s.readonly else rd), byte
+    rd = in_ram(mem, g) if g.size else np.zeros(g.shape, bool)
+    byte = np.zeros(g.shape, np.uint8)
+    if rd.any():
+        byte[rd] = mem.read_u8(g[rd])
+    return rd, in_ram(mem, g, True), byte
 
 
 def in_ram(mem: GuestMemory, gpas: np.ndarray, writable: bool = False) -> np.ndarray:
@@ -299,10 +335,7 @@ class Vgic:
         where the read would fault."""
         it = np.asarray(intids, dtype=np.uint64)
         gpa = np.uint64(self.propbaser & PROPBASER_ADDRESS_MASK) + it - np.uint64(LPI_MIN_INTID)
-        ok = in_ram(self.mem, gpa) if it.size else np.zeros(0, bool)
-        byte = np.zeros(it.size, np.uint8)
-        if ok.any():
-            byte[ok] = self.mem.read_u8(gpa[ok])
+        ok, _, byte = peek_u8(self.mem, gpa)
         return ok, byte
 
     def predict_add(self, it: np.ndarray, tg: np.ndarray):
@@ -318,14 +351,10 @@ class Vgic:
         rd_ok = np.ones(it.size, bool)
         wr_ok = np.ones(it.size, bool)
         if targeted.any():
-            g = gpa[targeted]
-            rd = in_ram(self.mem, g)
-            byte = np.zeros(g.size, np.uint8)
-            if rd.any():
-                byte[rd] = self.mem.read_u8(g[rd])
+            rd, wr, byte = peek_u8(self.mem, gpa[targeted])
             b1 = ((byte >> (it[targeted] & 7).astype(np.uint8)) & 1).astype(bool)
             rd_ok[targeted] = rd
-            wr_ok[targeted] = ~b1 | in_ram(self.mem, g, True)
+            wr_ok[targeted] = ~b1 | wr
         return cfg_ok & rd_ok & wr_ok, cfg_ok, cfg, rd_ok, gpa
 
     def get_lpis(self, intids, targets, *, atomic: bool = False, stop_on_error: bool = False) -> np.ndarray:
@@ -352,9 +381,12 @@ class Vgic:
         t = tg[ci]
         # creator of each INTID: its first successful attempt; attempts before it fail
         key = it[ci].astype(np.int64)
-        cidx = ci[first_of(key, succ)]
         has_creator_before = np.zeros(ci.size, bool)
-        if cidx.size:
+        if succ.all() and all_distinct(key):  # every attempt creates its own LPI
+            cidx = ci
+        else:
+            cidx = ci[first_of(key, succ)]
+        if cidx.size and cidx is not ci:
             ck = it[cidx].astype(np.int64)
             o = np.argsort(ck)
             ck, cpos = ck[o], cidx[o]
@@ -389,7 +421,7 @@ class Vgic:
             if bad.any():  # defensive: the prediction missed a fault
                 err[cr[bad]] = _errno.EFAULT
                 cr, pend = cr[~bad], pend[~bad]
-        byte_cfg = cfg[np.searchsorted(ci, cr)]
+        byte_cfg = cfg if cr.size == ci.size else cfg[np.searchsorted(ci, cr)]  # cr is a subset of ci, both sorted
         self._append(
             intid=it[cr], target=tg[cr], pending=pend, hw=False,
             priority=byte_cfg & 0xFC, enabled=(byte_cfg & 1).astype(bool), refs=0,

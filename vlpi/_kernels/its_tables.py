@@ -222,7 +222,7 @@ def restore_walk(sstart, send, sptr, dt_valid, dt_base, dt_entries, indirect,
     i_eid = np.empty(min(1024, max_ites), np.uint32)
     i_pint = np.empty(min(1024, max_ites), np.uint32)
     i_icid = np.empty(min(1024, max_ites), np.uint16)
-    ni = 0
+    ni = np.int64(0)  # not a literal: one compiled _scan_itt, not two (Literal[int](0) and int64)
     d_first[0] = 0
 
     # ---- collections: until an invalid CTE or the end of the table
@@ -464,7 +464,7 @@ def save_walk(sstart, send, sptr, sro, sdirty, sdn, spage0, dt_valid, dt_base, d
     """
     tmp = np.zeros(1, np.uint64)
     pages = np.empty(64, np.int64)
-    npg = 0
+    npg = np.int64(0)  # not a literal: one compiled _save_itt, not two
     last = np.int64(-1)
     nd = d_id.shape[0]
     if dt_valid:

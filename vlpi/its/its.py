@@ -34,7 +34,17 @@ from vlpi.its import commands as C
 from vlpi.its.commands import ItsCommand, ItsCommandError
 from vlpi.lpi import LPI_INTID_LIMIT
 from vlpi.memory import GuestMemory
-from vlpi.vgic import PROPBASER_ADDRESS_MASK, LostReason, LostSource, Vgic, check_flag, check_reg, first_of, in_ram
+from vlpi.vgic import (
+    PROPBASER_ADDRESS_MASK,
+    LostReason,
+    LostSource,
+    Vgic,
+    all_distinct,
+    check_flag,
+    check_reg,
+    first_of,
+    in_ram,
+)
 
 __all__ = [
     "VirtualITS",
@@ -263,14 +273,20 @@ class VirtualITS:
         coll = self._ite["coll"][live]
         icid = np.where(coll >= 0, self._cobj["icid"][np.maximum(coll, 0)], -1) if coll.size else coll
         tgt = self._coll_target(coll)
-        return {
-            "device_id": self._ite["dev"][live].copy(),
-            "event_id": self._ite["event"][live].copy(),
-            "intid": self._ite["intid"][live].copy(),
+        return {  # boolean indexing copies: the arrays are the caller's
+            "device_id": self._ite["dev"][live],
+            "event_id": self._ite["event"][live],
+            "intid": self._ite["intid"][live],
             "icid": icid,
             "collection_mapped": tgt >= 0,
-            "forwarded": self._ite["fwd"][live].copy(),
+            "forwarded": self._ite["fwd"][live],
         }
+
+    def ite_events(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(DeviceID, EventID, pINTID) of the live ITEs in creation order: the first three
+        columns of :meth:`ites`, without the collection look-ups."""
+        live = self._ite["live"]
+        return self._ite["dev"][live], self._ite["event"][live], self._ite["intid"][live]
 
     def translate(self, device_id: int, event_id: int) -> tuple[int, int] | None:
         """(pINTID, target vCPU of the ITE's collection or -1) for a mapped event, else None."""
@@ -1034,7 +1050,9 @@ class VirtualITS:
 def _creator_index(key: np.ndarray, creators: np.ndarray, n: int) -> np.ndarray:
     """Per element, the index of the creator of its key (``n`` where the key has none)."""
     out = np.full(key.size, n, np.int64)
-    if creators.size:
+    if creators.size and all_distinct(key):  # each key's only element is its own creator
+        out[creators] = creators
+    elif creators.size:
         ck = key[creators]
         o = np.argsort(ck, kind="stable")
         ck, cr = ck[o], creators[o]
