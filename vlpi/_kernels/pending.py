@@ -431,8 +431,8 @@ def count_distinct_bytes(intid, limit_intid):
 def run_units(vmt, units, out_pages, out_cnt, scratch, restore):
     """Save (or restore) by runs. Every run lies in one memslot and no access faults (checked by
     the caller). ``out_cnt[u] = (writes, vpt_reads, bytes_changed, n_pages)``."""
-    for u in prange(units.shape[0]):
-        run_unit(vmt, units, u, out_pages, out_cnt, scratch, restore)
+    for u in prange(units.shape[0]):  # prange's index is unsigned: pass an int64 so run_unit is
+        run_unit(vmt, units, np.int64(u), out_pages, out_cnt, scratch, restore)  # compiled once
 
 
 @jit
