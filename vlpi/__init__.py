@@ -102,19 +102,25 @@ _LAZY = {
 }
 
 
+# Subpackages a user reaches as ``vlpi.<name>`` after a plain ``import vlpi``, also loaded on first use.
+_LAZY_MODULES = ("migration", "snapshot", "qemu", "vm", "its", "gicv4", "scenarios")
+
+
 def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"vlpi.{name}")
     mod = _LAZY.get(name)
     if mod is None:
         raise AttributeError(f"module 'vlpi' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(mod), name)
     globals()[name] = value
     return value
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_LAZY_MODULES))
 
 
 __all__ = [
