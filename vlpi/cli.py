@@ -339,7 +339,7 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
         g = read_gic(a.path, layout=a.layout)
     except (OSError, ValueError) as e:  # unreadable, or neither kind of file
         raise ValueError(f"{a.path}: not a vlpi snapshot; as a QEMU migration stream: {e}") from e
-    print(g.to_json() if a.json else g.format_table())
+    print(g.to_json() if a.json else g.describe())
     return 0
 
 
@@ -389,15 +389,15 @@ def _cmd_migrate(a: argparse.Namespace) -> int:
             rep = e.report
             if rep is None:
                 raise
-    head = {"vms": a.vms, "vcpus": a.vcpus, "id_bits": a.id_bits, "gic": a.gic, "fault": plan.describe,
+    head = {"vms": a.vms, "vcpus": a.vcpus, "id_bits": a.id_bits, "gic": a.gic, "fault": plan.describe(),
             "kernels_s": t_kernels, "build_s": t_build}
     if a.json:
         print(json.dumps({**head, **rep.to_dict()}, indent=1))
     else:
         print(f"vlpi migrate: {a.vms} VMs x {a.vcpus} vCPUs, IDbits {a.id_bits}, GIC{a.gic}, policy {a.policy}, "
-              f"fault: {plan.describe}")
+              f"fault: {plan.describe()}")
         print(f"  set-up: kernels {t_kernels:.1f} s, host built in {t_build:.1f} s")
-        print(rep.table())
+        print(rep.describe())
     return 0 if rep.ok else 1
 
 

@@ -42,9 +42,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from vlpi import snapshot as S
+from vlpi._repr import fields_repr
 from vlpi.errors import GuestMemoryFault
 from vlpi.redistributor import VMSaveReport
-from vlpi.vgic import LOST_DTYPE, LostReason, LostSource, VMError
+from vlpi.vgic import LostReason, LostRecords, LostSource, VMError
 
 __all__ = [
     "POLICIES",
@@ -193,6 +194,9 @@ class Verification:
     found: int
     differences: np.ndarray = field(repr=False)
 
+    def __repr__(self) -> str:
+        return fields_repr(self, ("ok", "expected", "found", "differences"), {"differences": "differences"})
+
     def reasons(self) -> dict[str, int]:
         """Count of differences per reason name."""
         out: dict[str, int] = {}
@@ -201,6 +205,7 @@ class Verification:
         return out
 
     def describe(self, max_rows: int = 20) -> str:
+        """The verdict and up to ``max_rows`` differences, one per line (a string: print it)."""
         lines = [f"verification {'OK' if self.ok else 'FAILED'}: {self.expected:,} pending before, "
                  f"{self.found:,} after, {self.differences.size:,} differences"]
         for d in self.differences[:max_rows]:
@@ -253,6 +258,12 @@ class SourceSave:
     window_kernel_s: float = 0.0
     traffic_sent: int = 0
 
+    def __repr__(self) -> str:
+        return fields_repr(self, ("snapshot", "phases", "tolerated", "its_saves", "pending_saves", "window_lost",
+                                  "window_vlpi_s", "window_kernel_s", "traffic_sent"),
+                           {"phases": "phases", "tolerated": "errors", "its_saves": "reports",
+                            "pending_saves": "reports", "window_lost": "VMs"})
+
 
 @dataclass
 class HostMigrationReport:
@@ -287,6 +298,16 @@ class HostMigrationReport:
     @property
     def ok(self) -> bool:
         return self.aborted is None and all(v.ok for v in self.verification)
+
+    def __repr__(self) -> str:
+        return fields_repr(
+            self,
+            ("ok", "policy", "n_vms", "lpis", "forwarded", "bytes_changed", "dirty_pages", "vpes_unmapped",
+             "vpes_remapped", "traffic_sent", "lost_in_window", "window_vlpi_s", "window_kernel_s",
+             "snapshot_bytes", "aborted", "rollback_lost", "phases", "tolerated", "vms", "verification"),
+            {"lost_in_window": "records", "phases": "phases", "tolerated": "errors", "vms": "VMs",
+             "verification": "VMs"},
+        )
 
     def to_dict(self) -> dict:
         """JSON-able summary (what ``vlpi migrate --json`` prints)."""
@@ -324,8 +345,8 @@ class HostMigrationReport:
             "rollback_lost": self.rollback_lost,
         }
 
-    def table(self) -> str:
-        """The human-readable table (``vlpi migrate``)."""
+    def describe(self) -> str:
+        """The human-readable table ``vlpi migrate`` prints (a string: print it)."""
         lines = [f"{'side':<12} {'phase':<38} {'time':>10}  detail"]
         for p in self.phases:
             lines.append(f"{p.side:<12} {p.name:<38} {p.seconds * 1e3:>8.1f} ms  {p.detail}")
@@ -361,6 +382,11 @@ class HostMigrationReport:
                 lines.append(ver.describe(10))
                 break
         return "\n".join(lines)
+
+
+    def table(self) -> str:
+        """The same string as :meth:`describe` (the earlier name, kept for existing callers)."""
+        return self.describe()
 
 
 def _merge_counts(dicts) -> dict:
@@ -564,7 +590,7 @@ def save_host(
     remapped = [0] * len(vms)
     reports: list = [None] * len(vms)
     pend_failed = np.zeros(len(vms), bool)
-    window_lost: list[np.ndarray] = [np.zeros(0, LOST_DTYPE) for _ in vms]
+    window_lost: list[LostRecords] = [LostRecords() for _ in vms]
     marks = [len(vm.lost) for vm in vms]
     rng = np.random.default_rng(traffic.seed) if traffic is not None else None
     sent = 0
@@ -649,7 +675,7 @@ def save_host(
     for i, vm in enumerate(vms):  # what the VM logged in the window (VLPIs on unmapped vPEs, ...)
         if vm.gic == "v4.0" and reports[i] is not None:
             _log_unsaved_vlpis(vm)
-        window_lost[i] = np.asarray(vm.lost.records[marks[i]:]).copy()
+        window_lost[i] = vm.lost.records[marks[i]:].copy()
     if abort is not None:
         phase("SAVE_PENDING_TABLES", t0, "fault")
         raise abort
@@ -841,7 +867,7 @@ def _report(policy, page_size, costs, phases, tolerated, vms, src: SourceSave | 
             rollback_lost=None, snapshot_bytes=None, dst=None, forwarded=None) -> HostMigrationReport:
     entries = []
     bytes_changed = dirty = unm = rem = 0
-    lost = np.zeros(0, LOST_DTYPE)
+    lost = LostRecords()
     if src is not None:
         for i, im in enumerate(src.snapshot.vms):
             pr = src.pending_saves[i]
@@ -856,7 +882,7 @@ def _report(policy, page_size, costs, phases, tolerated, vms, src: SourceSave | 
             rem += pr.vpes_remapped
             entries.append(MigrationReport(its, pr, im.meta["registers"],
                                            None if not forwarded else forwarded[i]))
-        lost = np.concatenate(src.window_lost) if src.window_lost else lost
+        lost = LostRecords(np.concatenate(src.window_lost)) if src.window_lost else lost
     lpis = sum(len(vm.lpis) for vm in vms)
     fw = sum(int(np.count_nonzero(vm.lpis.hw)) for vm in vms)
     return HostMigrationReport(
@@ -897,14 +923,19 @@ def protect(mem, gpa: int, size: int = 4096, *, hole: bool = False) -> Callable[
 
 @dataclass
 class FaultPlan:
-    """A fault to inject into a migration: ``undo`` heals the source, ``prepare`` (for the
-    destination) and ``corrupt`` (for the snapshot bytes) go to :func:`migrate_host`."""
+    """A fault to inject into a migration: ``description`` says where it is aimed, ``undo`` heals
+    the source, ``prepare`` (for the destination) and ``corrupt`` (for the snapshot bytes) go to
+    :func:`migrate_host`."""
 
     kind: str
-    describe: str
+    description: str
     undo: Callable[[], None] = lambda: None
     prepare: Callable | None = None
     corrupt: Callable[[bytes], bytes] | None = None
+
+    def describe(self) -> str:
+        """Where the fault is aimed (``description``), as for every ``describe()``: a string."""
+        return self.description
 
 
 def _pending_byte(vm, at: float) -> tuple[int, int, int]:
@@ -997,6 +1028,17 @@ class MigrationReport:
     forwarded: np.ndarray | None = None
     verification: Verification | None = None
     host: HostMigrationReport | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        return fields_repr(self, ("its_save", "pending_save", "registers", "forwarded", "verification"),
+                           {"registers": "registers", "forwarded": "events"})
+
+    def describe(self) -> str:
+        """The human-readable table of the whole migration (:meth:`HostMigrationReport.describe`)
+        when there is one, else a line per field; a string: print it."""
+        if self.host is not None:
+            return self.host.describe()
+        return repr(self)
 
 
 def copy_memory(mem):

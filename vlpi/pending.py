@@ -118,11 +118,14 @@ class SaveReport:
     elapsed_s: float = 0.0
 
     def __repr__(self) -> str:
+        # every field under its attribute name; arrays as <dtype array, size>, never as a bare count
+        p = self.dirty_pages
         return (
-            f"SaveReport(lpis={self.lpis_total}, skipped={self.lpis_skipped}, reads={self.guest_reads}, "
-            f"writes={self.guest_writes}, vpt_reads={self.vpt_reads}, bytes_changed={self.bytes_changed}, "
-            f"vpes={self.vpes_unmapped}/{self.vpes_remapped}, dirty_pages={len(self.dirty_pages)}, "
-            f"elapsed={self.elapsed_s * 1e3:.3f} ms)"
+            f"SaveReport(lpis_total={self.lpis_total}, lpis_skipped={self.lpis_skipped}, "
+            f"guest_reads={self.guest_reads}, guest_writes={self.guest_writes}, vpt_reads={self.vpt_reads}, "
+            f"bytes_changed={self.bytes_changed}, vpes_unmapped={self.vpes_unmapped}, "
+            f"vpes_remapped={self.vpes_remapped}, dirty_pages=<{p.dtype} array, {p.size} page{'s' * (p.size != 1)}>, "
+            f"elapsed_s={self.elapsed_s:.6f})"
         )
 
 
@@ -160,10 +163,13 @@ class SyncReport:
     elapsed_s: float = 0.0
 
     def __repr__(self) -> str:
+        # every field under its attribute name; arrays as <dtype array, size ...>, never as a bare count
+        e, p = self.lpi_errno, self.dirty_pages
         return (
-            f"SyncReport(lpis={self.lpis_total}, synced={self.lpis_synced}, reads={self.guest_reads}, "
-            f"writes={self.guest_writes}, errors={int(np.count_nonzero(self.lpi_errno))}, "
-            f"dirty_pages={len(self.dirty_pages)}, elapsed={self.elapsed_s * 1e3:.3f} ms)"
+            f"SyncReport(lpis_total={self.lpis_total}, lpis_synced={self.lpis_synced}, "
+            f"guest_reads={self.guest_reads}, guest_writes={self.guest_writes}, "
+            f"lpi_errno=<{e.dtype} array, {e.size} LPI{'s' * (e.size != 1)}, {int(np.count_nonzero(e))} nonzero>, "
+            f"dirty_pages=<{p.dtype} array, {p.size} page{'s' * (p.size != 1)}>, elapsed_s={self.elapsed_s:.6f})"
         )
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vlpi import pending as engine
+from vlpi._repr import fields_repr
 from vlpi.errors import GuestMemoryFault
 from vlpi.pending import ORDERS
 from vlpi.vgic import PENDBASER_PTZ, LostReason, LostSource, Vgic, check_flag, check_reg, check_vcpu
@@ -43,9 +44,9 @@ class VMSaveReport:
     vpes_unmapped, vpes_remapped : int
         vPEs actually unmapped before the walk and mapped back after it (GICv4.1).
     lost_in_window : int
-        Interrupts lost (or missed by the image) while the vPEs were unmapped.
-    lost : numpy.ndarray
-        Those records (:data:`~vlpi.vgic.LOST_DTYPE`).
+        How many interrupts were lost (or missed by the image) while the vPEs were unmapped.
+    lost : LostRecords
+        Those records (:class:`~vlpi.vgic.LostRecords`, a table of :data:`~vlpi.vgic.LOST_DTYPE`).
     """
 
     engine: object
@@ -53,6 +54,10 @@ class VMSaveReport:
     vpes_remapped: int
     lost_in_window: int
     lost: np.ndarray = field(repr=False)
+
+    def __repr__(self) -> str:
+        return fields_repr(self, ("engine", "vpes_unmapped", "vpes_remapped", "lost_in_window", "lost"),
+                           {"lost": "records"})
 
 
 def check_save_args(order, atomic, during, during_at) -> None:

@@ -42,7 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vlpi.vgic import LOST_DTYPE
+from vlpi._repr import fields_repr
+from vlpi.vgic import LOST_DTYPE, LostRecords
 
 __all__ = [
     "FORMAT",
@@ -127,13 +128,16 @@ class VMImage:
         return self.arrays["pending"]
 
     @property
-    def lost(self) -> np.ndarray:
-        return self.arrays["lost"]
+    def lost(self) -> LostRecords:
+        return LostRecords(self.arrays["lost"])
 
     @property
     def ram_bytes(self) -> int:
         """Bytes of guest RAM carried (pages that hold data)."""
         return int(self.arrays["page_data"].size)
+
+    def __repr__(self) -> str:
+        return fields_repr(self, ("n_vcpus", "ram_bytes", "meta", "arrays"), {"meta": "keys", "arrays": "arrays"})
 
 
 @dataclass
@@ -143,6 +147,9 @@ class Snapshot:
 
     vms: list[VMImage]
     meta: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return fields_repr(self, ("vms", "meta"), {"vms": "VMs"})
 
 
 # ============================================================================ capture / restore

@@ -41,6 +41,9 @@ __all__ = [
     "LostSource",
     "LostInterruptLog",
     "LOST_DTYPE",
+    "LOST_PRINT_ROWS",
+    "LostRecord",
+    "LostRecords",
     "LPI_FIELDS",
     "INITIAL_PENDBASER",
     "PROPBASER_ADDRESS_MASK",
@@ -102,13 +105,138 @@ LOST_DTYPE = np.dtype(
      ("intid", "<u4"), ("vcpu", "<i4")]
 )
 
+#: how many rows of lost-interrupt records ``repr``/``str`` show before eliding the middle
+LOST_PRINT_ROWS = 20
+
+
+def _enum_name(enum_type: type[enum.IntEnum], value: int) -> str:
+    try:
+        return enum_type(value).name
+    except ValueError:
+        return str(value)
+
+
+class LostRecord(np.record):
+    """One lost-interrupt record (a row of :class:`LostRecords`): fields read as items
+    (``rec["reason"]``) or attributes (``rec.reason``); it prints with the field names and the
+    reason and source by name."""
+
+    def __repr__(self) -> str:
+        parts = []
+        for name in self.dtype.names or ():
+            v = self[name]
+            if name == "reason":
+                parts.append(f"reason={_enum_name(LostReason, int(v))}")
+            elif name == "source":
+                parts.append(f"source={_enum_name(LostSource, int(v))}")
+            else:
+                parts.append(f"{name}={v}")
+        return f"LostRecord({', '.join(parts)})"
+
+    __str__ = __repr__
+
+
+class LostRecords(np.ndarray):
+    """Lost-interrupt records: a numpy structured array (:data:`LOST_DTYPE`) that prints as a table.
+
+    Fields: ``seq`` (when: the record's position in the VM's log, the order the losses happened
+    in), ``source`` (:class:`LostSource`), ``reason`` (:class:`LostReason`), ``device_id``,
+    ``event_id`` (-1 if not applicable), ``intid`` (0 if unknown), ``vcpu`` (-1 if none). Field
+    access (``recs["reason"]``) gives a plain numpy array of integers; a row (``recs[0]``) is a
+    :class:`LostRecord`; :meth:`to_dataframe` converts to a pandas DataFrame (pandas is optional).
+    ``repr``/``str`` show up to :data:`LOST_PRINT_ROWS` rows, reason and source by name.
+    """
+
+    def __new__(cls, records=None) -> LostRecords:
+        a = np.zeros(0, LOST_DTYPE) if records is None else np.asarray(records)
+        if a.dtype != LOST_DTYPE:
+            raise TypeError(f"lost-interrupt records must have dtype LOST_DTYPE, got {a.dtype}")
+        return a.reshape(-1).view(np.dtype((LostRecord, LOST_DTYPE))).view(cls)
+
+    def __getitem__(self, key):
+        out = super().__getitem__(key)
+        if isinstance(out, np.ndarray) and out.dtype.names is None:
+            return out.view(np.ndarray)  # a field: plain integers
+        return out
+
+    def __array_wrap__(self, arr, context=None, return_scalar=False):
+        # ufunc results (comparisons, arithmetic) are plain arrays, not records
+        arr = arr.view(np.ndarray)
+        return arr[()] if return_scalar else arr
+
+    def _table(self) -> str:
+        names = self.dtype.names or ()
+        n = self.size
+        if n == 0:
+            return "(no records)"
+        flat = self.reshape(-1)
+        k = LOST_PRINT_ROWS
+        rows = range(n) if n <= k else [*range(k // 2), -1, *range(n - (k - k // 2), n)]
+        cells = [list(names)]
+        for i in rows:
+            if i < 0:
+                cells.append(["..."] * len(names))
+                continue
+            r = flat[i]
+            line = []
+            for name in names:
+                v = int(r[name])
+                if name == "reason":
+                    line.append(_enum_name(LostReason, v))
+                elif name == "source":
+                    line.append(_enum_name(LostSource, v))
+                else:
+                    line.append(str(v))
+            cells.append(line)
+        text = []
+        width = [max(len(c[j]) for c in cells) for j in range(len(names))]
+        for c in cells:
+            text.append("  ".join(s.ljust(w) if name in ("source", "reason") else s.rjust(w)
+                                  for s, w, name in zip(c, width, names, strict=True)).rstrip())
+        if n > k:
+            text.append(f"({n} records)")
+        return "\n".join(text)
+
+    def __repr__(self) -> str:
+        if self.dtype.names is None:
+            return repr(self.view(np.ndarray))
+        return f"LostRecords({self.size} record{'' if self.size == 1 else 's'})\n{self._table()}"
+
+    def __str__(self) -> str:
+        if self.dtype.names is None:
+            return str(self.view(np.ndarray))
+        return self._table()
+
+    def to_dataframe(self):
+        """The records as a :class:`pandas.DataFrame`, ``reason`` and ``source`` as names
+        (categoricals). pandas is not a dependency of vlpi: ``ImportError`` if it is missing."""
+        try:
+            import pandas as pd
+        except ImportError as e:
+            raise ImportError("LostRecords.to_dataframe() needs pandas, which vlpi does not install: "
+                              "pip install pandas") from e
+        flat = self.reshape(-1).view(np.ndarray)
+        cols = {}
+        for name in flat.dtype.names or ():
+            col = np.asarray(flat[name])
+            if name in ("reason", "source"):
+                et = LostReason if name == "reason" else LostSource
+                cats = [m.name for m in et]
+                cols[name] = pd.Categorical([_enum_name(et, int(v)) for v in col.tolist()],
+                                            categories=cats + sorted({_enum_name(et, int(v)) for v in col.tolist()}
+                                                                     - set(cats)))
+            else:
+                cols[name] = col
+        return pd.DataFrame(cols)
+
 
 class LostInterruptLog:
     """Numpy-backed log of interrupts that did not become pending (or were thrown away).
 
     Each record: ``seq`` (position in the log), ``source`` (:class:`LostSource`), ``reason``
     (:class:`LostReason`), ``device_id``, ``event_id`` (-1 if not applicable), ``intid`` (0 if
-    unknown), ``vcpu`` (-1 if none).
+    unknown), ``vcpu`` (-1 if none). :attr:`records` and :meth:`select` return them as
+    :class:`LostRecords` (a structured array that prints as a table, reasons by name).
     """
 
     def __init__(self) -> None:
@@ -132,17 +260,18 @@ class LostInterruptLog:
         self._n += m
 
     @property
-    def records(self) -> np.ndarray:
-        """All records (a read-only structured array view)."""
-        v = self._a[: self._n].view()
+    def records(self) -> LostRecords:
+        """All records (a read-only :class:`LostRecords` view)."""
+        v = LostRecords(self._a[: self._n])
         v.flags.writeable = False
         return v
 
     def __len__(self) -> int:
         return self._n
 
-    def select(self, *, reason=None, source=None, vcpu=None, intid=None, device_id=None) -> np.ndarray:
-        """Records matching every given field (each may be a value or a list of values)."""
+    def select(self, *, reason=None, source=None, vcpu=None, intid=None, device_id=None) -> LostRecords:
+        """Records matching every given field (each may be a value or a list of values), as
+        :class:`LostRecords`."""
         r = self.records
         m = np.ones(r.size, bool)
         for name, val in (("reason", reason), ("source", source), ("vcpu", vcpu), ("intid", intid),
@@ -163,11 +292,15 @@ class LostInterruptLog:
         vals, cnt = np.unique(r, return_counts=True)
         return {LostReason(int(v)).name: int(c) for v, c in zip(vals, cnt, strict=False)}
 
+    def to_dataframe(self):
+        """All records as a pandas DataFrame (:meth:`LostRecords.to_dataframe`; needs pandas)."""
+        return self.records.to_dataframe()
+
     def clear(self) -> None:
         self._n = 0
 
     def __repr__(self) -> str:
-        return f"LostInterruptLog({self._n} records: {self.summary()})"
+        return f"LostInterruptLog({self._n} record{'' if self._n == 1 else 's'}: {self.summary()})"
 
 
 def first_of(key: np.ndarray, mask: np.ndarray) -> np.ndarray:

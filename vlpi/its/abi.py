@@ -68,6 +68,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vlpi._kernels import its_tables as _k
+from vlpi._repr import fields_repr
 from vlpi.errors import GuestMemoryFault
 from vlpi.memory import GuestMemory
 
@@ -242,6 +243,10 @@ class ItsSaveReport:
     bytes_written: int = 0
     dirty_pages: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     terminator_written: bool = False
+
+    def __repr__(self) -> str:
+        return fields_repr(self, ("dtes_written", "ites_written", "ctes_written", "bytes_written", "dirty_pages",
+                                  "terminator_written"), {"dirty_pages": "pages"})
 
 
 # ------------------------------------------------------------------------ BASER decoding

@@ -232,6 +232,13 @@ class GicState:
     def n_vcpus(self) -> int:
         return len(self.redistributors)
 
+    def __repr__(self) -> str:
+        return (
+            f"GicState(machine={self.machine!r}, layout={self.layout!r}, n_vcpus={self.n_vcpus}, "
+            f"lpis=<list, {len(self.lpis)} LPIs>, devices=<list, {len(self.devices)} devices>, "
+            f"collections=<dict, {len(self.collections)} collections>, virtual_ites={self.virtual_ites})"
+        )
+
     # ------------------------------------------------------------------ layout
     def _decide_layout(self, layout: str | None, at: int) -> str:
         iidr = self.its.iidr
@@ -452,8 +459,9 @@ class GicState:
     def to_json(self) -> str:
         return json.dumps(self.summary(), indent=1)
 
-    def format_table(self) -> str:
-        """Human-readable: registers, then one table of LPIs per vCPU."""
+    def describe(self) -> str:
+        """Human-readable: registers, then one table of LPIs per vCPU (what ``vlpi inspect``
+        prints; a string: print it)."""
         lines = [f"machine {self.machine}, ITS table layout {self.layout}, {self.n_vcpus} vCPUs, "
                  f"{len(self.lpis)} LPIs, {sum(1 for x in self.lpis if x.pending)} pending"]
         i = self.its
@@ -485,6 +493,10 @@ class GicState:
             lines.append("")
             lines.append("skipped sections: " + ", ".join(self.stream.skipped))
         return "\n".join(lines)
+
+    def format_table(self) -> str:
+        """The same string as :meth:`describe` (the earlier name, kept for existing callers)."""
+        return self.describe()
 
 
 def _pending_bits_of(mem: GuestMemory, rd: Redistributor) -> np.ndarray:

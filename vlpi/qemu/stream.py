@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from vlpi._kernels.qemu_ram import ram_run
+from vlpi._repr import fields_repr
 
 MAGIC = 0x5145564D  # "QEVM"
 VERSION = 3
@@ -104,6 +105,10 @@ class RamBlock:
     sent: np.ndarray
     zero: np.ndarray
 
+    def __repr__(self) -> str:
+        return fields_repr(self, ("name", "length", "data", "sent", "zero"),
+                           {"data": "bytes", "sent": "pages", "zero": "pages"})
+
 
 @dataclass
 class Section:
@@ -120,6 +125,10 @@ class Section:
     end: int  # first byte after the footer
     fields: dict[str, Any] | None = None  # decoded device state (FULL sections with a description)
     offsets: dict[str, tuple[int, int]] | None = None  # (stream offset, size) of each decoded field ("a.b[1]")
+
+    def __repr__(self) -> str:
+        return fields_repr(self, ("kind", "section_id", "name", "instance_id", "version", "offset", "data_start",
+                                  "data_end", "end", "fields", "offsets"), {"fields": "fields", "offsets": "fields"})
 
 
 @dataclass
@@ -154,6 +163,11 @@ class Stream:
     size: int
     capabilities: list[str] = field(default_factory=list)
     raw: bytes = field(default=b"", repr=False)
+
+    def __repr__(self) -> str:
+        return fields_repr(self, ("machine", "page_size", "ram", "sections", "description", "skipped", "size",
+                                  "capabilities"),
+                           {"ram": "blocks", "sections": "sections", "description": "keys", "skipped": "sections"})
 
     def device(self, name: str, instance_id: int = 0) -> Section:
         """The FULL section of device ``name`` (its decoded fields in ``.fields``)."""
