@@ -97,6 +97,8 @@ _LAZY = {
     "LostReason": "vlpi.vm",
     "LostSource": "vlpi.vm",
     "LostInterruptLog": "vlpi.vm",
+    "LostRecords": "vlpi.vgic",
+    "LostRecord": "vlpi.vgic",
     "GICv4": "vlpi.gicv4",
     "GICv4Error": "vlpi.gicv4",
 }
@@ -132,6 +134,8 @@ __all__ = [
     "LostReason",
     "LostSource",
     "LostInterruptLog",
+    "LostRecords",
+    "LostRecord",
     "GICv4",
     "GICv4Error",
     "GuestMemory",

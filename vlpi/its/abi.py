@@ -222,10 +222,9 @@ class ItsDevice:
     hw: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
     def __repr__(self) -> str:
-        return (
-            f"ItsDevice(device_id={self.device_id}, itt_addr={self.itt_addr:#x}, "
-            f"eventid_bits={self.eventid_bits}, ites={len(self.event_id)})"
-        )
+        ites = {"event_id": "ITEs", "pintid": "ITEs", "icid": "ITEs", "hw": "ITEs"}
+        return fields_repr(self, ("device_id", "itt_addr", "eventid_bits", "event_id", "pintid", "icid", "hw"),
+                           ites).replace(f"itt_addr={self.itt_addr!r}", f"itt_addr={self.itt_addr:#x}", 1)
 
 
 @dataclass
