@@ -276,3 +276,46 @@ def test_snapshot_of_lost_records_round_trips(objects, tmp_path):
     S.write(path, S.Snapshot([im]))
     back = S.read(path).vms[0].lost
     assert isinstance(back, LostRecords) and back.tolist() == vm.lost.records.tolist()
+
+
+# ----------------------------------------------------------------------------- tuples only where documented
+PUBLIC_MODULES = ["vlpi", "vlpi.migration", "vlpi.snapshot", "vlpi.qemu", "vlpi.its", "vlpi.its.abi"]
+
+
+def _public_callables():
+    import importlib
+    import inspect
+
+    for modname in PUBLIC_MODULES:
+        mod = importlib.import_module(modname)
+        for name in mod.__all__:
+            obj = getattr(mod, name)
+            if inspect.isfunction(obj):
+                yield f"{modname}.{name}", obj
+            elif inspect.isclass(obj):
+                for k, v in vars(obj).items():
+                    if inspect.isfunction(v) and not k.startswith("_"):
+                        yield f"{modname}.{name}.{k}", v
+
+
+def says_it_returns_a_tuple(doc: str) -> bool:
+    """The docstring names the parts: ``(a, b)`` with at least two names, or the word tuple."""
+    return "tuple" in doc or bool(re.search(r"\([^(),]{1,60}(, [^(),]{1,60})+\)", doc))
+
+
+def test_a_tuple_is_returned_only_where_the_docstring_says_so():
+    import inspect
+
+    undocumented = []
+    for name, fn in _public_callables():
+        ann = inspect.signature(fn).return_annotation
+        if str(ann).replace("typing.", "").startswith(("tuple", "Tuple")):
+            if not says_it_returns_a_tuple(inspect.getdoc(fn) or ""):
+                undocumented.append(name)
+    assert not undocumented, f"these return tuples their docstrings do not describe: {undocumented}"
+
+
+def test_the_tuple_check_can_fail():
+    assert not says_it_returns_a_tuple("Migrate every VM of a host.")
+    assert says_it_returns_a_tuple("Returns ``(dst, MigrationReport)``.")
+    assert says_it_returns_a_tuple("(DeviceID, EventID, pINTID) of the live ITEs")

@@ -813,6 +813,11 @@ def migrate_host(
     On an abort (any side) the source VMs' vPEs are mapped back and, with ``resume_on_abort``,
     they run again; :class:`MigrationAborted` is raised with a report whose ``rollback_lost``
     counts interrupts the source lost (0 expected).
+
+    Returns
+    -------
+    (vms, report) : tuple[list of VM, HostMigrationReport]
+        The destination VMs (in the order of ``vms``) and the report.
     """
     vms = list(vms)
     try:
@@ -1084,5 +1089,5 @@ def save(path, vms, **kw) -> SourceSave:
 
 def load(path, **kw) -> tuple[list, list[Phase], list[Verification]]:
     """Destination side from a file: :func:`vlpi.snapshot.read` (checked whole first) then
-    :func:`restore_destination`."""
+    :func:`restore_destination`; returns its tuple ``(vms, phases, verifications)``."""
     return restore_destination(S.read(path), **kw)
