@@ -271,6 +271,10 @@ class HostMigrationReport:
 
     ``vms`` holds one :class:`vlpi.vm.MigrationReport`-compatible entry per VM
     (``its_save``, ``pending_save``, ``registers``, ``forwarded``) plus its verification.
+    ``lost_in_window`` holds the records (:class:`~vlpi.vgic.LostRecords`) of every interrupt
+    lost while the vPEs were unmapped; ``dirty_pages`` and ``bytes_changed`` are counts over the
+    host (in ``page_size`` pages), the per-VM reports hold the page arrays. :meth:`describe`
+    returns the table ``vlpi migrate`` prints.
     """
 
     policy: str

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import errno as _errno
+from typing import Any
 
 import numpy as np
 
@@ -116,7 +117,7 @@ def _enum_name(enum_type: type[enum.IntEnum], value: int) -> str:
         return str(value)
 
 
-class LostRecord(np.record):
+class LostRecord(np.record):  # type: ignore[misc]  # numpy stubs mark np.record final; it is not
     """One lost-interrupt record (a row of :class:`LostRecords`): fields read as items
     (``rec["reason"]``) or attributes (``rec.reason``); it prints with the field names and the
     reason and source by name."""
@@ -147,19 +148,19 @@ class LostRecords(np.ndarray):
     ``repr``/``str`` show up to :data:`LOST_PRINT_ROWS` rows, reason and source by name.
     """
 
-    def __new__(cls, records=None) -> LostRecords:
+    def __new__(cls, records: Any = None) -> LostRecords:
         a = np.zeros(0, LOST_DTYPE) if records is None else np.asarray(records)
         if a.dtype != LOST_DTYPE:
             raise TypeError(f"lost-interrupt records must have dtype LOST_DTYPE, got {a.dtype}")
         return a.reshape(-1).view(np.dtype((LostRecord, LOST_DTYPE))).view(cls)
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: Any) -> Any:
         out = super().__getitem__(key)
         if isinstance(out, np.ndarray) and out.dtype.names is None:
             return out.view(np.ndarray)  # a field: plain integers
         return out
 
-    def __array_wrap__(self, arr, context=None, return_scalar=False):
+    def __array_wrap__(self, arr: np.ndarray, context: Any = None, return_scalar: bool = False) -> Any:
         # ufunc results (comparisons, arithmetic) are plain arrays, not records
         arr = arr.view(np.ndarray)
         return arr[()] if return_scalar else arr
@@ -207,26 +208,25 @@ class LostRecords(np.ndarray):
             return str(self.view(np.ndarray))
         return self._table()
 
-    def to_dataframe(self):
+    def to_dataframe(self) -> Any:
         """The records as a :class:`pandas.DataFrame`, ``reason`` and ``source`` as names
         (categoricals). pandas is not a dependency of vlpi: ``ImportError`` if it is missing."""
         try:
-            import pandas as pd
+            import pandas as pd  # type: ignore[import-untyped,import-not-found,unused-ignore]
         except ImportError as e:
             raise ImportError("LostRecords.to_dataframe() needs pandas, which vlpi does not install: "
                               "pip install pandas") from e
         flat = self.reshape(-1).view(np.ndarray)
-        cols = {}
+        cols: dict[str, Any] = {}
         for name in flat.dtype.names or ():
             col = np.asarray(flat[name])
-            if name in ("reason", "source"):
-                et = LostReason if name == "reason" else LostSource
-                cats = [m.name for m in et]
-                cols[name] = pd.Categorical([_enum_name(et, int(v)) for v in col.tolist()],
-                                            categories=cats + sorted({_enum_name(et, int(v)) for v in col.tolist()}
-                                                                     - set(cats)))
-            else:
+            enum_type = {"reason": LostReason, "source": LostSource}.get(name)
+            if enum_type is None:
                 cols[name] = col
+                continue
+            names = [_enum_name(enum_type, v) for v in col.tolist()]
+            known = [m.name for m in enum_type]  # every reason is a category, even absent ones
+            cols[name] = pd.Categorical(names, categories=known + sorted(set(names) - set(known)))
         return pd.DataFrame(cols)
 
 
@@ -281,7 +281,7 @@ class LostInterruptLog:
                 if v.size and (v.dtype == np.bool_ or not np.issubdtype(v.dtype, np.integer)):
                     raise TypeError(f"{name} must be an integer or a list of integers, got {val!r}")
                 m &= np.isin(r[name], v.astype(np.int64))
-        return r[m]
+        return r[m]  # type: ignore[no-any-return,unused-ignore]
 
     def count(self, **kw) -> int:
         return int(self.select(**kw).size)
@@ -292,7 +292,7 @@ class LostInterruptLog:
         vals, cnt = np.unique(r, return_counts=True)
         return {LostReason(int(v)).name: int(c) for v, c in zip(vals, cnt, strict=False)}
 
-    def to_dataframe(self):
+    def to_dataframe(self) -> Any:
         """All records as a pandas DataFrame (:meth:`LostRecords.to_dataframe`; needs pandas)."""
         return self.records.to_dataframe()
 
