@@ -61,6 +61,7 @@ __all__ = [
     "c_kernel_loop_save",
     "c_kernel_loop_restore",
     "stream_sum",
+    "stream_rmw",
     "stream_copy",
     "aligned_empty",
 ]
@@ -202,6 +203,8 @@ def _lib() -> ctypes.CDLL:
     lib.vlpi_stream_sum.restype = ctypes.c_uint64
     lib.vlpi_stream_copy.argtypes = [P, P, I64]
     lib.vlpi_stream_copy.restype = None
+    lib.vlpi_stream_rmw.argtypes = [P, I64]
+    lib.vlpi_stream_rmw.restype = None
     _LIB = lib
     return lib
 
@@ -413,16 +416,44 @@ def _check_stream(a: np.ndarray, what: str) -> None:
                          "(use aligned_empty)")
 
 
-def stream_sum(src: np.ndarray) -> int:
-    """Read every word of ``src`` (from :func:`aligned_empty`) once; return their sum."""
+def _chunks(n: int, threads: int) -> list[tuple[int, int]]:
+    """Split n words into ``threads`` 64-word aligned [lo, hi) ranges."""
+    blocks = n // 64
+    cuts = [blocks * k // threads * 64 for k in range(threads + 1)]
+    return [(cuts[k], cuts[k + 1]) for k in range(threads) if cuts[k + 1] > cuts[k]]
+
+
+def _parallel(fn, parts, pool) -> list:
+    if pool is None or len(parts) == 1:
+        return [fn(*p) for p in parts]
+    return list(pool.map(lambda p: fn(*p), parts))  # ctypes drops the GIL during each C call
+
+
+def stream_sum(src: np.ndarray, *, pool=None, threads: int = 1) -> int:
+    """Read every word of ``src`` (from :func:`aligned_empty`) once; return their sum.
+
+    ``threads`` > 1 splits the buffer into that many parts run on ``pool`` (a
+    ``concurrent.futures`` executor), one C call each."""
     _check_stream(src, "src")
-    return int(_lib().vlpi_stream_sum(src.ctypes.data, src.size))
+    f = _lib().vlpi_stream_sum
+    base = src.ctypes.data
+    return sum(_parallel(lambda lo, hi: int(f(base + 8 * lo, hi - lo)), _chunks(src.size, threads), pool))
 
 
-def stream_copy(dst: np.ndarray, src: np.ndarray) -> None:
+def stream_rmw(buf: np.ndarray, *, pool=None, threads: int = 1) -> None:
+    """Add 1 to every word of ``buf`` in place (each line read once and written back once)."""
+    _check_stream(buf, "buf")
+    f = _lib().vlpi_stream_rmw
+    base = buf.ctypes.data
+    _parallel(lambda lo, hi: f(base + 8 * lo, hi - lo), _chunks(buf.size, threads), pool)
+
+
+def stream_copy(dst: np.ndarray, src: np.ndarray, *, pool=None, threads: int = 1) -> None:
     """``dst[:] = src`` with ordinary 64-byte loads and stores (both from :func:`aligned_empty`)."""
     _check_stream(src, "src")
     _check_stream(dst, "dst")
     if dst.size != src.size:
         raise ValueError(f"dst has {dst.size} words but src has {src.size}")
-    _lib().vlpi_stream_copy(dst.ctypes.data, src.ctypes.data, src.size)
+    f = _lib().vlpi_stream_copy
+    d, s_ = dst.ctypes.data, src.ctypes.data
+    _parallel(lambda lo, hi: f(d + 8 * lo, s_ + 8 * lo, hi - lo), _chunks(src.size, threads), pool)

@@ -5,8 +5,9 @@
  * vlpi_stream_sum  -- read-only: sum of n 64-bit words (8 independent 64-byte accumulators, so the
  *                     loop is bound by the loads, not by the additions).
  * vlpi_stream_copy -- read + write: dst[i] = src[i] for n 64-bit words, 64 bytes per step with
- *                     ordinary stores (no non-temporal hints: the save writes back lines it has
- *                     just read, in place).
+ *                     ordinary stores (no non-temporal hints).
+ * vlpi_stream_rmw  -- in place: buf[i] += 1 (every line read once and written back once, the way
+ *                     the save updates pending-table lines).
  * n must be a multiple of 64 (words); buffers 64-byte aligned.
  */
 #include <stdint.h>
@@ -35,5 +36,17 @@ void vlpi_stream_copy(uint64_t *dst, const uint64_t *src, int64_t n)
     for (int64_t k = 0; k < n / 8; k += 8) {
         d[k] = p[k];         d[k + 1] = p[k + 1]; d[k + 2] = p[k + 2]; d[k + 3] = p[k + 3];
         d[k + 4] = p[k + 4]; d[k + 5] = p[k + 5]; d[k + 6] = p[k + 6]; d[k + 7] = p[k + 7];
+    }
+}
+
+/* In-place read-modify-write: src[i] += 1 for n 64-bit words (each line read once, written back
+ * once, as the save updates pending-table lines). */
+void vlpi_stream_rmw(uint64_t *buf, int64_t n)
+{
+    v8u64 *p = (v8u64 *)buf;
+    const v8u64 one = {1, 1, 1, 1, 1, 1, 1, 1};
+    for (int64_t k = 0; k < n / 8; k += 8) {
+        p[k] += one;     p[k + 1] += one; p[k + 2] += one; p[k + 3] += one;
+        p[k + 4] += one; p[k + 5] += one; p[k + 6] += one; p[k + 7] += one;
     }
 }
