@@ -256,6 +256,8 @@ def render(docs: list[dict], match: str | None = None, summary_only: bool = Fals
         for sm in roofline_summaries(doc):
             if match and not re.search(match, f"save host-4096 [{sm['tier']}]"):
                 continue
+            if sm["c_s"] is None and sm["roofline_s"] is None:
+                continue  # nothing to set the engine against
             out.extend(_render_summary(sm, "host-4096"))
     return "\n".join(out).rstrip() + "\n"
 

@@ -429,3 +429,35 @@ def test_c_kernel_loop_keeps_the_dirty_log_and_reports_only_this_walk(impl):
         _assert_mem_equal(m_b, m_ref, f"{impl} call {k}")
         assert 0x4000_0000 >> 12 in m_b.dirty_pages()
         assert got.guest_writes > 0 and got.dirty_pages.size < m_b.dirty_pages().size + 1
+
+
+# ------------------------------------------------------- the roofline's byte counts (roofline.py)
+def test_roofline_touch_counts_match_a_real_save():
+    """The lines benchmarks/roofline.py says a save must read and write back are the lines a save
+    really reads and really changes (host addresses, 64-byte lines)."""
+    import roofline
+
+    import vlpi.scenarios as scen
+
+    h = scen.build_host(vms=2, vcpus=8, id_bits=14, gic="v4.1", seed=5)
+    touch = roofline.save_touch(h.jobs, True)
+    lines_read = lines_changed = 0
+    for vm in h.vms:
+        slot = vm.mem.slots[0]
+        host0 = slot.data.ctypes.data
+        before = slot.data.copy()
+        # 8 vCPUs round-robin over INTIDs 8192..16383: every byte 1024..2047 of each table is used
+        for b in (vm.pendbaser & np.uint64(bl.PENDBASER_ADDRESS_MASK)).astype(np.int64) - slot.gpa:
+            lo, hi = host0 + int(b) + 1024, host0 + int(b) + 2047
+            lines_read += hi // 64 - lo // 64 + 1
+        vlpi_save = bl.numpy_save(vm.mem, vm.pendbaser, vm.lpis, vpt=vm.vpt, has_gicv4_1=True)
+        assert vlpi_save.bytes_changed > 0
+        changed = np.flatnonzero(slot.data != before) + host0
+        lines_changed += np.unique(changed // 64).size
+    assert touch["pt_lines_read"] == lines_read
+    assert touch["pt_lines_written"] == lines_changed
+    assert touch["n_lpis"] == h.n_lpis and touch["state_bytes"] == 2 * h.n_lpis // 8
+    assert 0 < touch["vpt_lines_read"] <= sum(vm.vpt.nbytes // 64 + 1 for vm in h.vms)
+    assert touch["bytes_touched"] == touch["read_only_bytes"] + touch["written_bytes"]
+    h.randomize(5)
+    assert roofline.save_touch(h.jobs, False)["vpt_lines_read"] == 0  # GICv3 semantics: no VPT
