@@ -84,7 +84,8 @@ def _impl(b: dict) -> str:
 
 
 def rows_by_group(doc: dict) -> OrderedDict[str, list[dict]]:
-    """group -> rows ``{impl, median_s, n_lpis, ns_per_lpi, lpis_per_s, note}`` in file order."""
+    """group -> rows ``{impl, median_s, n_lpis, ns_per_lpi, lpis_per_s, note, bytes_moved}`` in file
+    order (``bytes_moved``: bandwidth probes only, else None)."""
     groups: OrderedDict[str, list[dict]] = OrderedDict()
     for b in doc.get("benchmarks", []):
         st = b.get("stats") or {}
@@ -100,6 +101,7 @@ def rows_by_group(doc: dict) -> OrderedDict[str, list[dict]]:
             "ns_per_lpi": float(med) * 1e9 / int(n) if n else None,
             "lpis_per_s": int(n) / float(med) if n and med > 0 else None,
             "note": ei.get("note") or "",
+            "bytes_moved": ei.get("bytes_moved"),
         }
         groups.setdefault(b.get("group") or b.get("name", "?"), []).append(row)
     return groups
@@ -225,6 +227,13 @@ def render(docs: list[dict], match: str | None = None, summary_only: bool = Fals
         out.append("")
         for group, rows in rows_by_group(doc).items():
             if summary_only or (match and not re.search(match, group)):
+                continue
+            if group.startswith("roofline "):  # bandwidth probes: GB/s, not per-LPI figures
+                out.extend([f"**{group}**", "", "| probe | median | GB/s |", "|---|---:|---:|"])
+                for r in rows:
+                    bw = f"{r['bytes_moved'] / r['median_s'] / 1e9:.1f}" if r["bytes_moved"] else "—"
+                    out.append(f"| {r['impl']} | {_fmt_time(r['median_s'])} | {bw} |")
+                out.append("")
                 continue
 
             def per_lpi(r):

@@ -151,7 +151,9 @@ def test_roofline_summary_ratios(bt):
     text = bt.render([doc], summary_only=True)
     assert "6.00× faster" in text and f"{0.004 / roof:.2f}× the roofline time" in text
     assert "**save host-4096 [big]**" not in text  # summary only: no per-group tables
-    assert "**save host-4096 [big]**" in bt.render([doc])
+    full = bt.render([doc])
+    assert "**save host-4096 [big]**" in full
+    assert "| stream_read x2 | 5.00 ms | 40.0 |" in full  # probes as bandwidths
 
 
 def test_no_summary_without_a_host_save_group(bt):
