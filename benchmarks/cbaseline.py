@@ -195,7 +195,7 @@ def _lib() -> ctypes.CDLL:
         _LIB_ERROR = str(e)
         raise CBuildError(_LIB_ERROR) from None
     P, I64 = ctypes.c_void_p, ctypes.c_int64
-    lib.vlpi_c_save.argtypes = [I64, P, P, P, P, P, P, P, I64, ctypes.c_int32, P, P, P, P, P, P]
+    lib.vlpi_c_save.argtypes = [I64, P, P, P, P, P, P, P, I64, ctypes.c_int32, P, P, P, P, P, P, P]
     lib.vlpi_c_save.restype = I64
     lib.vlpi_c_restore.argtypes = [I64, P, P, P, P, P, P, P, P]
     lib.vlpi_c_restore.restype = I64
@@ -256,18 +256,30 @@ def _mem_tables(mem: GuestMemory) -> _MemTables:
 
 
 def _table(lpis: LPITable):
-    """(walk in INTID order as int64, targets as int32, INTIDs as uint32), cached per table version."""
+    """(walk in INTID order as int64, targets as int32, INTIDs as uint32, the vCPUs targeted),
+    cached per table version."""
     e = _TABLES.get(lpis)
     if e is None or e[0] != lpis.version:
         intid = np.ascontiguousarray(lpis.intid, dtype=np.uint32)
-        e = (lpis.version, np.argsort(intid, kind="stable").astype(np.int64),
-             np.ascontiguousarray(lpis.target_vcpu, dtype=np.int32), intid)
+        target = np.ascontiguousarray(lpis.target_vcpu, dtype=np.int32)
+        used = np.flatnonzero(np.bincount(target[target >= 0], minlength=1)) if len(lpis) else np.zeros(0, np.intp)
+        e = (lpis.version, np.argsort(intid, kind="stable").astype(np.int64), target, intid, used)
         _TABLES[lpis] = e
     return e[1:]
 
 
+def _tables_disjoint(base: np.ndarray, used: np.ndarray, lpis: LPITable) -> bool:
+    """True when no two targeted vCPUs' table bytes can coincide (each gets the whole INTID range
+    of the table, conservatively)."""
+    if used.size < 2:
+        return True
+    b = np.sort(base[used])
+    span = np.uint64(lpis.max_intid // 8 - lpis.min_intid // 8)
+    return bool(np.all(b[1:] - b[:-1] > span))
+
+
 class _Work:
-    """Grow-only scratch of the C calls (first-write log, page list)."""
+    """Grow-only scratch of the C calls (write log, page list)."""
 
     def __init__(self) -> None:
         self.n = 0
@@ -275,8 +287,8 @@ class _Work:
     def get(self, n: int):
         if n > self.n:
             self.n = max(n, 2 * self.n, 1024)
-            self.first_gpa = np.empty(self.n, np.uint64)
-            self.first_old = np.empty(self.n, np.uint8)
+            self.run_gpa = np.empty(self.n, np.uint64)
+            self.run_old = np.empty(self.n, np.uint8)
             self.pages = np.empty(self.n, np.int64)
             self.page_slot = np.empty(self.n, np.int64)
         return self
@@ -321,7 +333,7 @@ def c_kernel_loop_save(
         raise ValueError(f"order must be 'intid' or 'insertion', got {order!r}")
     lib = _lib()
     base = _base(pendbaser, lpis)
-    walk, target, intid = _table(lpis)
+    walk, target, intid, used = _table(lpis)
     latch = _flags_u8(lpis.pending_latch)
     hw = _flags_u8(lpis.hw)
     n = len(lpis)
@@ -342,6 +354,9 @@ def c_kernel_loop_save(
                     f"vpt: hw LPI row {row} (INTID {int(intid[row])}) needs VPT byte {int(intid[row]) // 8} "
                     f"but vpt has {vb} bytes per vPE"
                 )
+    # per-vCPU last logged address: lets C skip deduplicating the write log (see kernel_loop.c)
+    last_run = np.full(base.size, np.iinfo(np.uint64).max, np.uint64) if (
+        order == "intid" and _tables_disjoint(base, used, lpis)) else None
     out = _SaveOut()
     with _LOCK:
         mt = _mem_tables(mem)
@@ -349,8 +364,9 @@ def c_kernel_loop_save(
         lib.vlpi_c_save(
             n, walk.ctypes.data if order == "intid" else None, intid.ctypes.data, target.ctypes.data,
             latch.ctypes.data, hw.ctypes.data, base.ctypes.data, vptc.ctypes.data if use_vpt else None, vb,
-            int(use_vpt), ctypes.byref(mt.c), w.first_gpa.ctypes.data, w.first_old.ctypes.data,
-            w.pages.ctypes.data, w.page_slot.ctypes.data, ctypes.byref(out),
+            int(use_vpt), ctypes.byref(mt.c), w.run_gpa.ctypes.data, w.run_old.ctypes.data,
+            None if last_run is None else last_run.ctypes.data, w.pages.ctypes.data, w.page_slot.ctypes.data,
+            ctypes.byref(out),
         )
         pages = _pages(w, out.n_pages)
     vpes = int(base.size) if has_gicv4_1 else 0
@@ -374,7 +390,7 @@ def c_kernel_loop_restore(mem: GuestMemory, pendbaser, lpis: LPITable):
     t0 = time.perf_counter()
     lib = _lib()
     base = _base(pendbaser, lpis)
-    _, target, intid = _table(lpis)
+    _, target, intid, _ = _table(lpis)
     pl = lpis.pending_latch
     latch = _flags_u8(pl)
     n = len(lpis)

@@ -20,10 +20,14 @@
  *   (no cache), pending_latch = bit, and when the bit was 1 write the byte back with it cleared.
  *   Stops at the first fault.
  *
- * Besides the kernel's own work, both keep what the caller's report needs: the list of distinct
- * pages written (a per-slot "seen" byte per page, cleared again before returning) and, for the
- * save, the guest bytes whose final value differs from their value before the walk (a per-slot
- * "seen" bit per byte plus a log of first writes, cleared again before returning).
+ * Besides the kernel's own work, the caller's report needs the distinct pages written and, for
+ * the save, the number of guest bytes whose final value differs from their value before the
+ * walk. The loop only appends (address, value read) for the first write of each run of cache
+ * hits, a sequential log. With last_run (a per-vCPU "last logged address", given when the walk is
+ * in INTID order and no two vCPUs' tables share bytes, so each vCPU's addresses never decrease)
+ * a byte revisited by a later run is not logged again; otherwise the log is deduplicated after
+ * the walk with per-slot scratch (one bit per slot byte). Pages are deduplicated with one scratch
+ * byte per page. The scratch is cleared again before returning.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -71,12 +75,11 @@ static inline int64_t find_slot(const struct vlpi_slots *m, uint64_t addr)
     return (lo >= 0 && addr < m->end[lo]) ? lo : -1;
 }
 
-/* Mark the page of a written guest byte in the slot's dirty log; remember it for the report. */
+/* Remember the page of a written guest byte for the report (once per page). */
 static inline void log_page(const struct vlpi_slots *m, int64_t s, uint64_t addr,
                             int64_t *pages, int64_t *page_slot, int64_t *n_pages)
 {
     uint64_t rel = (addr >> PAGE_SHIFT) - (m->start[s] >> PAGE_SHIFT);
-    m->dirty[s][rel] = 1;
     if (!m->page_seen[s][rel]) {
         m->page_seen[s][rel] = 1;
         pages[*n_pages] = (int64_t)(addr >> PAGE_SHIFT);
@@ -98,14 +101,15 @@ int64_t vlpi_c_save(int64_t n, const int64_t *walk, const uint32_t *intid, const
                     const uint8_t *latch, const uint8_t *hw, const uint64_t *pendbase,
                     const uint8_t *vpt, int64_t vpt_bytes, int32_t use_vpt,
                     const struct vlpi_slots *m,
-                    uint64_t *first_gpa, uint8_t *first_old, int64_t *pages, int64_t *page_slot,
-                    struct vlpi_save_out *out)
+                    uint64_t *run_gpa, uint8_t *run_old, uint64_t *last_run,
+                    int64_t *pages, int64_t *page_slot, struct vlpi_save_out *out)
 {
-    int64_t reads = 0, writes = 0, vpt_reads = 0, skipped = 0, n_first = 0, n_pages = 0;
+    int64_t reads = 0, writes = 0, vpt_reads = 0, skipped = 0, n_runs = 0;
     int64_t fault_row = -1, fault_is_write = 0;
     uint64_t fault_gpa = 0;
     uint64_t last = NO_ADDR;
-    uint8_t val = 0;
+    uint8_t val = 0, old = 0;
+    int logged = 0;
 
     for (int64_t k = 0; k < n; k++) {
         int64_t i = walk ? walk[k] : k;
@@ -123,8 +127,9 @@ int64_t vlpi_c_save(int64_t n, const int64_t *walk, const uint32_t *intid, const
                 fault_row = i; fault_gpa = addr;
                 break;
             }
-            val = m->data[s][addr - m->start[s]];
+            val = old = m->data[s][addr - m->start[s]];
             last = addr;
+            logged = 0;
         }
         unsigned bit = iid & 7;
         unsigned want = latch[i] != 0;
@@ -141,27 +146,48 @@ int64_t vlpi_c_save(int64_t n, const int64_t *walk, const uint32_t *intid, const
             fault_row = i; fault_is_write = 1; fault_gpa = addr;
             break;
         }
-        uint64_t off = addr - m->start[s];
-        uint8_t *p = m->data[s] + off;
-        uint8_t *seen = m->byte_seen[s] + (off >> 3);
-        if (!(*seen & (1u << (off & 7)))) {  /* first write to this byte in this walk */
-            *seen |= (uint8_t)(1u << (off & 7));
-            first_gpa[n_first] = addr;
-            first_old[n_first] = *p;
-            n_first++;
+        m->data[s][addr - m->start[s]] = val;
+        m->dirty[s][(addr >> PAGE_SHIFT) - (m->start[s] >> PAGE_SHIFT)] = 1;  /* KVM's dirty log */
+        if (!logged) {  /* for the report: the byte's value when this run of cache hits read it */
+            logged = 1;
+            if (!last_run || last_run[v] != addr) {
+                if (last_run)
+                    last_run[v] = addr;
+                run_gpa[n_runs] = addr;
+                run_old[n_runs] = old;
+                n_runs++;
+            }
         }
-        *p = val;
-        log_page(m, s, addr, pages, page_slot, &n_pages);
     }
 
-    /* bytes whose final value differs from their value before the walk; reset the scratch */
-    int64_t changed = 0;
-    for (int64_t k = 0; k < n_first; k++) {
-        uint64_t addr = first_gpa[k];
-        int64_t s = find_slot(m, addr);
-        uint64_t off = addr - m->start[s];
-        changed += m->data[s][off] != first_old[k];
-        m->byte_seen[s][off >> 3] &= (uint8_t)~(1u << (off & 7));
+    /* For the report, after the walk: bytes whose final value differs from their value before
+     * it (the first run that wrote a byte saw its original value) and the distinct pages written.
+     * Then the scratch is reset. */
+    int64_t changed = 0, n_pages = 0;
+    if (last_run) {  /* each written byte is logged once: no deduplication needed */
+        for (int64_t k = 0; k < n_runs; k++) {
+            uint64_t addr = run_gpa[k];
+            int64_t s = find_slot(m, addr);
+            changed += m->data[s][addr - m->start[s]] != run_old[k];
+            log_page(m, s, addr, pages, page_slot, &n_pages);
+        }
+    } else {
+        for (int64_t k = 0; k < n_runs; k++) {
+            uint64_t addr = run_gpa[k];
+            int64_t s = find_slot(m, addr);
+            uint64_t off = addr - m->start[s];
+            uint8_t *seen = m->byte_seen[s] + (off >> 3);
+            if (!(*seen & (1u << (off & 7)))) {
+                *seen |= (uint8_t)(1u << (off & 7));
+                changed += m->data[s][off] != run_old[k];
+                log_page(m, s, addr, pages, page_slot, &n_pages);
+            }
+        }
+        for (int64_t k = 0; k < n_runs; k++) {
+            uint64_t addr = run_gpa[k];
+            int64_t s = find_slot(m, addr);
+            m->byte_seen[s][(addr - m->start[s]) >> 3] = 0;
+        }
     }
     clear_pages(m, pages, page_slot, n_pages);
 
@@ -203,6 +229,7 @@ int64_t vlpi_c_restore(int64_t n, const uint32_t *intid, const int32_t *target, 
                 break;
             }
             m->data[s][addr - m->start[s]] = val & (uint8_t)~(1u << bit);
+            m->dirty[s][(addr >> PAGE_SHIFT) - (m->start[s] >> PAGE_SHIFT)] = 1;  /* KVM's dirty log */
             log_page(m, s, addr, pages, page_slot, &n_pages);
         }
         synced++;
