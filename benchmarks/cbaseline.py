@@ -250,8 +250,6 @@ def _mem_tables(mem: GuestMemory) -> _MemTables:
     t = _MEMS.get(mem)
     if t is None or t.generation != mem.generation:
         t = _MEMS[mem] = _MemTables(mem)
-    else:
-        mem.slots  # noqa: B018  (brings the slots' dirty bitmaps up to date before C writes them)
     return t
 
 
@@ -283,6 +281,7 @@ class _Work:
 
     def __init__(self) -> None:
         self.n = 0
+        self.get(1)
 
     def get(self, n: int):
         if n > self.n:
