@@ -461,3 +461,15 @@ def test_roofline_touch_counts_match_a_real_save():
     assert touch["bytes_touched"] == touch["read_only_bytes"] + touch["written_bytes"]
     h.randomize(5)
     assert roofline.save_touch(h.jobs, False)["vpt_lines_read"] == 0  # GICv3 semantics: no VPT
+
+
+def test_c_kernel_loop_without_a_compiler_is_unavailable_with_the_reason(tmp_path):
+    """No C compiler: the baseline says why (the benchmarks skip it with that reason)."""
+    import subprocess
+
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    code = f"import sys; sys.path.insert(0, {bench!r}); import cbaseline; print(cbaseline.unavailable_reason())"
+    env = dict(os.environ, CC=str(tmp_path / "no-such-cc"), VLPI_CBUILD_DIR=str(tmp_path / "build"))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "c_kernel_loop" in out.stdout and "no C compiler" in out.stdout and "no-such-cc" in out.stdout
