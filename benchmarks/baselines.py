@@ -19,9 +19,12 @@ implementations that agree.
   NumPy baseline when vCPU tables alias or do not sit in one writable memslot each.
 * ``python``    -- the literal per-LPI reference, ``tests/reference.py`` (``ref_save``).
 * ``kernel_loop`` -- the lead's compiled literal port, ``vlpi.pending.kernel_loop_save``.
+* ``c_kernel_loop`` -- the kernel's loop in plain C (``-O2 -march=native``), built on first use
+  and called through ctypes (``benchmarks/cbaseline.py``); unavailable without a C compiler.
 
 Restore (``sync_pending_status``) and the EnableLPIs scan (``sync_pending_table``) have NumPy and
-pure-Python baselines too (``numpy_restore``, ``python_restore``, ``numpy_scan``, ``python_scan``).
+pure-Python baselines too (``numpy_restore``, ``python_restore``, ``numpy_scan``, ``python_scan``);
+restore also has both kernel loops (``kernel_loop_restore``, ``c_kernel_loop_restore``).
 
 Baselines do not validate input beyond what they need; give them what the engine accepts.
 """
@@ -35,6 +38,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+import cbaseline
 import numpy as np
 
 from vlpi import GuestMemory, GuestMemoryFault, LPITable
@@ -48,9 +52,11 @@ __all__ = [
     "bitarray_save",
     "python_save",
     "kernel_loop_save",
+    "c_kernel_loop_save",
     "numpy_restore",
     "python_restore",
     "kernel_loop_restore",
+    "c_kernel_loop_restore",
     "numpy_scan",
     "python_scan",
     "report_types",
@@ -792,6 +798,19 @@ def kernel_loop_restore(mem: GuestMemory, pendbaser, lpis: LPITable):
     return f(mem, pendbaser, lpis)
 
 
+# --------------------------------------------------------------- kernel loop in plain C
+def c_kernel_loop_save(
+    mem: GuestMemory, pendbaser, lpis: LPITable, *, vpt=None, has_gicv4_1: bool = False, order: str = "intid"
+):
+    """The kernel's save loop in plain C via ctypes (``benchmarks/cbaseline.py``). Kernel-exact on faults."""
+    return cbaseline.c_kernel_loop_save(mem, pendbaser, lpis, vpt=vpt, has_gicv4_1=has_gicv4_1, order=order)
+
+
+def c_kernel_loop_restore(mem: GuestMemory, pendbaser, lpis: LPITable):
+    """The kernel's restore sync in plain C via ctypes (``benchmarks/cbaseline.py``). Kernel-exact."""
+    return cbaseline.c_kernel_loop_restore(mem, pendbaser, lpis)
+
+
 # ----------------------------------------------------------------------- numpy restore
 def numpy_restore(mem: GuestMemory, pendbaser, lpis: LPITable):
     """Plain-NumPy ``sync_pending_status`` (array order, no cache, clear each consumed bit).
@@ -927,12 +946,14 @@ def numpy_scan(mem: GuestMemory, pendbaser, lpis: LPITable, vcpu: int):
 #: name -> save function; the registry the benchmarks and tests/test_baselines.py iterate over
 SAVE_BASELINES = {
     "kernel_loop": kernel_loop_save,
+    "c_kernel_loop": c_kernel_loop_save,
     "numpy": numpy_save,
     "bitarray": bitarray_save,
     "python": python_save,
 }
 RESTORE_BASELINES = {
     "kernel_loop": kernel_loop_restore,
+    "c_kernel_loop": c_kernel_loop_restore,
     "numpy": numpy_restore,
     "python": python_restore,
 }
@@ -947,6 +968,8 @@ def unavailable_reason(name: str) -> str | None:
     try:
         if name == "kernel_loop":
             from vlpi.pending import kernel_loop_restore, kernel_loop_save  # noqa: F401
+        elif name == "c_kernel_loop":
+            return cbaseline.unavailable_reason()
         elif name == "python":
             _reference()
         elif name == "bitarray":

@@ -134,8 +134,11 @@ def impl_unavailable(name: str) -> str | None:
 
 
 def require_available(name: str) -> None:
-    """Every implementation ships with vlpi (dependencies included): unavailable is a failure."""
+    """Every implementation ships with vlpi (dependencies included): unavailable is a failure,
+    except the plain-C kernel loop, which needs a C compiler on the machine and is skipped without."""
     r = impl_unavailable(name)
+    if r and name == "c_kernel_loop":
+        pytest.skip(r)
     if r:
         pytest.fail(r)
 

@@ -3,9 +3,9 @@
 Groups (one per scenario, op and tier, so engine and baselines line up in the table):
 
 * ``save host-4096``  -- host evacuation: ``save_pending_tables_many`` over every VM (``engine_many``),
-  the engine one VM at a time (``engine``), and per-VM baselines (kernel loop, NumPy, bitarray,
-  pure Python). Every round starts from identical, freshly randomised tables (about half the bits
-  change).
+  the engine one VM at a time (``engine``), and per-VM baselines (kernel loop compiled by numba,
+  the kernel loop in plain C, NumPy, bitarray, pure Python). Every round starts from identical,
+  freshly randomised tables (about half the bits change).
 * ``resave host-4096`` -- the same save again with nothing changed (reads only).
 * ``restore host-4096`` -- ``sync_pending_status`` per VM from freshly randomised tables.
 * ``save``/``restore`` of ``vm-512`` (one VM, 512 vCPUs), ``sparse`` (IDbits 20, 1024 LPIs per
@@ -52,9 +52,9 @@ def _n(jobs) -> int:
     return sum(len(j[2]) for j in jobs)
 
 
-SAVE_HOST = ["engine_many", "engine", "kernel_loop", "numpy", "bitarray", "python"]
-SAVE_VM = ["engine", "kernel_loop", "numpy", "bitarray", "python"]
-RESTORE = ["engine", "kernel_loop", "numpy", "python"]
+SAVE_HOST = ["engine_many", "engine", "kernel_loop", "c_kernel_loop", "numpy", "bitarray", "python"]
+SAVE_VM = ["engine", "kernel_loop", "c_kernel_loop", "numpy", "bitarray", "python"]
+RESTORE = ["engine", "kernel_loop", "c_kernel_loop", "numpy", "python"]
 
 
 @pytest.mark.parametrize("tier", TIERS)

@@ -130,10 +130,16 @@ CASES = {
 }
 
 
+def _c_param():
+    """The plain-C kernel loop: skipped (with the reason) where no C compiler can build it."""
+    r = bl.unavailable_reason("c_kernel_loop")
+    return pytest.param("c_kernel_loop", marks=pytest.mark.skipif(bool(r), reason=r or ""))
+
+
 def _saves():
     out = [
         pytest.param(n, marks=pytest.mark.skipif(bool(r), reason=r or ""))
-        for n, r in ((n, bl.unavailable_reason(n)) for n in ("numpy", "bitarray", "kernel_loop"))
+        for n, r in ((n, bl.unavailable_reason(n)) for n in ("numpy", "bitarray", "kernel_loop", "c_kernel_loop"))
     ]
     return out
 
@@ -240,7 +246,7 @@ def test_missing_vpt_and_short_vpt_are_value_errors():
 def _restores():
     return [
         pytest.param(n, marks=pytest.mark.skipif(bool(r), reason=r or ""))
-        for n, r in ((n, bl.unavailable_reason(n)) for n in ("numpy", "kernel_loop"))
+        for n, r in ((n, bl.unavailable_reason(n)) for n in ("numpy", "kernel_loop", "c_kernel_loop"))
     ]
 
 
@@ -287,7 +293,7 @@ def test_scan_fault_keeps_earlier_updates():
     np.testing.assert_array_equal(l_b.pending_latch.astype(bool), l_ref.pending_latch.astype(bool))
 
 
-@pytest.mark.parametrize("impl", ["numpy", "bitarray", "kernel_loop"])
+@pytest.mark.parametrize("impl", ["numpy", "bitarray", "kernel_loop", _c_param()])
 @pytest.mark.parametrize("kind", ["host", "sparse"])
 def test_baselines_match_engine_on_benchmark_scenarios(impl, kind):
     """The benchmark scenarios themselves (vlpi.scenarios, small): engine_many vs each baseline."""
@@ -326,7 +332,7 @@ def test_numpy_fast_and_general_paths_are_both_exercised(case, fast):
         assert not lay.singles  # 8 LPIs per byte: the reduceat branch
 
 
-@pytest.mark.parametrize("impl", ["numpy", "kernel_loop"])
+@pytest.mark.parametrize("impl", ["numpy", "kernel_loop", _c_param()])
 @pytest.mark.parametrize("kind", ["host", "sparse"])
 def test_restore_baselines_match_engine_on_benchmark_scenarios(impl, kind):
     import vlpi
@@ -349,3 +355,121 @@ def test_restore_baselines_match_engine_on_benchmark_scenarios(impl, kind):
         _check_same(rb, re_, SYNC_FIELDS, f"{impl} restore vs engine, VM {k}")
         _assert_mem_equal(jb[0], ja[0], f"{impl} restore vs engine, VM {k}")
         np.testing.assert_array_equal(jb[2].pending_latch.astype(bool), ja[2].pending_latch.astype(bool))
+
+
+# ------------------------------------------------- the plain-C kernel loop: kernel-exact faults
+def _faulting_case(kind: str, seed: int):
+    """A case whose walk faults late: the last bytes of vCPU 3's table are unmapped, or lie in a
+    read-only slot (then only writes fault)."""
+    c = make_case(seed)
+    gpa, data, _ = c.slots[0]
+    cut = 3 * 0x10000 + 2040  # vCPU 3's bytes for INTIDs >= 16320 are beyond the cut
+    c.slots = [(gpa, data[:cut].copy(), False)]
+    if kind == "readonly":
+        c.slots.append((gpa + cut, data[cut:].copy(), True))
+    return c
+
+
+@pytest.mark.parametrize("impl", [_c_param()])
+@pytest.mark.parametrize("kind", ["unmapped", "readonly"])
+@pytest.mark.parametrize("order", ["intid", "insertion"])
+def test_c_kernel_loop_save_fault_is_kernel_exact(impl, kind, order):
+    """Faults stop the walk where the kernel's does; the earlier writes stay, the partial report is
+    the kernel's."""
+    c = _faulting_case(kind, 51)
+    m_ref, pb, l_ref, vpt = c.build()
+    ref = bl._reference().ref_save(
+        m_ref, pb, l_ref.intid, l_ref.target_vcpu, l_ref.pending_latch, l_ref.hw, vpt, True, order
+    )
+    assert ref.fault is not None and ref.fault.write == (kind == "readonly")
+    assert ref.guest_writes > 1  # writes before the fault are kept
+    m_b, pb, l_b, vpt = c.build()
+    with pytest.raises(GuestMemoryFault) as ei:
+        bl.SAVE_BASELINES[impl](m_b, pb, l_b, vpt=vpt, has_gicv4_1=True, order=order)
+    e = ei.value
+    assert (e.gpa, e.intid, e.vcpu, e.write) == (ref.fault.gpa, ref.fault.intid, ref.fault.vcpu, ref.fault.write)
+    _check_same(e.report, ref, SAVE_FIELDS, f"{impl} partial save vs reference")
+    _assert_mem_equal(m_b, m_ref, f"{impl} partial save vs reference")
+
+
+@pytest.mark.parametrize("impl", [_c_param()])
+@pytest.mark.parametrize("kind", ["unmapped", "readonly"])
+def test_c_kernel_loop_restore_fault_is_kernel_exact(impl, kind):
+    c = _faulting_case(kind, 52)
+    m_ref, pb, l_ref, _ = c.build()
+    ref = bl._reference().ref_sync_pending_status(m_ref, pb, l_ref.intid, l_ref.target_vcpu, l_ref.pending_latch)
+    assert ref.fault is not None and ref.fault.write == (kind == "readonly")
+    m_b, pb, l_b, _ = c.build()
+    with pytest.raises(GuestMemoryFault) as ei:
+        bl.RESTORE_BASELINES[impl](m_b, pb, l_b)
+    e = ei.value
+    assert (e.gpa, e.intid, e.vcpu, e.write) == (ref.fault.gpa, ref.fault.intid, ref.fault.vcpu, ref.fault.write)
+    _check_same(e.report, ref, SYNC_FIELDS, f"{impl} partial restore vs reference")
+    np.testing.assert_array_equal(np.asarray(e.report.lpi_errno), np.asarray(ref.lpi_errno))
+    np.testing.assert_array_equal(l_b.pending_latch.astype(bool), l_ref.pending_latch.astype(bool))
+    _assert_mem_equal(m_b, m_ref, f"{impl} partial restore vs reference")
+
+
+@pytest.mark.parametrize("impl", [_c_param()])
+def test_c_kernel_loop_keeps_the_dirty_log_and_reports_only_this_walk(impl):
+    """Every write marks its page in the memory's dirty log (which keeps earlier pages until
+    cleared), while the report lists only the pages this walk wrote; repeated calls agree with the
+    reference (the C side's scratch is left clean)."""
+    c = make_case(61, split=True)
+    m_ref, pb, l_ref, vpt = c.build()
+    m_b, _, l_b, _ = c.build()
+    m_ref.write(0x4000_0000, np.ones(1, np.uint8))  # an earlier write elsewhere, logged
+    m_b.write(0x4000_0000, np.ones(1, np.uint8))
+    for k in range(3):
+        l_ref.pending_latch[:] = np.random.default_rng(k).random(len(l_ref)) < 0.5
+        l_b.pending_latch[:] = l_ref.pending_latch
+        ref = bl.python_save(m_ref, pb, l_ref, vpt=vpt, has_gicv4_1=True)
+        got = bl.SAVE_BASELINES[impl](m_b, pb, l_b, vpt=vpt, has_gicv4_1=True)
+        _check_same(got, ref, SAVE_FIELDS, f"{impl} call {k}")
+        _assert_mem_equal(m_b, m_ref, f"{impl} call {k}")
+        assert 0x4000_0000 >> 12 in m_b.dirty_pages()
+        assert got.guest_writes > 0 and got.dirty_pages.size < m_b.dirty_pages().size + 1
+
+
+# ------------------------------------------------------- the roofline's byte counts (roofline.py)
+def test_roofline_touch_counts_match_a_real_save():
+    """The lines benchmarks/roofline.py says a save must read and write back are the lines a save
+    really reads and really changes (host addresses, 64-byte lines)."""
+    import roofline
+
+    import vlpi.scenarios as scen
+
+    h = scen.build_host(vms=2, vcpus=8, id_bits=14, gic="v4.1", seed=5)
+    touch = roofline.save_touch(h.jobs, True)
+    lines_read = lines_changed = 0
+    for vm in h.vms:
+        slot = vm.mem.slots[0]
+        host0 = slot.data.ctypes.data
+        before = slot.data.copy()
+        # 8 vCPUs round-robin over INTIDs 8192..16383: every byte 1024..2047 of each table is used
+        for b in (vm.pendbaser & np.uint64(bl.PENDBASER_ADDRESS_MASK)).astype(np.int64) - slot.gpa:
+            lo, hi = host0 + int(b) + 1024, host0 + int(b) + 2047
+            lines_read += hi // 64 - lo // 64 + 1
+        vlpi_save = bl.numpy_save(vm.mem, vm.pendbaser, vm.lpis, vpt=vm.vpt, has_gicv4_1=True)
+        assert vlpi_save.bytes_changed > 0
+        changed = np.flatnonzero(slot.data != before) + host0
+        lines_changed += np.unique(changed // 64).size
+    assert touch["pt_lines_read"] == lines_read
+    assert touch["pt_lines_written"] == lines_changed
+    assert touch["n_lpis"] == h.n_lpis and touch["state_bytes"] == 2 * h.n_lpis // 8
+    assert 0 < touch["vpt_lines_read"] <= sum(vm.vpt.nbytes // 64 + 1 for vm in h.vms)
+    assert touch["bytes_touched"] == touch["read_only_bytes"] + touch["written_bytes"]
+    h.randomize(5)
+    assert roofline.save_touch(h.jobs, False)["vpt_lines_read"] == 0  # GICv3 semantics: no VPT
+
+
+def test_c_kernel_loop_without_a_compiler_is_unavailable_with_the_reason(tmp_path):
+    """No C compiler: the baseline says why (the benchmarks skip it with that reason)."""
+    import subprocess
+
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    code = f"import sys; sys.path.insert(0, {bench!r}); import cbaseline; print(cbaseline.unavailable_reason())"
+    env = dict(os.environ, CC=str(tmp_path / "no-such-cc"), VLPI_CBUILD_DIR=str(tmp_path / "build"))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "c_kernel_loop" in out.stdout and "no C compiler" in out.stdout and "no-such-cc" in out.stdout

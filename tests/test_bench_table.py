@@ -113,3 +113,52 @@ def test_cli_writes_file(bt, tmp_path):
 def test_match_filters_groups(bt):
     text = bt.render([_doc()], match=r"^scan")
     assert "**scan vm-512 [ci]**" in text and "save host-4096" not in text
+
+
+def _roofline_doc():
+    touch = {"n_lpis": 1_000_000, "pt_lines_read": 1000, "pt_lines_written": 600, "vpt_lines_read": 500,
+             "state_bytes": 250_000, "state_bytes_bytewise": 2_000_000, "read_only_bytes": 0,
+             "written_bytes": 38_400, "bytes_touched": 0}
+    touch["read_only_bytes"] = 64 * (1000 - 600) + 64 * 500 + 250_000
+    touch["bytes_touched"] = touch["read_only_bytes"] + touch["written_bytes"]
+
+    def probe(kind, threads, fastest, moved):
+        b = _bench("roofline host-4096 [big]", f"{kind} x{threads}", fastest / 0.9, None)  # min = 0.9 median
+        b["extra_info"].update(kind=kind, threads=threads, bytes_moved=moved, touch=touch)
+        return b
+
+    doc = _doc()
+    doc["benchmarks"] = [
+        _bench("save host-4096 [big]", "engine_many", 0.004, 1_000_000),
+        _bench("save host-4096 [big]", "engine", 0.006, 1_000_000),
+        _bench("save host-4096 [big]", "c_kernel_loop", 0.024, 1_000_000),
+        probe("stream_read", 1, 0.010, 200e6),  # 20 GB/s
+        probe("stream_read", 2, 0.005, 200e6),  # 40 GB/s: the best one counts
+        probe("stream_rmw", 2, 0.010, 200e6),  # 20 GB/s
+        probe("stream_copy", 2, 0.010, 400e6),
+    ]
+    return doc, touch
+
+
+def test_roofline_summary_ratios(bt):
+    doc, touch = _roofline_doc()
+    (sm,) = bt.roofline_summaries(doc)
+    assert sm["tier"] == "big" and sm["engine"] == "engine_many"
+    assert sm["c_ratio"] == pytest.approx(6.0)
+    roof = touch["read_only_bytes"] / 40e9 + touch["written_bytes"] / 20e9
+    assert sm["roofline_s"] == pytest.approx(roof)
+    assert sm["roofline_ratio"] == pytest.approx(0.004 / roof)
+    text = bt.render([doc], summary_only=True)
+    assert "6.00× faster" in text and f"{0.004 / roof:.2f}× the roofline time" in text
+    assert "**save host-4096 [big]**" not in text  # summary only: no per-group tables
+    full = bt.render([doc])
+    assert "**save host-4096 [big]**" in full
+    assert "| stream_read x2 | 5.56 ms | 36.0 | 40.0 |" in full  # probes as bandwidths (median, best)
+
+
+def test_no_summary_without_a_host_save_group(bt):
+    assert bt.roofline_summaries(_doc())[0]["roofline_s"] is None  # save group, no roofline group
+    assert "roofline" not in bt.render([_doc()])  # nor a C row: no summary printed
+    doc = _doc()
+    doc["benchmarks"] = [b for b in doc["benchmarks"] if not str(b.get("group", "")).startswith("save")]
+    assert bt.roofline_summaries(doc) == []

@@ -1,0 +1,121 @@
+"""The memory roofline of the host-4096 save, measured in the same run as the save benchmarks.
+
+Group ``roofline host-4096 [tier]``: streaming probes in plain C (``benchmarks/c_kernel_loop/
+stream.c``) over a buffer four times the last-level cache (at least 256 MiB), timed like every
+other benchmark:
+
+* ``stream_read``  -- read every 64-bit word once (sum): read-only bandwidth;
+* ``stream_rmw``   -- add 1 to every word in place: each line read once and written back once,
+  the way the save updates pending-table lines;
+* ``stream_copy``  -- copy to a second buffer (reported with the usual read + write byte count).
+
+Each runs with 1 thread and, when the machine has more, with as many threads as the engine uses
+(numba's thread count), the buffer split in equal parts. Every row records in ``extra_info`` its
+``bandwidth_Bps`` (bytes per second in the fastest round, as STREAM reports it) and the bytes a
+host-4096 save of that tier must touch (``benchmarks/roofline.py``: pending-table lines read and
+written back, VPT lines, per-LPI state), counted exactly from the scenario's tables as the save
+benchmarks see them.
+``scripts/bench_table.py`` combines the best read and read-modify-write bandwidths into the
+roofline time and prints the engine against it and against the plain C loop.
+
+At the CI tier the tables fit in the cache, so its roofline (a DRAM bound) is only a smoke test;
+the big tier is the measurement.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import cbaseline
+import pytest
+import roofline
+from harness import TIERS, get_host
+
+RANDOMIZE_SEED = 12345  # the tables of the save benchmarks (test_bench_pending.py)
+KINDS = ("stream_read", "stream_rmw", "stream_copy")
+
+
+def _llc_bytes() -> int:
+    """Largest CPU cache on this machine (sysfs), or 32 MiB if unknown."""
+    best = 0
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for d in os.listdir(root):
+            try:
+                with open(os.path.join(root, d, "size"), encoding="ascii") as f:
+                    txt = f.read().strip()
+            except OSError:
+                continue
+            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(txt[-1:].upper(), 1)
+            best = max(best, int(txt.rstrip("KMGkmg")) * mult)
+    except (OSError, ValueError):
+        pass
+    return best or 32 << 20
+
+
+def _engine_threads() -> int:
+    try:
+        import numba
+
+        return int(numba.get_num_threads())
+    except Exception:  # noqa: BLE001 - numba missing or not initialised: one thread
+        return 1
+
+
+BUFFER_BYTES = max(4 * _llc_bytes(), 256 << 20)
+THREADS = sorted({1, _engine_threads()})
+_TOUCH: dict = {}
+
+
+def _touch(tier: str) -> dict:
+    if tier not in _TOUCH:
+        scen = get_host(tier)
+        scen.randomize(RANDOMIZE_SEED)
+        _TOUCH[tier] = roofline.save_touch(scen.jobs, scen.has_gicv4_1)
+    return _TOUCH[tier]
+
+
+@pytest.fixture(scope="module")
+def buffers():
+    """Two buffers of BUFFER_BYTES, pages committed outside the timing; freed after the module."""
+    r = cbaseline.unavailable_reason()
+    if r:
+        pytest.skip(r)
+    a = cbaseline.aligned_empty(BUFFER_BYTES)
+    b = cbaseline.aligned_empty(BUFFER_BYTES)
+    a[:] = 1
+    b[:] = 0
+    yield a, b
+    del a, b
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_stream_host(benchmark, buffers, kind, threads, tier):
+    touch = _touch(tier)
+    a, b = buffers
+    nbytes = a.nbytes
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        if kind == "stream_read":
+            fn, moved = (lambda: cbaseline.stream_sum(a, pool=pool, threads=threads)), nbytes
+        elif kind == "stream_rmw":
+            fn, moved = (lambda: cbaseline.stream_rmw(a, pool=pool, threads=threads)), nbytes
+        else:
+            fn, moved = (lambda: cbaseline.stream_copy(b, a, pool=pool, threads=threads)), 2 * nbytes
+        benchmark.group = f"roofline host-4096 [{tier}]"
+        benchmark.extra_info.update(
+            impl=f"{kind} x{threads}", kind=kind, threads=threads, scenario="host-4096", op="roofline",
+            tier=tier, buffer_bytes=nbytes, bytes_moved=moved, touch=touch,
+        )
+        if not benchmark.disabled:
+            fn()  # warm-up (library load, pool threads)
+        benchmark.pedantic(fn, rounds=10, iterations=1, warmup_rounds=0)
+    stats = getattr(benchmark, "stats", None)
+    if stats is not None and getattr(stats, "stats", None) is not None:
+        best = stats.stats.min  # the fastest round, as STREAM reports: the roofline is a bound
+        benchmark.extra_info["bandwidth_Bps"] = moved / best if best > 0 else float("inf")
+    assert touch["pt_lines_written"] > 0 and touch["bytes_touched"] > touch["written_bytes"]
+    if kind == "stream_copy":
+        assert b[0] == a[0] and b[-1] == a[-1]
