@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -63,8 +64,8 @@ def _blocks(text: str) -> list[tuple[str, int, str, str]]:
     ``"pycon"`` (a Python session), ``"console"`` (a shell session) or ``"file"`` (a
     ``{code-block}`` whose ``:caption:`` is a file name: the reader saves it under that name)."""
     out = []
-    for m in re.finditer(r"^```([^\n]*)\n(.*?)^```[ \t]*$", text, flags=re.S | re.M):
-        info, body = m.group(1).strip(), m.group(2)
+    for m in re.finditer(r"^([ \t]*)```([^\n]*)\n(.*?)^\1```[ \t]*$", text, flags=re.S | re.M):
+        info, body = m.group(2).strip(), textwrap.dedent(m.group(3))  # a block may sit in a list item
         line = text.count("\n", 0, m.start()) + 2
         if info.startswith("pycon"):
             out.append(("pycon", line, "", body))
@@ -197,16 +198,22 @@ def test_file_blocks_and_sessions_are_found():
     """A ``{code-block}`` captioned with a file name is a file to save; other captions are not."""
     text = ("```{code-block} python\n:caption: a.py\n\nprint(1)\n```\n"
             "```{code-block} python\n:caption: Not a file\n\nx\n```\n"
-            "```console\n$ python a.py\n1\n$ true\n```\n")
+            "```console\n$ python a.py\n1\n$ true\n```\n"
+            "* in a list:\n\n  ```pycon\n  >>> 1\n  1\n  ```\n")
     blocks = _blocks(text)
-    assert [(k, n) for k, _, n, _ in blocks] == [("file", "a.py"), ("console", "")]
+    assert [(k, n) for k, _, n, _ in blocks] == [("file", "a.py"), ("console", ""), ("pycon", "")]
     assert blocks[0][3] == "print(1)\n"
     assert _session(blocks[1][3]) == [("python a.py", "1\n"), ("true", "")]
+    assert blocks[2][3] == ">>> 1\n1\n"
+
+
+# the modules a user imports; every name of their __all__ must be on the API page
+PUBLIC_MODULES = ("vlpi", "vlpi.its", "vlpi.its.abi", "vlpi.migration", "vlpi.snapshot", "vlpi.qemu", "vlpi.scenarios")
 
 
 def test_api_page_lists_every_public_name():
-    """Every name of ``vlpi.__all__``, ``vlpi.its.__all__`` and ``vlpi.its.abi.__all__`` is on the
-    API page, under its module, and the page lists nothing else."""
+    """Every name in the ``__all__`` of each public module (:data:`PUBLIC_MODULES`) is on the API
+    page, under its module, and the page lists nothing else."""
     import importlib
 
     listed: dict[str, set[str]] = {}
@@ -219,7 +226,7 @@ def test_api_page_lists_every_public_name():
         m = re.match(r"^   ([A-Za-z_][A-Za-z0-9_]*)\s*$", line)
         if m:
             listed.setdefault(module, set()).add(m.group(1))
-    for name in ("vlpi", "vlpi.its", "vlpi.its.abi"):
+    for name in PUBLIC_MODULES:
         public = set(importlib.import_module(name).__all__)
         missing = sorted(public - listed.get(name, set()))
         assert not missing, f"docs/reference/api.rst does not list these names of {name}.__all__: {missing}"
