@@ -267,6 +267,45 @@ def test_nothing_points_outside_the_repository():
     assert not bad, "these refer to files outside the repository:\n" + "\n".join(bad)
 
 
+SECTION_SIGN = re.compile("\u00a7\\s*\\d")
+# (file, fragment) pairs where a section sign before a digit is genuinely something else (none yet)
+KNOWN_SECTION_SIGNS: set[tuple[str, str]] = set()
+SKIP_DIRS = {".git", ".venv", "__pycache__", "_build", "generated", ".numba_cache", ".hypothesis", ".ruff_cache",
+             ".pytest_cache", ".benchmarks", ".ipynb_checkpoints", "node_modules"}
+TEXT_SUFFIXES = {".md", ".rst", ".py", ".ipynb", ".txt", ".toml", ".cfg", ".ini", ".sh", ".yml", ".yaml", ".json"}
+
+
+def _repository_text_files() -> list[Path]:
+    files = []
+    for p in ROOT.rglob("*"):
+        rel = p.relative_to(ROOT)
+        if any(part in SKIP_DIRS or part.startswith(".numba_cache") for part in rel.parts[:-1]):
+            continue
+        if p.is_file() and (p.suffix in TEXT_SUFFIXES or rel.parts[0] == ".ci"):
+            files.append(p)
+    return files
+
+
+def test_no_citations_of_a_document_users_do_not_have():
+    """Numbered section citations (a section sign and a number) point at a design document that
+    is not in the repository: say what behaviour is meant, or name the kernel function, instead.
+    Checked in every text file of the repository (code, tests, docs, notebooks, scripts, CI)."""
+    files = _repository_text_files()
+    assert ROOT / "tests" / "reference.py" in files and ROOT / "README.md" in files  # the walk sees them
+    bad = []
+    for p in files:
+        rel = p.relative_to(ROOT).as_posix()
+        for i, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if SECTION_SIGN.search(line) and not any(f == rel and frag in line for f, frag in KNOWN_SECTION_SIGNS):
+                bad.append(f"{rel}:{i}: {line.strip()}")
+    assert not bad, "these cite numbered sections of a document users do not have:\n" + "\n".join(bad)
+
+
+def test_the_citation_check_can_fail():
+    assert SECTION_SIGN.search("see \u00a74.4 item 3") and SECTION_SIGN.search("(\u00a7 10.1)")
+    assert not SECTION_SIGN.search("see the ITS table ABI, revision 0")
+
+
 # ---------------------------------------------------------------- benchmark results page
 def _bench_ext():
     spec = importlib.util.spec_from_file_location("vlpi_bench_ext", DOCS / "_ext" / "vlpi_bench.py")
