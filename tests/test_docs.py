@@ -219,7 +219,7 @@ def test_api_page_lists_every_public_name():
     listed: dict[str, set[str]] = {}
     module = None
     for line in (DOCS / "reference" / "api.rst").read_text(encoding="utf-8").splitlines():
-        m = re.match(r"\.\. currentmodule:: (\S+)", line)
+        m = re.match(r"\.\. (?:current)?module:: (\S+)", line)
         if m:
             module = m.group(1)
             continue
@@ -242,6 +242,20 @@ def test_every_page_is_in_a_toctree():
     pages -= {"index"}
     pages = {p for p in pages if not p.startswith(("_build/", "_templates/", "reference/generated/"))}
     assert pages <= in_toc, f"pages not reachable from docs/index.md: {sorted(pages - in_toc)}"
+
+
+def test_every_capability_is_reachable_from_the_index():
+    """docs/index.md names every ``vlpi`` subcommand and every public module (its "What you can do,
+    and where" table), so a new user finds each without reading the source."""
+    import argparse
+
+    from vlpi.cli import build_parser
+
+    index = (DOCS / "index.md").read_text(encoding="utf-8")
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"vlpi {cmd}" for cmd in sub.choices if f"`vlpi {cmd}" not in index]
+    missing += [m for m in PUBLIC_MODULES if m != "vlpi" and m not in index]
+    assert not missing, f"docs/index.md does not lead to: {missing}"
 
 
 OUTSIDE = re.compile(r"shared/spec|\.\./shared|/work/")
