@@ -1,11 +1,11 @@
 """The slow, literal, obviously-correct reference model of KVM's pending-table loops.
 
 One function per kernel function, written from the kernel's documented behaviour (docs/kernel-behaviour.md) (never
-from kernel code), one LPI at a time, with a comment naming the spec rule each line implements:
+from kernel code), one LPI at a time, with a comment saying which kernel behaviour each line implements:
 
 * :func:`ref_save`                -- ``vgic_v3_save_pending_tables``
-* :func:`ref_sync_pending_status` -- ``vgic_v3_lpi_sync_pending_status``, once per LPI (§3.1)
-* :func:`ref_sync_pending_table`  -- ``its_sync_lpi_pending_table`` at EnableLPIs 0->1 (§3.3)
+* :func:`ref_sync_pending_status` -- ``vgic_v3_lpi_sync_pending_status``, once per LPI (the restore sync)
+* :func:`ref_sync_pending_table`  -- ``its_sync_lpi_pending_table`` at EnableLPIs 0->1 (the scan)
 
 Guest memory is touched **only** through the public 1-byte API of :class:`vlpi.GuestMemory`
 (``mem.read(gpa, 1)``, ``mem.write(gpa, [v])``), so faults, read-only slots and the dirty log
@@ -179,7 +179,7 @@ def _walk_order(intid: np.ndarray, order: str) -> list[int]:
         # Linux >= 6.9: xa_for_each over dist->lpi_xa = ascending INTID
         return sorted(range(len(intid)), key=lambda i: int(intid[i]))
     if order == "insertion":
-        # Linux 5.13 - 6.8: list_for_each_entry, LPIs in creation (array) order (§1.2 rule 1)
+        # Linux 5.13 - 6.8: list_for_each_entry, LPIs in creation (array) order
         return list(range(len(intid)))
     raise ValueError(f"order must be 'intid' or 'insertion', got {order!r}")
 
@@ -226,45 +226,45 @@ def ref_save(
     io = _Tracer(mem, res)
     n_vcpus = len(pendbaser)
 
-    vlpi_avail = bool(has_gicv4_1)  # global host property, not per VM (§1.2)
+    vlpi_avail = bool(has_gicv4_1)  # global host property, not per VM
     if vlpi_avail:
-        res.vpes_unmapped = n_vcpus  # unmap_all_vpes before the walk (§1.2, §2.1; rule 14)
+        res.vpes_unmapped = n_vcpus  # unmap_all_vpes before the walk, even with no LPI
 
-    last_ptr = ALL_ONES  # cache keyed on the absolute GPA, "no cached byte" (rule 7, ca185b260951)
+    last_ptr = ALL_ONES  # cache keyed on the absolute GPA, "no cached byte" (ca185b260951)
     val = 0
     for i in walk:
         v = int(target_vcpu[i])
         if v == -1:
-            res.lpis_skipped += 1  # target_vcpu == NULL: skipped silently, cache untouched (rule 3)
+            res.lpis_skipped += 1  # target_vcpu == NULL: skipped silently, cache untouched
             continue
         lpi = int(intid[i])
-        ptr = pendbase(pendbaser[v]) + lpi // 8  # no range check at all (rules 4, 5)
-        bit = lpi % 8  # LSB = lowest INTID (rule 5)
-        if ptr != last_ptr:  # read only when the GPA differs from the previous one (rule 7)
+        ptr = pendbase(pendbaser[v]) + lpi // 8  # no EnableLPIs/IDbits/size check: bits [51:16] + intid/8
+        bit = lpi % 8  # LSB = lowest INTID
+        if ptr != last_ptr:  # read only when the GPA differs from the previous one (write-through cache)
             got = io.read_u8(ptr)
-            if got is None:  # -EFAULT: stop, keep earlier writes (rule 13)
+            if got is None:  # -EFAULT: stop, keep earlier writes
                 res.fault = RefFault(ptr, lpi, v, False)
                 res.ret = -errno.EFAULT
                 break
             val = got
             last_ptr = ptr  # set only after a successful read
         stored = bool(val & (1 << bit))
-        pending = bool(pending_latch[i])  # default: pending_latch (rule 11)
+        pending = bool(pending_latch[i])  # default: pending_latch
         if bool(hw[i]) and vlpi_avail:
-            # VPT bit replaces pending_latch completely for forwarded LPIs on GICv4.1 (rule 11)
+            # VPT bit replaces pending_latch completely for forwarded LPIs on GICv4.1 (GICv4.0: pending_latch)
             byte, vbit = lpi // 8, lpi % 8
             res.vpt_trace.append((v, byte, vbit))
             pending = bool(int(vpt[v, byte]) & (1 << vbit))
         if stored == pending:
-            continue  # unchanged bit: no write (rule 8)
+            continue  # unchanged bit: no write
         val = (val | (1 << bit)) if pending else (val & ~(1 << bit) & 0xFF)
-        if not io.write_u8(ptr, val):  # one 1-byte write per changed bit, issued at once (rule 8)
+        if not io.write_u8(ptr, val):  # one 1-byte write per changed bit, issued at once
             res.fault = RefFault(ptr, lpi, v, True)
             res.ret = -errno.EFAULT
             break
 
     if vlpi_avail:
-        res.vpes_remapped = n_vcpus  # map_all_vpes always, on success and on error (rule 13)
+        res.vpes_remapped = n_vcpus  # map_all_vpes always, on success and on error
     return io.finish()
 
 
@@ -310,24 +310,24 @@ def ref_sync_pending_status(
             res.fault = RefFault(gpa, lpi, v, write)
             res.ret = -errno.EFAULT
 
-    for i in range(len(intid)):  # vgic_add_lpi is called in creation (array) order (§3.2)
+    for i in range(len(intid)):  # vgic_add_lpi is called in creation (array) order
         v = int(target_vcpu[i])
         if v == -1:
             res.lpis_skipped += 1
-            continue  # no target: nothing read, nothing cleared (§3.1)
+            continue  # no target: nothing read, nothing cleared
         lpi = int(intid[i])
-        ptr = pendbase(pendbaser[v]) + lpi // 8  # no EnableLPIs/PTZ/IDbits/size check (§3.1)
+        ptr = pendbase(pendbaser[v]) + lpi // 8  # no EnableLPIs/PTZ/IDbits/size check
         bit = lpi % 8
-        val = io.read_u8(ptr)  # read every time: no cache (§3.1)
+        val = io.read_u8(ptr)  # read every time: no cache
         if val is None:
             fail(i, ptr, lpi, v, False)  # read error: latch untouched
             if stop_on_error:
                 break
             continue
         status = bool(val & (1 << bit))
-        pending_latch[i] = status  # assignment: may also clear (§3.1)
+        pending_latch[i] = status  # assignment: may also clear
         if status:
-            val &= ~(1 << bit) & 0xFF  # "clear consumed data" (§3.1)
+            val &= ~(1 << bit) & 0xFF  # "clear consumed data": the bit is consumed
             if not io.write_u8(ptr, val):
                 fail(i, ptr, lpi, v, True)  # latch already assigned before the write
                 if stop_on_error:
@@ -371,22 +371,22 @@ def ref_sync_pending_table(
     res = RefResult(lpis_total=len(intid), pending_latch=pending_latch)
     res.lpi_errno = np.zeros(len(intid), dtype=np.int32)
     io = _Tracer(mem, res)
-    base = pendbase(pendbaser[vcpu])  # this vCPU's table for every LPI (§3.3)
-    last_byte_offset = ALL_ONES  # cache keyed on the byte offset, not the GPA (§3.3)
+    base = pendbase(pendbaser[vcpu])  # this vCPU's table for every LPI
+    last_byte_offset = ALL_ONES  # cache keyed on the byte offset, not the GPA
     val = 0
-    for i in _walk_order(intid, "intid"):  # all LPIs of the VM, INTID order (§3.3)
+    for i in _walk_order(intid, "intid"):  # all LPIs of the VM, INTID order
         lpi = int(intid[i])
         byte_offset, bit = lpi // 8, lpi % 8
         if byte_offset != last_byte_offset:
-            got = io.read_u8(base + byte_offset)  # read even for LPIs of other vCPUs (§3.3)
-            if got is None:  # a fault, even for an unrelated LPI, aborts the scan (§3.3)
+            got = io.read_u8(base + byte_offset)  # read even for LPIs of other vCPUs
+            if got is None:  # a fault, even for an unrelated LPI, aborts the scan
                 res.fault = RefFault(base + byte_offset, lpi, vcpu, False)
                 res.ret = -errno.EFAULT
                 res.lpi_errno[i] = errno.EFAULT
                 break
             val = got
             last_byte_offset = byte_offset
-        if int(target_vcpu[i]) == vcpu:  # only LPIs targeting this vCPU (§3.3)
+        if int(target_vcpu[i]) == vcpu:  # only LPIs targeting this vCPU
             pending_latch[i] = bool(val & (1 << bit))  # assignment, can clear; RAM not cleared
             res.lpis_synced += 1
     return io.finish()

@@ -356,7 +356,8 @@ def test_process_commands_ends_within_one_lap_even_if_pointers_are_forced():
 
 # ----------------------------------------------------------------------------- register bit flips
 def _sanitise_cbaser(v: int) -> int:
-    """KVM's vgic_sanitise_its_cbaser as §10.1 states it (written independently of vlpi)."""
+    """KVM's vgic_sanitise_its_cbaser, from its documented effect on each field (written
+    independently of vlpi)."""
     fields = {"inner": (59, 7), "outer": (53, 7), "share": (10, 3), "pa_15_12": (12, 0xF)}
     get = {k: (v >> sh) & m for k, (sh, m) in fields.items()}
     want = {
@@ -418,7 +419,7 @@ def test_every_single_bit_flip_of_migrated_registers_restores_in_bounded_time(gi
         assert its.creadr == (wr if its.ctlr_enabled else rd), where  # an enabled ITS ran the queue
         can_enable = bool(its.baser[0] >> 63 and its.baser[1] >> 63 and cb >> 63)  # else the write is ignored
         assert its.ctlr_enabled == (bool(flipped["gits_ctlr"] & 1) and can_enable), where
-        # redistributors (§5.1): RES0 bits read as 0, PTZ reads as 0, EnableLPIs is GICR_CTLR bit 0
+        # redistributors (architected fields): RES0 bits read as 0, PTZ reads as 0, EnableLPIs is GICR_CTLR bit 0
         pend_res0 = (1 << 63) | (1 << 62) | (7 << 59) | (0xF << 52) | (0xF << 12) | 0x7F
         assert dst.read_propbaser() == flipped["propbaser"] & ~((0x1F << 59) | (0xF << 52) | (3 << 5)), where
         for v in range(dst.n_vcpus):

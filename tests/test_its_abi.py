@@ -415,8 +415,9 @@ def put(ram: np.ndarray, gpa: int, value: int) -> None:
 
 
 def test_stale_entries_are_resurrected_on_restore():
-    """§4.4 item 3: device 2 and ITE (7, 3) were saved once, then unmapped (no zeroing on MAPD
-    V=0 / DISCARD in old kernels). A later save writes only device 7 / EventID 20, so the
+    """A restore reads whatever valid-looking entries the tables hold: device 2 and ITE (7, 3)
+    were saved once, then unmapped (kernels before the November 2024 fixes did not zero the
+    entry on MAPD V=0 / DISCARD). A later save writes only device 7 / EventID 20, so the
     stale entries in front of them are restored again."""
     mem, ram = new_mem(poison=0)
     b0, b1 = baser(DT), baser(CT, kind=4)
@@ -472,7 +473,7 @@ def test_restore_existing_collections_and_twice_without_reset():
     devices, colls = its_setup1()
     save_tables_v0(mem, b0, b1, devices, colls, has_gicv4_1=False)
     c, d = restore_tables_v0(mem, b0, b1, n_vcpus=4)
-    with pytest.raises(ItsTableError) as ei:  # §6 item 15
+    with pytest.raises(ItsTableError) as ei:  # RESTORE_TABLES twice without a reset: EEXIST at the first collection
         restore_tables_v0(mem, b0, b1, n_vcpus=4, existing_collections=[icid for icid, _ in c])
     assert ei.value.errno == errno.EEXIST and ei.value.devices == []
     # without a collection table the ITEs may use collections the ITS already has

@@ -87,7 +87,8 @@ def test_unchanged_bits_no_write_and_other_bits_preserved():
 
 
 def test_out_of_range_intid_last_writer_wins_depends_on_order():
-    """§6.2/6.4: vCPU1's table is 64 KiB after vCPU0's; INTID 8192 + 2**19 of vCPU0 lands on
+    """An INTID beyond the table (possible after RESTORE_TABLES) aliases another vCPU's bit:
+    vCPU1's table is 64 KiB after vCPU0's; INTID 8192 + 2**19 of vCPU0 lands on
     the bit of INTID 8192 of vCPU1. The last LPI in walk order decides the bit."""
     base = 0x4000_0000
     pend = (base, base + 0x10000)
@@ -124,7 +125,7 @@ def test_interleaved_vcpus_reread_the_byte():
 
 
 def test_aliased_pendbaser_merges_into_one_byte():
-    # §6.1: two vCPUs, one PENDBASER: one read, writes accumulate
+    # two vCPUs with one PENDBASER (allowed, unchecked): one read, writes accumulate
     s = mk([(8192, 0, 1, 0), (8193, 1, 1, 0), (8194, 0, 0, 0)], pendbaser=(B0, B0))
     s.slots[0].data[1024] = 0x04
     r, mem = run_save(s)
@@ -240,7 +241,7 @@ def test_sync_status_consumes_bits_and_assigns_latch():
 
 
 def test_sync_status_aliases_first_consumer_wins():
-    # §6.2: two LPIs on the same bit (64 KiB apart tables): the first in array order consumes it
+    # two LPIs on the same bit (tables 64 KiB apart, an out-of-range INTID): the first in array order consumes it
     base = 0x4000_0000
     s = mk([(8192, 1, 0, 0), (8192 + (1 << 19), 0, 0, 0)], pendbaser=(base, base + 0x10000),
            slots=[slot(base, 0x20000)])

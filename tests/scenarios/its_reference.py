@@ -2,7 +2,8 @@
 and ``vgic_add_lpi``), one Python object per device, collection, ITE and LPI, used as the reference in
 differential tests of :class:`vlpi.its.VirtualITS` (software LPIs only: no forwarding).
 
-Written from the spec's tables, independently of vlpi's implementation: every command does its
+Written from a description of KVM's command handlers (their checks, in order, and the error each
+returns), independently of vlpi's implementation: every command does its
 checks in KVM's order and returns an ``E_ITS_*`` code, ``-errno`` or 0.
 """
 
