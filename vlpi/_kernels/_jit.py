@@ -45,9 +45,9 @@ if TYPE_CHECKING:
     from numba.core.typing.templates import Signature
 
 from vlpi import _config  # sets NUMBA_CACHE_DIR before first compile
+from vlpi._typing import IntLike
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-_Count = int | np.unsignedinteger[Any]  # a byte count, as a kernel computes it
 
 RAW_CHECK = _config.RAW_CHECK
 RAW_CHECK_EXIT = 86
@@ -141,7 +141,7 @@ if RAW_CHECK:
         return sig, codegen
 
     @numba.njit(inline="always", nogil=True, cache=True)
-    def _checked(addr: int, nbytes: _Count) -> None:
+    def _checked(addr: IntLike, nbytes: IntLike) -> None:
         if nbytes == 0:
             return
         # ignore: numba's stubs type intrinsics (and carray's dtype) for Python callers, not for kernels
@@ -155,7 +155,7 @@ if RAW_CHECK:
 else:
 
     @numba.njit(inline="always", nogil=True, cache=True)
-    def _checked(addr: int, nbytes: _Count) -> None:
+    def _checked(addr: IntLike, nbytes: IntLike) -> None:
         pass
 
 
@@ -195,36 +195,36 @@ def voidptr(typingctx: object, addr: object) -> tuple[Signature, Callable[..., A
 # The views below run only inside kernels. Their `type: ignore`s: numba's stubs type an intrinsic
 # (voidptr) as called from Python and carray's dtype as a numpy dtype, not as numba compiles them.
 @numba.njit(inline="always", nogil=True, cache=True)
-def view_u8(addr: int, n: int) -> npt.NDArray[np.uint8]:
+def view_u8(addr: IntLike, n: IntLike) -> npt.NDArray[np.uint8]:
     _checked(addr, np.uint64(n) * np.uint64(1))
     return numba.carray(voidptr(addr), (n,), numba.uint8)  # type: ignore[attr-defined,call-arg,call-overload,no-any-return]
 
 
 @numba.njit(inline="always", nogil=True, cache=True)
-def view_u32(addr: int, n: int) -> npt.NDArray[np.uint32]:
+def view_u32(addr: IntLike, n: IntLike) -> npt.NDArray[np.uint32]:
     _checked(addr, np.uint64(n) * np.uint64(4))
     return numba.carray(voidptr(addr), (n,), numba.uint32)  # type: ignore[attr-defined,call-arg,call-overload,no-any-return]
 
 
 @numba.njit(inline="always", nogil=True, cache=True)
-def view_i16(addr: int, n: int) -> npt.NDArray[np.int16]:
+def view_i16(addr: IntLike, n: IntLike) -> npt.NDArray[np.int16]:
     _checked(addr, np.uint64(n) * np.uint64(2))
     return numba.carray(voidptr(addr), (n,), numba.int16)  # type: ignore[attr-defined,call-arg,call-overload,no-any-return]
 
 
 @numba.njit(inline="always", nogil=True, cache=True)
-def view_i32(addr: int, n: int) -> npt.NDArray[np.int32]:
+def view_i32(addr: IntLike, n: IntLike) -> npt.NDArray[np.int32]:
     _checked(addr, np.uint64(n) * np.uint64(4))
     return numba.carray(voidptr(addr), (n,), numba.int32)  # type: ignore[attr-defined,call-arg,call-overload,no-any-return]
 
 
 @numba.njit(inline="always", nogil=True, cache=True)
-def view_i64(addr: int, n: int) -> npt.NDArray[np.int64]:
+def view_i64(addr: IntLike, n: IntLike) -> npt.NDArray[np.int64]:
     _checked(addr, np.uint64(n) * np.uint64(8))
     return numba.carray(voidptr(addr), (n,), numba.int64)  # type: ignore[attr-defined,call-arg,call-overload,no-any-return]
 
 
 @numba.njit(inline="always", nogil=True, cache=True)
-def view_u64(addr: int, n: int) -> npt.NDArray[np.uint64]:
+def view_u64(addr: IntLike, n: IntLike) -> npt.NDArray[np.uint64]:
     _checked(addr, np.uint64(n) * np.uint64(8))
     return numba.carray(voidptr(addr), (n,), numba.uint64)  # type: ignore[attr-defined,call-arg,call-overload,no-any-return]

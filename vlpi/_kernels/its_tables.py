@@ -47,7 +47,7 @@ U32 = np.int64(0xFFFF_FFFF)
 
 
 @numba.njit(inline="always", nogil=True, cache=True)
-def _view_u16(addr: int, n: int) -> U16Array:
+def _view_u16(addr: IntLike, n: IntLike) -> U16Array:
     # ignore: numba's stubs type an intrinsic as called from Python, and carray's dtype as numpy's
     return numba.carray(voidptr(addr), (n,), numba.uint16)  # type: ignore[attr-defined,call-arg,call-overload,no-any-return]
 
@@ -237,7 +237,7 @@ def restore_walk(sstart: U64Array, send: U64Array, sptr: U64Array, dt_valid: Boo
     i_eid = np.empty(min(1024, max_ites), np.uint32)
     i_pint = np.empty(min(1024, max_ites), np.uint32)
     i_icid = np.empty(min(1024, max_ites), np.uint16)
-    ni = np.int64(0)  # not a literal: one compiled _scan_itt, not two (Literal[int](0) and int64)
+    ni: IntLike = np.int64(0)  # not a literal: one compiled _scan_itt, not two (Literal[int](0) and int64)
     d_first[0] = 0
 
     # ---- collections: until an invalid CTE or the end of the table
@@ -287,8 +287,8 @@ def restore_walk(sstart: U64Array, send: U64Array, sptr: U64Array, dt_valid: Boo
             l1 = tmp[0]
             if l1 >> np.uint64(63) == 0:
                 continue
-            base = np.int64(l1 & ADDR_51_16)
-            length = np.int64(1 << 16)
+            base: IntLike = np.int64(l1 & ADDR_51_16)
+            length: IntLike = np.int64(1 << 16)
             ident = np.int64((cur1 * L2_ENTRIES) & U32)  # int l2_start_id: wraps
         else:
             base = dt_base
@@ -441,9 +441,10 @@ def _save_itt(sstart: U64Array, send: U64Array, sptr: U64Array, sro: U8Array, sd
         if i_hw[j] and not v41:
             info[0], info[1], info[2], info[3], info[4], info[5] = EACCES, S_ITE_HW, gpa, dev_id, eid, i_pint[j]
             break
-        nxt = np.int64(0)
+        nxt: IntLike = np.int64(0)
         if j + 1 < j1:
-            nxt = min(np.int64(i_eid[j + 1]) - eid, 0xFFFF)
+            # ignore: min() of a numpy and a Python integer is typed only as "comparable"
+            nxt = min(np.int64(i_eid[j + 1]) - eid, 0xFFFF)  # type: ignore[assignment]
         w = (np.uint64(nxt) << np.uint64(48)) | (np.uint64(i_pint[j]) << np.uint64(16)) | np.uint64(i_icid[j])
         a = np.uint64(gpa)
         pg = np.int64(a >> np.uint64(12))
@@ -486,14 +487,14 @@ def save_walk(sstart: U64Array, send: U64Array, sptr: U64Array, sro: U8Array, sd
     """
     tmp = np.zeros(1, np.uint64)
     pages = np.empty(64, np.int64)
-    npg = np.int64(0)  # not a literal: one compiled _save_itt, not two
-    last = np.int64(-1)
+    npg: IntLike = np.int64(0)  # not a literal: one compiled _save_itt, not two
+    last: IntLike = np.int64(-1)
     nd = d_id.shape[0]
     if dt_valid:
         for k in range(nd):
             dev_id = np.int64(d_id[k])
             # vgic_its_check_id, with the DTE address
-            ok = dev_id <= 0xFFFF
+            ok: BoolLike = dev_id <= 0xFFFF
             eaddr = np.int64(0)
             if ok:
                 if not indirect:
@@ -528,9 +529,10 @@ def save_walk(sstart: U64Array, send: U64Array, sptr: U64Array, sro: U8Array, sd
                                       v41, 0, m, pages, npg, last, counts, info)
                 if info[0]:
                     return pages, npg
-            nxt = np.int64(0)
+            nxt: IntLike = np.int64(0)
             if k + 1 < nd:
-                nxt = min(np.int64(d_id[k + 1]) - dev_id, 0x3FFF)
+                # ignore: min() of a numpy and a Python integer is typed only as "comparable"
+                nxt = min(np.int64(d_id[k + 1]) - dev_id, 0x3FFF)  # type: ignore[assignment]
             w = (np.uint64(1) << np.uint64(63)) | (np.uint64(nxt) << np.uint64(49)) \
                 | (np.uint64(itt >> 8) << np.uint64(5)) | np.uint64(d_bits[k] - 1)
             if not _write64(sstart, send, sptr, sro, sdirty, sdn, spage0, eaddr, w):
