@@ -234,7 +234,7 @@ def peek_u8(mem: GuestMemory, gpas: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return rd, in_ram(mem, g, True), byte
 
 
-def in_ram(mem: GuestMemory, gpas: np.ndarray, writable: bool = False) -> np.ndarray:
+def in_ram(mem: GuestMemory, gpas: npt.ArrayLike, writable: bool = False) -> np.ndarray:
     """True where the byte at each GPA is in a memslot (a writable one if ``writable``)."""
     starts, ends = mem.extents(writable)
     g = np.asarray(gpas, dtype=np.uint64)
