@@ -387,6 +387,7 @@ def _cmd_migrate(a: argparse.Namespace) -> int:
             else:
                 bar.set_description(ev)
 
+        rep: M.HostMigrationReport | None
         try:
             _, rep = M.migrate_host(vms, policy=a.policy, traffic=traffic, page_size=a.page_size * 1024,
                                     order=a.order, snapshot_path=a.out, prepare=plan.prepare, corrupt=plan.corrupt,

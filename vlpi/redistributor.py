@@ -24,7 +24,7 @@ import numpy as np
 
 from vlpi import pending as engine
 from vlpi.errors import GuestMemoryFault
-from vlpi.pending import ORDERS
+from vlpi.pending import ORDERS, SaveReport
 from vlpi.vgic import PENDBASER_PTZ, LostReason, LostSource, Vgic, check_flag, check_reg, check_vcpu
 
 __all__ = ["Redistributors", "VMSaveReport", "PENDBASER_RES0_MASK", "PROPBASER_RES0_MASK"]
@@ -49,7 +49,7 @@ class VMSaveReport:
         Those records (:data:`~vlpi.vgic.LOST_DTYPE`).
     """
 
-    engine: object
+    engine: SaveReport | None
     vpes_unmapped: int
     vpes_remapped: int
     lost_in_window: int

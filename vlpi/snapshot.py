@@ -245,7 +245,7 @@ def restore(
     gic: str | None = None,
     forward: bool | tuple[npt.ArrayLike, npt.ArrayLike] = True,
     run: bool = True,
-    prepare: Callable[[object], object] | None = None,
+    prepare: Callable[[VM], object] | None = None,
     timings: dict[str, Any] | None = None,
 ) -> VM:
     """Build the destination VM from ``image`` in QEMU's order.
