@@ -73,6 +73,8 @@ How the VM model is layered (one file per concern, each layer using only the one
     devices are quiesced. No module uses another's underscore names.
 """
 
+from typing import Any
+
 from vlpi import _config  # noqa: F401  (must precede any numba import)
 from vlpi.errors import GuestMemoryFault
 from vlpi.lpi import LPITable
@@ -108,7 +110,7 @@ _LAZY = {
 _LAZY_MODULES = ("migration", "snapshot", "qemu", "vm", "its", "gicv4", "scenarios")
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     import importlib
 
     if name in _LAZY_MODULES:
@@ -121,7 +123,7 @@ def __getattr__(name: str):
     return value
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY) | set(_LAZY_MODULES))
 
 

@@ -28,7 +28,8 @@ if RAW_CHECK and not os.environ["NUMBA_CACHE_DIR"].rstrip(os.sep).endswith("-raw
 if "numba" in sys.modules:  # numba was imported first: tell its config too
     import numba
 
-    numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
+    # ignore: numba.config makes its settings at import from the environment; its types do not list them
+    numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]  # type: ignore[attr-defined]
 
 # Numba's OpenMP threading layer spins idle workers by default. On a 2-core machine with anything
 # else running, a parallel region then waits for a descheduled spinner: measured (benchmarks, 2-core

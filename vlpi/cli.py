@@ -17,13 +17,19 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:  # imported where used: `vlpi --help` stays quick
+    from vlpi.migration import KernelCosts
+    from vlpi.pending import SaveReport, SyncReport
 
 __all__ = ["main", "build_parser", "add_host_options", "check_host_options", "UsageError"]
 
 _LPI_MIN_INTID = 8192
+_T = TypeVar("_T")
 _ID_BITS = (14, 24)
 _GICS = ("v3", "v4.0", "v4.1")
 
@@ -35,7 +41,7 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (``prog: error: message``, exit status 2), no usage dump."""
 
-    def error(self, message: str):  # noqa: D102
+    def error(self, message: str) -> NoReturn:  # noqa: D102
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -213,9 +219,9 @@ def _fmt(n: int) -> str:
     return f"{n:,}"
 
 
-def _median_time(fn, setup, rounds: int):
+def _median_time(fn: Callable[[], _T], setup: Callable[[], object], rounds: int) -> tuple[float, _T]:
+    """Median time of ``rounds`` (>= 1) calls of ``fn``, each after ``setup()``, and the last result."""
     times = []
-    out = None
     for _ in range(rounds):
         setup()
         t = time.perf_counter()
@@ -239,10 +245,10 @@ def _cmd_save(a: argparse.Namespace) -> int:
     jobs = host.jobs
     v41 = host.has_gicv4_1
 
-    def save():
+    def save() -> list[SaveReport]:
         return save_pending_tables_many(jobs, has_gicv4_1=v41, order=a.order)
 
-    def restore():
+    def restore() -> list[SyncReport]:
         return [sync_pending_status(vm.mem, vm.pendbaser, vm.lpis) for vm in host.vms]
 
     t0 = time.perf_counter()
@@ -253,8 +259,8 @@ def _cmd_save(a: argparse.Namespace) -> int:
     t_resave, again = _median_time(save, lambda: None, a.rounds)
     t_rest, rrep = _median_time(restore, host.randomize, a.rounds)
 
-    def tot(reports, f):
-        return sum(getattr(r, f) for r in reports)
+    def tot(reports: Iterable[SaveReport | SyncReport], f: str) -> int:
+        return int(sum(getattr(r, f) for r in reports))
 
     print(f"vlpi save: {a.vms} VMs x {a.vcpus} vCPUs ({host.n_vpes} vPEs), IDbits {a.id_bits}, GIC{a.gic}, "
           f"order={a.order}")
@@ -272,11 +278,11 @@ def _cmd_save(a: argparse.Namespace) -> int:
     print(f"  restore        {t_rest * 1e3:8.2f} ms  {t_rest / n * 1e9:6.2f} ns/LPI  "
           f"({_fmt(tot(rrep, 'lpis_synced'))} LPIs synced, {_fmt(tot(rrep, 'guest_writes'))} consumed bits cleared)")
     if not a.no_baseline:
-        def ksave():
+        def ksave() -> list[SaveReport]:
             return [kernel_loop_save(vm.mem, vm.pendbaser, vm.lpis, vpt=vm.vpt, has_gicv4_1=v41, order=a.order)
                     for vm in host.vms]
 
-        def krestore():
+        def krestore() -> list[SyncReport]:
             return [kernel_loop_restore(vm.mem, vm.pendbaser, vm.lpis) for vm in host.vms]
 
         ksave()
@@ -302,7 +308,7 @@ def _kernels_cached() -> bool:
     return bool(glob.glob(os.path.join(CACHE_DIR, "**", "*.nbi"), recursive=True))
 
 
-def _costs(spec: str):
+def _costs(spec: str) -> KernelCosts:
     from vlpi.migration import DEFAULT_COSTS, KernelCosts
 
     if not spec:
@@ -381,6 +387,7 @@ def _cmd_migrate(a: argparse.Namespace) -> int:
             else:
                 bar.set_description(ev)
 
+        rep: M.HostMigrationReport | None
         try:
             _, rep = M.migrate_host(vms, policy=a.policy, traffic=traffic, page_size=a.page_size * 1024,
                                     order=a.order, snapshot_path=a.out, prepare=plan.prepare, corrupt=plan.corrupt,

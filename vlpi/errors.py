@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno as _errno
+from collections.abc import Callable
 from typing import Any
 
 
@@ -51,12 +52,13 @@ class GuestMemoryFault(OSError):
         self.vcpu = None if vcpu is None else int(vcpu)
         self.report = report
 
-    def __reduce__(self):  # keep picklable despite keyword-only construction
+    # keep picklable despite keyword-only construction
+    def __reduce__(self) -> tuple[Callable[..., GuestMemoryFault], tuple[Any, ...]]:
         return (
             _rebuild_fault,
             (self.gpa, self.write, self.intid, self.vcpu, self.report),
         )
 
 
-def _rebuild_fault(gpa, write, intid, vcpu, report):
+def _rebuild_fault(gpa: int, write: bool, intid: int | None, vcpu: int | None, report: Any) -> GuestMemoryFault:
     return GuestMemoryFault(gpa, write=write, intid=intid, vcpu=vcpu, report=report)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno as _errno
 
 import numpy as np
+import numpy.typing as npt
 
 from vlpi.its.its import VirtualITS, event_pairs
 from vlpi.vgic import LostReason, LostSource, Vgic, VMError
@@ -54,7 +55,7 @@ class Forwarding:
         if self.vgic.gicv4 is None:
             raise VMError(_errno.ENODEV, "forwarding needs a GICv4.x host (gic='v4.0' or 'v4.1')")
 
-    def forward(self, device_ids, event_ids) -> np.ndarray:
+    def forward(self, device_ids: npt.ArrayLike, event_ids: npt.ArrayLike) -> npt.NDArray[np.bool_]:
         """Set up forwarding (kvm_vgic_v4_set_forwarding) for events, vectorised.
 
         VMAPTI each event's LPI to its target's vPE, mark it ``hw``, and move a set
@@ -77,7 +78,7 @@ class Forwarding:
         self.its.set_forwarded(ite[new])
         return ok & self.its.forwarded(ite)
 
-    def unforward(self, device_ids, event_ids) -> np.ndarray:
+    def unforward(self, device_ids: npt.ArrayLike, event_ids: npt.ArrayLike) -> npt.NDArray[np.bool_]:
         """Tear down forwarding for events (see :meth:`vlpi.VM.unforward`). Returns, per event,
         True where a pending VLPI was discarded."""
         self._check()

@@ -41,6 +41,9 @@ import errno as _errno
 from collections import deque
 
 import numpy as np
+import numpy.typing as npt
+
+from vlpi._typing import BoolArray, I64Array, IntLike, U8Array
 
 __all__ = ["GICv4", "VPT_BYTES", "DOORBELL_NONE", "GICv4Error"]
 
@@ -144,7 +147,7 @@ class GICv4:
         the vPE is non-resident with the Dirty handshake complete, and unmapped)."""
         return self.has_gicv4_1 and not self._owned(int(vpe))
 
-    def read_vpt(self, vpe: int) -> np.ndarray:
+    def read_vpt(self, vpe: int) -> U8Array:
         """A read-only view of VPT ``vpe`` as the host may read it.
 
         Raises
@@ -162,12 +165,12 @@ class GICv4:
                 f"vPE {v}: the VPT is owned by the GIC (mapped={bool(self.mapped[v])}, "
                 f"resident={bool(self.resident[v])}); unmap it and make it non-resident first",
             )
-        out = self.vpt[v]
+        out: U8Array = self.vpt[v]
         out = out.view()
         out.flags.writeable = False
         return out
 
-    def _vpe(self, vpe) -> int:
+    def _vpe(self, vpe: IntLike) -> int:
         v = int(vpe)
         if not 0 <= v < self.n_vpes:
             raise ValueError(f"vPE {v} out of range [0, {self.n_vpes})")
@@ -264,7 +267,7 @@ class GICv4:
                 f"{self.vpt_bytes}-byte VPT"
             )
 
-    def vmapti(self, vpes, intids) -> None:
+    def vmapti(self, vpes: npt.ArrayLike, intids: npt.ArrayLike) -> None:
         """VMAPTI: map VLPIs (vINTID = ``intids``) to ``vpes``. v4.1: no per-VLPI doorbell."""
         vp = np.asarray(vpes, dtype=np.int64).reshape(-1)
         it = np.asarray(intids, dtype=np.int64).reshape(-1)
@@ -275,24 +278,26 @@ class GICv4:
             np.add.at(self.vlpi_count, vp, 1)
         self.counts["VMAPTI"] += int(vp.size)
 
-    def vlpi_pending(self, vpes, intids) -> np.ndarray:
+    def vlpi_pending(self, vpes: npt.ArrayLike, intids: npt.ArrayLike) -> BoolArray:
         """The hardware's view of each VLPI's pending bit (the live state, whoever owns it)."""
         vp, it = self._pair(vpes, intids)
-        byte = np.where(self._owned_mask(vp), self._live[vp, it >> 3], self.vpt[vp, it >> 3])
+        byte: U8Array = np.where(self._owned_mask(vp), self._live[vp, it >> 3], self.vpt[vp, it >> 3])
         return ((byte >> (it & 7).astype(np.uint8)) & 1).astype(bool)
 
-    def _owned_mask(self, vp: np.ndarray) -> np.ndarray:
-        dirty = (self.vpendbaser[vp] & np.uint64(VPENDBASER_DIRTY)) != 0
+    def _owned_mask(self, vp: I64Array) -> BoolArray:
+        dirty: BoolArray = (self.vpendbaser[vp] & np.uint64(VPENDBASER_DIRTY)) != 0
         return self.mapped[vp] | self.resident[vp] | dirty
 
-    def _pair(self, vpes, intids):
+    def _pair(self, vpes: npt.ArrayLike, intids: npt.ArrayLike) -> tuple[I64Array, I64Array]:
         vp = np.asarray(vpes, dtype=np.int64).reshape(-1)
         it = np.asarray(intids, dtype=np.int64).reshape(-1)
         if vp.shape != it.shape:
             raise ValueError(f"vpes has {vp.size} entries but intids has {it.size}")
         return vp, it
 
-    def raise_vlpis(self, vpes, intids, *, source: str = "INT") -> tuple[np.ndarray, np.ndarray]:
+    def raise_vlpis(
+        self, vpes: npt.ArrayLike, intids: npt.ArrayLike, *, source: str = "INT"
+    ) -> tuple[BoolArray, BoolArray]:
         """A device MSI (or an INT on the host DeviceID/EventID) for forwarded LPIs.
 
         Returns ``(delivered, doorbell)`` bool arrays: delivered is False where the vPE is not
@@ -320,7 +325,7 @@ class GICv4:
         np.add.at(self.doorbells, v2[rings], 1)
         return ok, db
 
-    def clear_vlpis(self, vpes, intids) -> np.ndarray:
+    def clear_vlpis(self, vpes: npt.ArrayLike, intids: npt.ArrayLike) -> BoolArray:
         """CLEAR on forwarded LPIs. Returns where the clear reached the GIC (vPE mapped)."""
         vp, it = self._pair(vpes, intids)
         self.counts["CLEAR"] += int(vp.size)
@@ -329,7 +334,7 @@ class GICv4:
         np.bitwise_and.at(self._live, (v2, i2 >> 3), ~(np.uint8(1) << (i2 & 7).astype(np.uint8)))
         return ok
 
-    def discard_vlpis(self, vpes, intids) -> np.ndarray:
+    def discard_vlpis(self, vpes: npt.ArrayLike, intids: npt.ArrayLike) -> BoolArray:
         """DISCARD of VLPI mappings (unforwarding, or the guest freeing a forwarded ITE): the
         pending state is discarded. Returns which of them were pending (now lost)."""
         vp, it = self._pair(vpes, intids)
@@ -342,7 +347,7 @@ class GICv4:
         np.add.at(self.vlpi_count, vp, -1)
         return was
 
-    def vmovi(self, intids, from_vpes, to_vpes) -> None:
+    def vmovi(self, intids: npt.ArrayLike, from_vpes: npt.ArrayLike, to_vpes: npt.ArrayLike) -> None:
         """VMOVI: move VLPIs to another vPE; a pending bit moves with it."""
         it = np.asarray(intids, dtype=np.int64).reshape(-1)
         fv = np.asarray(from_vpes, dtype=np.int64).reshape(-1)
@@ -360,7 +365,7 @@ class GICv4:
             np.bitwise_or.at(self._live, (v2[own], i2[own] >> 3), bit[own])
             np.bitwise_or.at(self.vpt, (v2[~own], i2[~own] >> 3), bit[~own])
 
-    def acknowledge(self, vpe: int, intids) -> None:
+    def acknowledge(self, vpe: int, intids: npt.ArrayLike) -> None:
         """The resident vCPU took these VLPIs: their bits clear in the live state."""
         v = self._vpe(vpe)
         it = np.asarray(intids, dtype=np.int64).reshape(-1)

@@ -35,17 +35,27 @@ measurements, and can be set).
 from __future__ import annotations
 
 import errno as _errno
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from vlpi import snapshot as S
 from vlpi._repr import fields_repr
 from vlpi.errors import GuestMemoryFault
 from vlpi.redistributor import VMSaveReport
 from vlpi.vgic import LostReason, LostRecords, LostSource, VMError
+
+if TYPE_CHECKING:
+    from vlpi.gicv4 import GICv4
+    from vlpi.its.abi import ItsSaveReport
+    from vlpi.memory import GuestMemory
+    from vlpi.pending import SaveReport
+    from vlpi.vm import VM
 
 __all__ = [
     "POLICIES",
@@ -137,7 +147,7 @@ class Traffic:
         if not isinstance(self.msi_per_s, (int, float)) or not np.isfinite(self.msi_per_s) or self.msi_per_s < 0:
             raise ValueError(f"msi_per_s must be a finite number >= 0, got {self.msi_per_s!r}")
 
-    def draw(self, vm, window_s: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def draw(self, vm: VM, window_s: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(device_ids, event_ids) of the MSIs sent during ``window_s`` seconds."""
         ites = vm.its.ites()
         dev, ev = ites["device_id"].astype(np.int64), ites["event_id"].astype(np.int64)
@@ -235,8 +245,8 @@ class MigrationAborted(RuntimeError):
     ``cause`` the error; ``qemu_process_abort`` True where QEMU would ``abort()`` the source
     process (policy "qemu", a non-EFAULT ``SAVE_PENDING_TABLES`` error)."""
 
-    def __init__(self, message: str, *, phase: str, cause: BaseException | None, report=None,
-                 qemu_process_abort: bool = False) -> None:
+    def __init__(self, message: str, *, phase: str, cause: BaseException | None,
+                 report: HostMigrationReport | None = None, qemu_process_abort: bool = False) -> None:
         super().__init__(message)
         self.phase = phase
         self.cause = cause
@@ -251,9 +261,9 @@ class SourceSave:
     snapshot: S.Snapshot
     phases: list[Phase]
     tolerated: list[Tolerated]
-    its_saves: list = field(repr=False)
-    pending_saves: list = field(repr=False)
-    window_lost: list = field(repr=False)
+    its_saves: list[ItsSaveReport | None] = field(repr=False)
+    pending_saves: list[VMSaveReport] = field(repr=False)
+    window_lost: list[LostRecords] = field(repr=False)
     window_vlpi_s: float = 0.0
     window_kernel_s: float = 0.0
     traffic_sent: int = 0
@@ -281,7 +291,7 @@ class HostMigrationReport:
     page_size: int
     phases: list[Phase]
     tolerated: list[Tolerated]
-    vms: list
+    vms: list[MigrationReport]
     verification: list[Verification]
     lpis: int
     forwarded: int
@@ -313,7 +323,7 @@ class HostMigrationReport:
              "verification": "VMs"},
         )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-able summary (what ``vlpi migrate --json`` prints)."""
         lost = self.lost_in_window
         return {
@@ -393,8 +403,8 @@ class HostMigrationReport:
         return self.describe()
 
 
-def _merge_counts(dicts) -> dict:
-    out: dict = {}
+def _merge_counts(dicts: Iterable[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
     for d in dicts:
         for k, v in d.items():
             out[k] = out.get(k, 0) + v
@@ -402,7 +412,7 @@ def _merge_counts(dicts) -> dict:
 
 
 # ============================================================================ pending sets
-def pending_set(vm, *, events: bool = True) -> np.ndarray:
+def pending_set(vm: VM, *, events: bool = True) -> np.ndarray:
     """The VM's pending interrupts (:data:`vlpi.snapshot.PENDING_DTYPE`, sorted by vCPU then
     INTID): software ``pending_latch`` ∪ the hardware state of forwarded VLPIs, each with the
     first event (creation order) that maps it (``events=False``: device and event left -1)."""
@@ -433,7 +443,7 @@ def _by_vcpu_then_intid(tg: np.ndarray, it: np.ndarray) -> np.ndarray:
     return np.argsort((tg << 32) | it)
 
 
-def _events_of(vm, intids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _events_of(vm: VM, intids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     dev, evt, ii = vm.its.ite_events()
     ii = ii.astype(np.int64)
     d = np.full(intids.size, -1, np.int64)
@@ -456,14 +466,15 @@ def _member(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if b.size > 1 and np.any(b[1:] < b[:-1]):
         b = np.sort(b)
     j = np.minimum(np.searchsorted(b, a), b.size - 1)
-    return b[j] == a
+    hit: npt.NDArray[np.bool_] = b[j] == a
+    return hit
 
 
 def _keys(p: np.ndarray) -> np.ndarray:
     return (p["vcpu"].astype(np.int64) << 32) | p["intid"].astype(np.int64)
 
 
-def verify(expected: np.ndarray, dst, *, logs: Sequence[np.ndarray] = (), fallback_reason: int = 0) -> Verification:
+def verify(expected: np.ndarray, dst: VM, *, logs: Sequence[np.ndarray] = (), fallback_reason: int = 0) -> Verification:
     """Compare ``expected`` (the source's pending set) with ``dst``'s pending set now.
 
     Each difference gets the reason of the latest record naming its INTID (and vCPU, when
@@ -482,8 +493,8 @@ def verify(expected: np.ndarray, dst, *, logs: Sequence[np.ndarray] = (), fallba
     diff["missing"][: miss.size] = 1
     diff["reason"] = fallback_reason
     if diff.size:
-        rec = [np.asarray(dst.lost.records)] + [np.asarray(x) for x in reversed(list(logs))]
-        rec = np.concatenate(rec[::-1]) if rec else None  # most relevant last: it wins
+        recs = [np.asarray(dst.lost.records)] + [np.asarray(x) for x in reversed(list(logs))]
+        rec = np.concatenate(recs[::-1]) if recs else None  # most relevant last: it wins
         if rec is not None and rec.size:
             key_iv = (rec["vcpu"].astype(np.int64) << 32) | rec["intid"].astype(np.int64)
             for keys, mine in ((rec["intid"].astype(np.int64), diff["intid"].astype(np.int64)),
@@ -510,7 +521,7 @@ def _check_policy(policy: str) -> None:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
 
 
-def _not_quiescent(vm) -> OSError | None:
+def _not_quiescent(vm: VM) -> OSError | None:
     if not vm.initialized:
         return VMError(_errno.ENXIO, "SAVE_PENDING_TABLES: the vgic is not initialised")
     if vm.running.any():
@@ -519,11 +530,11 @@ def _not_quiescent(vm) -> OSError | None:
 
 
 def save_host(
-    vms: Sequence,
+    vms: Sequence[VM],
     *,
     policy: str = "strict",
     traffic: Traffic | None = None,
-    during: Callable | None = None,
+    during: Callable[[VM], object] | None = None,
     costs: KernelCosts = DEFAULT_COSTS,
     page_size: int = 4096,
     order: str = "intid",
@@ -557,7 +568,7 @@ def save_host(
     tol: list[Tolerated] = []
     say = progress or (lambda s: None)
 
-    def phase(name, t0, detail=""):
+    def phase(name: str, t0: float, detail: str = "") -> None:
         phases.append(Phase("source", name, time.perf_counter() - t0, detail))
 
     t0 = time.perf_counter()
@@ -568,7 +579,7 @@ def save_host(
 
     say("SAVE_TABLES")
     t0 = time.perf_counter()
-    its_reps: list = []
+    its_reps: list[ItsSaveReport | None] = []
     its_failed = np.zeros(len(vms), bool)
     for i, vm in enumerate(vms):
         try:
@@ -592,7 +603,7 @@ def save_host(
     v41 = [vm.gic == "v4.1" for vm in vms]
     unmapped = [0] * len(vms)
     remapped = [0] * len(vms)
-    reports: list = [None] * len(vms)
+    reports: list[SaveReport | None] = [None] * len(vms)
     pend_failed = np.zeros(len(vms), bool)
     window_lost: list[LostRecords] = [LostRecords() for _ in vms]
     marks = [len(vm.lost) for vm in vms]
@@ -612,12 +623,12 @@ def save_host(
     try:
         for i, vm in enumerate(vms):
             if v41[i]:
-                unmapped[i] = vm.gicv4.unmap_all_vpes()
+                unmapped[i] = _gicv4(vm).unmap_all_vpes()
         # one pass per GIC generation (the engine takes has_gicv4_1 per call)
         for gen in (True, False):
             idx = [i for i in range(len(vms)) if v41[i] == gen]
             while idx:
-                jobs = [(vms[i].mem, vms[i].pendbaser, vms[i].lpis, vms[i].gicv4.vpt if gen else None) for i in idx]
+                jobs = [(vms[i].mem, vms[i].pendbaser, vms[i].lpis, _gicv4(vms[i]).vpt if gen else None) for i in idx]
                 try:
                     for i, r in zip(idx, save_pending_tables_many(jobs, has_gicv4_1=gen, order=order, atomic=False),
                                     strict=True):
@@ -647,19 +658,21 @@ def save_host(
         if abort is None:
             # the vPEs are still unmapped: devices that were not quiesced lose their VLPIs
             for i, vm in enumerate(vms):
-                r = reports[i]
-                est = costs.window_s(lpis=r.lpis_total, reads=r.guest_reads, writes=r.guest_writes,
-                                     vpt_reads=r.vpt_reads, unmapped=unmapped[i], remapped=unmapped[i])
+                sr = reports[i]
+                assert sr is not None  # no abort: every VM's walk ran
+                est = costs.window_s(lpis=sr.lpis_total, reads=sr.guest_reads, writes=sr.guest_writes,
+                                     vpt_reads=sr.vpt_reads, unmapped=unmapped[i], remapped=unmapped[i])
                 t_kernel += est
                 if traffic is None and during is None:
                     continue
                 latch0 = np.asarray(vm.lpis.pending_latch, bool).copy()
                 intid0 = np.asarray(vm.lpis.intid).copy()
                 if traffic is not None:
-                    d, e = traffic.draw(vm, est, rng)
+                    assert rng is not None  # made with the traffic
+                    d, ev = traffic.draw(vm, est, rng)
                     sent += int(d.size)
                     if d.size:
-                        vm.signal_msi(d, e)
+                        vm.signal_msi(d, ev)
                 if during is not None:
                     during(vm)
                 lp = vm.lpis
@@ -674,7 +687,7 @@ def save_host(
     finally:
         for i, vm in enumerate(vms):
             if v41[i]:
-                remapped[i] = vm.gicv4.map_all_vpes()
+                remapped[i] = _gicv4(vm).map_all_vpes()
         t_window = time.perf_counter() - tw
     for i, vm in enumerate(vms):  # what the VM logged in the window (VLPIs on unmapped vPEs, ...)
         if vm.gic == "v4.0" and reports[i] is not None:
@@ -692,7 +705,7 @@ def save_host(
           f"{sum(unmapped)} vPEs unmapped")
 
     t0 = time.perf_counter()
-    images = []
+    images: list[S.VMImage] = []
     for i, vm in enumerate(vms):
         im = S.capture(vm, pending=expected[i], name=f"vm{i}", page_size=page_size)
         im.meta["its_saved"] = not bool(its_failed[i])
@@ -704,25 +717,31 @@ def save_host(
     return SourceSave(snap, phases, tol, its_reps, pend_reps, window_lost, t_window, t_kernel, sent)
 
 
-def _log_unsaved_vlpis(vm) -> None:
+def _gicv4(vm: VM) -> GICv4:
+    """The GICv4.x of a VM on such a host (callers have checked ``vm.gic``)."""
+    assert vm.gicv4 is not None
+    return vm.gicv4
+
+
+def _log_unsaved_vlpis(vm: VM) -> None:
     """GICv4.0: pending VLPIs whose state the save could not read (saved as not pending) go
     into the VM's lost-interrupt log as VLPI_UNSAVED."""
     lp = vm.lpis
     tg = np.asarray(lp.target_vcpu, np.int64)
     it = np.asarray(lp.intid, np.int64)
     h = np.flatnonzero(np.asarray(lp.hw, bool) & ~np.asarray(lp.pending_latch, bool) & (tg >= 0))
-    p = vm.gicv4.vlpi_pending(tg[h], it[h]) if h.size else np.zeros(0, bool)
+    p = _gicv4(vm).vlpi_pending(tg[h], it[h]) if h.size else np.zeros(0, bool)
     if p.any():
         d, e = _events_of(vm, it[h[p]])
         vm.lost.record(LostSource.SAVE, LostReason.VLPI_UNSAVED, d, e, it[h[p]], tg[h[p]])
 
 
-def save_source(vm, **kw) -> SourceSave:
+def save_source(vm: VM, **kw: Any) -> SourceSave:
     """:func:`save_host` for one VM."""
     return save_host([vm], **kw)
 
 
-def resume_source(vms, expected: Sequence[np.ndarray] | None = None) -> int:
+def resume_source(vms: VM | list[VM] | tuple[VM, ...], expected: Sequence[np.ndarray] | None = None) -> int:
     """Run the source VMs again (their vPEs are mapped: every save path maps them back) and
     return how many interrupts of ``expected`` (pending sets taken when they stopped) are no
     longer pending: 0 when nothing was lost."""
@@ -744,11 +763,11 @@ def restore_destination(
     *,
     gic: str | None = None,
     run: bool = True,
-    forward=True,
-    prepare: Callable | None = None,
+    forward: bool | tuple[npt.ArrayLike, npt.ArrayLike] = True,
+    prepare: Callable[[VM], object] | None = None,
     progress: Callable[[int], object] | None = None,
-    forwarded_out: list | None = None,
-) -> tuple[list, list[Phase], list[Verification]]:
+    forwarded_out: list[Any] | None = None,
+) -> tuple[list[VM], list[Phase], list[Verification]]:
     """The destination side: each VM restored in QEMU's order (:func:`vlpi.snapshot.restore`)
     and verified against the source's pending set. ``forward``: True forwards the events the
     source had forwarded, False none, or (device_ids, event_ids) those (one-VM snapshots);
@@ -758,12 +777,13 @@ def restore_destination(
     -------
     (vms, phases, verifications)
     """
-    out, ver = [], []
+    out: list[VM] = []
+    ver: list[Verification] = []
     t = {"ram": 0.0, "registers": 0.0, "forward": 0.0}
-    fwd_masks = []
+    fwd_masks: list[Any] = []
     tv = 0.0
     for im in snap.vms:
-        ti: dict = {}
+        ti: dict[str, Any] = {}
         vm = S.restore(im, gic=gic, forward=forward, run=run, prepare=prepare, timings=ti)
         for k in t:
             t[k] += ti.get(k, 0.0)
@@ -792,24 +812,24 @@ def restore_destination(
 
 # ============================================================================ one call
 def migrate_host(
-    vms: Sequence,
+    vms: Sequence[VM],
     *,
     policy: str = "strict",
     traffic: Traffic | None = None,
-    during: Callable | None = None,
+    during: Callable[[VM], object] | None = None,
     costs: KernelCosts = DEFAULT_COSTS,
     page_size: int = 4096,
     order: str = "intid",
     gic: str | None = None,
     run: bool = True,
-    forward=True,
-    snapshot_path=None,
+    forward: bool | tuple[npt.ArrayLike, npt.ArrayLike] = True,
+    snapshot_path: str | os.PathLike[str] | None = None,
     through_bytes: bool = False,
     corrupt: Callable[[bytes], bytes] | None = None,
-    prepare: Callable | None = None,
+    prepare: Callable[[VM], object] | None = None,
     resume_on_abort: bool = True,
     progress: Callable[[str], object] | None = None,
-) -> tuple[list, HostMigrationReport]:
+) -> tuple[list[VM], HostMigrationReport]:
     """Migrate every VM of a host: :func:`save_host`, the snapshot (through ``snapshot_path``
     when given, or its bytes with ``through_bytes``; ``corrupt`` may alter those bytes, to test
     a bad snapshot), :func:`restore_destination`, verification.
@@ -857,7 +877,7 @@ def migrate_host(
             phases.append(Phase("destination", "read + check snapshot", time.perf_counter() - t0))
         if progress is not None:
             progress("restore")
-        fwd_masks: list = []
+        fwd_masks: list[Any] = []
         dst, dphases, ver = restore_destination(
             snap, gic=gic, run=run, prepare=prepare, forward=forward, forwarded_out=fwd_masks,
             progress=None if progress is None else (lambda _n: progress("vm restored")))
@@ -872,9 +892,23 @@ def migrate_host(
     return dst, rep
 
 
-def _report(policy, page_size, costs, phases, tolerated, vms, src: SourceSave | None, ver, *, aborted=None,
-            rollback_lost=None, snapshot_bytes=None, dst=None, forwarded=None) -> HostMigrationReport:
-    entries = []
+def _report(
+    policy: str,
+    page_size: int,
+    costs: KernelCosts,
+    phases: list[Phase],
+    tolerated: Sequence[Tolerated],
+    vms: Sequence[VM],
+    src: SourceSave | None,
+    ver: list[Verification] | None,
+    *,
+    aborted: str | None = None,
+    rollback_lost: int | None = None,
+    snapshot_bytes: int | None = None,
+    dst: list[VM] | None = None,
+    forwarded: list[Any] | None = None,
+) -> HostMigrationReport:
+    entries: list[MigrationReport] = []
     bytes_changed = dirty = unm = rem = 0
     lost = LostRecords()
     if src is not None:
@@ -882,7 +916,7 @@ def _report(policy, page_size, costs, phases, tolerated, vms, src: SourceSave | 
             pr = src.pending_saves[i]
             e = pr.engine
             its = src.its_saves[i]
-            pages = [] if e is None else [np.asarray(e.dirty_pages)]
+            pages: list[np.ndarray] = [] if e is None else [np.asarray(e.dirty_pages)]
             if its is not None:
                 pages.append(np.asarray(its.dirty_pages))
             dirty += int(coarsen_pages(np.concatenate(pages) if pages else np.zeros(0, np.int64), page_size).size)
@@ -905,7 +939,7 @@ def _report(policy, page_size, costs, phases, tolerated, vms, src: SourceSave | 
 FAULTS = ("none", "its-save", "pending-save", "restore", "snapshot")
 
 
-def protect(mem, gpa: int, size: int = 4096, *, hole: bool = False) -> Callable[[], None]:
+def protect(mem: GuestMemory, gpa: int, size: int = 4096, *, hole: bool = False) -> Callable[[], None]:
     """Make ``[gpa, gpa + size)`` read-only (``hole=True``: unmapped) by splitting its memslot
     (the bytes stay where they are); returns a function that puts the slot back as it was.
     The split slot's dirty log is cleared."""
@@ -939,7 +973,7 @@ class FaultPlan:
     kind: str
     description: str
     undo: Callable[[], None] = lambda: None
-    prepare: Callable | None = None
+    prepare: Callable[[VM], object] | None = None
     corrupt: Callable[[bytes], bytes] | None = None
 
     def describe(self) -> str:
@@ -947,7 +981,7 @@ class FaultPlan:
         return self.description
 
 
-def _pending_byte(vm, at: float) -> tuple[int, int, int]:
+def _pending_byte(vm: VM, at: float) -> tuple[int, int, int]:
     p = pending_set(vm)
     p = p[np.argsort(p["intid"], kind="stable")]
     if p.size == 0:
@@ -957,7 +991,7 @@ def _pending_byte(vm, at: float) -> tuple[int, int, int]:
     return pend + int(r["intid"]) // 8, int(r["intid"]), int(r["vcpu"])
 
 
-def plan_fault(vms: Sequence, kind: str, at: float = 0.5) -> FaultPlan:
+def plan_fault(vms: Sequence[VM], kind: str, at: float = 0.5) -> FaultPlan:
     """Aim a fault of ``kind`` (:data:`FAULTS`) at position ``at`` in [0, 1): which VM, and
     which pending LPI (in INTID order) or device inside it.
 
@@ -993,7 +1027,7 @@ def plan_fault(vms: Sequence, kind: str, at: float = 0.5) -> FaultPlan:
         gpa, intid, v = _pending_byte(vm, at)
         seen = {"n": 0}
 
-        def prepare(dst) -> None:
+        def prepare(dst: VM) -> None:
             if seen["n"] == i:
                 protect(dst.mem, gpa & ~0xFFF)
             seen["n"] += 1
@@ -1031,9 +1065,9 @@ class MigrationReport:
         Phases, times, tolerated errors, dirty pages, window, as for a host.
     """
 
-    its_save: object
-    pending_save: object
-    registers: dict
+    its_save: ItsSaveReport | None
+    pending_save: VMSaveReport
+    registers: dict[str, Any]
     forwarded: np.ndarray | None = None
     verification: Verification | None = None
     host: HostMigrationReport | None = field(default=None, repr=False)
@@ -1050,7 +1084,7 @@ class MigrationReport:
         return repr(self)
 
 
-def copy_memory(mem):
+def copy_memory(mem: GuestMemory) -> GuestMemory:
     """A new GuestMemory with the same slots and a copy of their bytes (RAM sent to the target)."""
     from vlpi.memory import GuestMemory
 
@@ -1061,14 +1095,14 @@ def copy_memory(mem):
 
 
 def migrate(
-    src,
+    src: VM,
     *,
-    during: Callable | None = None,
-    forward_after=None,
+    during: Callable[[VM], object] | None = None,
+    forward_after: str | tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
     gic: str | None = None,
     run: bool = True,
-    **kw,
-):
+    **kw: Any,
+) -> tuple[VM, MigrationReport]:
     """Migrate one VM the way QEMU drives KVM: :func:`migrate_host` for ``[src]``.
 
     ``forward_after`` = (device_ids, event_ids) forwarded on the destination after the restore
@@ -1076,13 +1110,16 @@ def migrate(
     keywords (``policy``, ``traffic``, ``page_size``, ``snapshot_path``, ...) go to
     :func:`migrate_host`. Returns ``(dst, MigrationReport)``.
     """
-    fa = True if isinstance(forward_after, str) and forward_after == "source" else forward_after
-    (dst,), rep = migrate_host([src], during=during, gic=gic, run=run, forward=fa is not None and fa, **kw)
+    # "source" (any string): what the source forwarded; None: nothing
+    fa: bool | tuple[npt.ArrayLike, npt.ArrayLike] = (
+        True if isinstance(forward_after, str) else (False if forward_after is None else forward_after)
+    )
+    (dst,), rep = migrate_host([src], during=during, gic=gic, run=run, forward=fa, **kw)
     m = rep.vms[0]
     return dst, MigrationReport(m.its_save, m.pending_save, m.registers, m.forwarded, rep.verification[0], rep)
 
 
-def save(path, vms, **kw) -> SourceSave:
+def save(path: str | os.PathLike[str], vms: VM | list[VM] | tuple[VM, ...], **kw: Any) -> SourceSave:
     """Source side into a file: :func:`save_host` then :func:`vlpi.snapshot.write`
     (``vms`` a VM or a list). Returns the source's report."""
     vms = vms if isinstance(vms, (list, tuple)) else [vms]
@@ -1091,7 +1128,7 @@ def save(path, vms, **kw) -> SourceSave:
     return src
 
 
-def load(path, **kw) -> tuple[list, list[Phase], list[Verification]]:
+def load(path: str | os.PathLike[str], **kw: Any) -> tuple[list[VM], list[Phase], list[Verification]]:
     """Destination side from a file: :func:`vlpi.snapshot.read` (checked whole first) then
     :func:`restore_destination`; returns its tuple ``(vms, phases, verifications)``."""
     return restore_destination(S.read(path), **kw)

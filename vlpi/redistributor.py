@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from vlpi import pending as engine
 from vlpi._repr import fields_repr
 from vlpi.errors import GuestMemoryFault
-from vlpi.pending import ORDERS
+from vlpi.pending import ORDERS, SaveReport
 from vlpi.vgic import PENDBASER_PTZ, LostReason, LostSource, Vgic, check_flag, check_reg, check_vcpu
 
 __all__ = ["Redistributors", "VMSaveReport", "PENDBASER_RES0_MASK", "PROPBASER_RES0_MASK"]
@@ -49,7 +50,7 @@ class VMSaveReport:
         Those records (:class:`~vlpi.vgic.LostRecords`, a table of :data:`~vlpi.vgic.LOST_DTYPE`).
     """
 
-    engine: object
+    engine: SaveReport | None
     vpes_unmapped: int
     vpes_remapped: int
     lost_in_window: int
@@ -60,7 +61,7 @@ class VMSaveReport:
                            {"lost": "records"})
 
 
-def check_save_args(order, atomic, during, during_at) -> None:
+def check_save_args(order: object, atomic: object, during: object, during_at: object) -> None:
     """Refuse bad SAVE_PENDING_TABLES arguments before any vPE is unmapped."""
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
@@ -78,7 +79,7 @@ class Redistributors:
         self.vgic = vgic
         self.last_scan_error: GuestMemoryFault | None = None
 
-    def _vcpu(self, vcpu) -> int:
+    def _vcpu(self, vcpu: object) -> int:
         return check_vcpu(vcpu, self.vgic.n_vcpus)
 
     # ================================================================ registers
@@ -139,7 +140,7 @@ class Redistributors:
                 g.lost.record(LostSource.ENABLE_LPIS, LostReason.SCAN_CLEARED, -1, -1, g["intid"][wiped],
                               g["target"][wiped])
 
-    def get_registers(self) -> dict:
+    def get_registers(self) -> dict[str, Any]:
         """``propbaser``, ``pendbaser`` (a list, PTZ reading 0) and ``ctlr`` (a list)."""
         n = self.vgic.n_vcpus
         return {
@@ -148,7 +149,7 @@ class Redistributors:
             "ctlr": [self.read_ctlr(v) for v in range(n)],
         }
 
-    def check_registers(self, regs: dict) -> dict:
+    def check_registers(self, regs: dict[str, Any]) -> dict[str, Any]:
         """Validate the redistributor part of ``regs``, changing nothing: ``propbaser`` a 64-bit
         value, ``pendbaser`` (64-bit) and ``ctlr`` (32-bit) one value per vCPU. Returns them."""
         if not isinstance(regs, dict):
@@ -157,7 +158,7 @@ class Redistributors:
         for key in ("propbaser", "pendbaser", "ctlr"):
             if key not in regs:
                 raise ValueError(f"regs has no {key!r} (the redistributor registers are propbaser, pendbaser, ctlr)")
-        out = {"propbaser": check_reg(regs["propbaser"], "regs['propbaser']")}
+        out: dict[str, Any] = {"propbaser": check_reg(regs["propbaser"], "regs['propbaser']")}
         for key, bits in (("pendbaser", 64), ("ctlr", 32)):
             lst = regs[key]
             if not isinstance(lst, (list, tuple, np.ndarray)) or np.ndim(lst) != 1:
@@ -167,7 +168,7 @@ class Redistributors:
             out[key] = [check_reg(x, f"regs[{key!r}][{v}]", bits) for v, x in enumerate(lst)]
         return out
 
-    def set_registers(self, regs: dict) -> None:
+    def set_registers(self, regs: dict[str, Any]) -> None:
         """Userspace restore in QEMU's order: PROPBASER (through every redistributor),
         PENDBASERs, then GICR_CTLR (EnableLPIs scans run here). Values as :meth:`check_registers`."""
         r = self.check_registers(regs)
@@ -202,14 +203,14 @@ class Redistributors:
         gicv4 = g.gicv4
         v41 = gicv4 is not None and gicv4.has_gicv4_1
         mark = len(g.lost)
-        unmapped = gicv4.unmap_all_vpes() if v41 else 0
+        unmapped = gicv4.unmap_all_vpes() if gicv4 is not None and v41 else 0
         remapped = 0
         rep = None
         try:
             if during is not None and during_at == "before_walk":
                 during()
             rep = engine.save_pending_tables(
-                g.mem, g.pendbaser, g.lpitable(), vpt=gicv4.vpt if v41 else None,
+                g.mem, g.pendbaser, g.lpitable(), vpt=gicv4.vpt if gicv4 is not None and v41 else None,
                 has_gicv4_1=v41, order=order, atomic=atomic,
             )
         finally:
@@ -226,7 +227,7 @@ class Redistributors:
                         g.lost.record(LostSource.SAVE, LostReason.NOT_IN_SAVED_IMAGE, -1, -1, intids[newly],
                                       g["target"][now_rows[newly]])
             finally:
-                if v41:
+                if gicv4 is not None and v41:
                     remapped = gicv4.map_all_vpes()
         if gicv4 is not None and not v41 and rep is not None:
             h = np.flatnonzero(g["hw"] & ~g["pending"] & (g["target"] >= 0))

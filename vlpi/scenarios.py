@@ -8,12 +8,20 @@ and initial table bits so that about half the bits change: 3,670,016 LPIs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vlpi.lpi import LPI_MIN_INTID, LPITable
 from vlpi.memory import GuestMemory
+
+if TYPE_CHECKING:
+    from vlpi.vm import VM
+
+#: one VM's arguments to the engine: (mem, pendbaser, lpis, vpt)
+Job = tuple[GuestMemory, np.ndarray, LPITable, "np.ndarray | None"]
 
 __all__ = [
     "VMScenario", "HostScenario", "build_vm", "build_host", "build_model_vm", "build_model_host", "GICS", "TABLE_GPA",
@@ -40,7 +48,7 @@ class VMScenario:
     stride: int  # distance between consecutive vCPUs' tables
 
     @property
-    def job(self) -> tuple:
+    def job(self) -> Job:
         return (self.mem, self.pendbaser, self.lpis, self.vpt)
 
     def tables(self) -> np.ndarray:
@@ -70,14 +78,14 @@ class HostScenario:
     vms: list[VMScenario]
     gic: str
     seed: int
-    _rng: np.random.Generator = field(repr=False, default=None)
+    _rng: np.random.Generator | None = field(repr=False, default=None)
 
     @property
     def has_gicv4_1(self) -> bool:
         return self.gic == "v4.1"
 
     @property
-    def jobs(self) -> list[tuple]:
+    def jobs(self) -> list[Job]:
         return [vm.job for vm in self.vms]
 
     @property
@@ -91,6 +99,8 @@ class HostScenario:
     def randomize(self, seed: int | None = None) -> None:
         """Re-draw pending state, VPTs and table bytes of every VM (fresh rounds for benchmarks)."""
         rng = self._rng if seed is None else np.random.default_rng(seed)
+        if rng is None:
+            raise ValueError("randomize: this HostScenario was built without a generator; pass seed=")
         for vm in self.vms:
             vm.randomize(rng)
 
@@ -191,7 +201,7 @@ def build_model_vm(
     pending_fraction: float = 0.5,
     event_bits: int = 12,
     seed: int | np.random.Generator = 0,
-):
+) -> VM:
     """A :class:`vlpi.VM` programmed the way a guest does, with the LPIs of :func:`build_vm`.
 
     The guest enables LPIs on every redistributor, maps one collection per vCPU (ICID = vCPU),
@@ -286,14 +296,14 @@ def build_model_host(
     hw_fraction: float = 0.5,
     lpis_per_vcpu: int | None = None,
     seed: int = 0,
-    progress=None,
-) -> list:
+    progress: Callable[[int], object] | None = None,
+) -> list[VM]:
     """``vms`` VMs built by :func:`build_model_vm` (defaults: host-4096 as VMs; ``progress``, if
     given, is called with 1 after each VM)."""
     if vms < 1:
         raise ValueError(f"vms must be >= 1, got {vms}")
     rng = np.random.default_rng(seed)
-    out = []
+    out: list[VM] = []
     for _ in range(vms):
         out.append(build_model_vm(vcpus, id_bits, lpis_per_vcpu=lpis_per_vcpu, gic=gic, hw_fraction=hw_fraction,
                                   seed=rng))

@@ -39,11 +39,17 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
+import numpy.typing as npt
 
 from vlpi._repr import fields_repr
 from vlpi.vgic import LOST_DTYPE, LostRecords
+
+if TYPE_CHECKING:
+    from vlpi.memory import GuestMemory
+    from vlpi.vm import VM
 
 __all__ = [
     "FORMAT",
@@ -92,7 +98,7 @@ class SnapshotError(ValueError):
     path : str or None
     """
 
-    def __init__(self, kind: str, message: str, path: str | os.PathLike | None = None) -> None:
+    def __init__(self, kind: str, message: str, path: str | os.PathLike[str] | None = None) -> None:
         where = f"{os.fspath(path)}: " if path is not None else ""
         super().__init__(f"{where}{kind} snapshot: {message}")
         self.kind = kind
@@ -116,8 +122,8 @@ class VMImage:
         stopped), ``vcpu_lpis``, ``vcpu_forwarded`` (LPIs and forwarded LPIs per vCPU).
     """
 
-    meta: dict
-    arrays: dict = field(repr=False)
+    meta: dict[str, Any]
+    arrays: dict[str, np.ndarray] = field(repr=False)
 
     @property
     def n_vcpus(self) -> int:
@@ -146,14 +152,14 @@ class Snapshot:
     the page size...)."""
 
     vms: list[VMImage]
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return fields_repr(self, ("vms", "meta"), {"vms": "VMs"})
 
 
 # ============================================================================ capture / restore
-def _pages_with_data(mem) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _pages_with_data(mem: GuestMemory) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     gpas, sizes, ro, idx, data = [], [], [], [], []
     base = 0
     for s in mem.slots:
@@ -179,7 +185,7 @@ def _pages_with_data(mem) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     )
 
 
-def capture(vm, *, pending: np.ndarray, name: str = "vm0", page_size: int = 4096) -> VMImage:
+def capture(vm: VM, *, pending: np.ndarray, name: str = "vm0", page_size: int = 4096) -> VMImage:
     """The image of a stopped source VM whose tables were saved (``SAVE_TABLES`` and
     ``SAVE_PENDING_TABLES`` done): RAM pages with data, registers, forwarded events, the lost
     log, and ``pending`` (the pending set when the VM stopped, :data:`PENDING_DTYPE`)."""
@@ -219,7 +225,7 @@ def capture(vm, *, pending: np.ndarray, name: str = "vm0", page_size: int = 4096
     return VMImage(meta, arrays)
 
 
-def _memory(image: VMImage):
+def _memory(image: VMImage) -> GuestMemory:
     from vlpi.memory import GuestMemory
 
     a = image.arrays
@@ -244,11 +250,11 @@ def restore(
     image: VMImage,
     *,
     gic: str | None = None,
-    forward=True,
+    forward: bool | tuple[npt.ArrayLike, npt.ArrayLike] = True,
     run: bool = True,
-    prepare: Callable[[object], object] | None = None,
-    timings: dict | None = None,
-):
+    prepare: Callable[[VM], object] | None = None,
+    timings: dict[str, Any] | None = None,
+) -> VM:
     """Build the destination VM from ``image`` in QEMU's order.
 
     Guest RAM and vCPUs; the vgic initialised; for every vCPU GICR_PROPBASER then
@@ -310,8 +316,9 @@ def _sha(a: np.ndarray) -> str:
         hashlib.sha256(b"").hexdigest()
 
 
-def _flat(snap: Snapshot) -> tuple[dict, dict]:
-    arrays, vms = {}, []
+def _flat(snap: Snapshot) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    arrays: dict[str, np.ndarray] = {}
+    vms: list[dict[str, Any]] = []
     for i, im in enumerate(snap.vms):
         for k, a in im.arrays.items():
             a = np.ascontiguousarray(a)
@@ -330,7 +337,7 @@ def _flat(snap: Snapshot) -> tuple[dict, dict]:
     return manifest, arrays
 
 
-def _zip_bytes(manifest: dict, arrays: dict, out) -> None:
+def _zip_bytes(manifest: dict[str, Any], arrays: dict[str, np.ndarray], out: IO[bytes]) -> None:
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         zf.writestr(zipfile.ZipInfo(MANIFEST, _EPOCH), json.dumps(manifest, sort_keys=True).encode())
         for k, a in arrays.items():
@@ -339,7 +346,7 @@ def _zip_bytes(manifest: dict, arrays: dict, out) -> None:
         zf.comment = _SEAL_TEMPLATE
 
 
-def _seal(f) -> None:
+def _seal(f: IO[bytes]) -> None:
     """Replace the placeholder zip comment with size + SHA-256 of everything before it."""
     f.seek(0, os.SEEK_END)
     size = f.tell()
@@ -364,7 +371,7 @@ def to_bytes(snap: Snapshot, *, _version: int = FORMAT_VERSION) -> bytes:
     return buf.getvalue()
 
 
-def write(path: str | os.PathLike, snap: Snapshot | VMImage | Sequence[VMImage]) -> int:
+def write(path: str | os.PathLike[str], snap: Snapshot | VMImage | Sequence[VMImage]) -> int:
     """Write ``snap`` atomically to ``path`` (temporary file in the same directory, fsync,
     rename). Returns the file's size in bytes."""
     if isinstance(snap, VMImage):
@@ -407,7 +414,7 @@ def _seal_state(data: bytes) -> str:
     return "damaged" if off <= 2 else "absent"
 
 
-def _check(data: bytes, path) -> None:
+def _check(data: bytes, path: str | os.PathLike[str] | None) -> None:
     if not data:
         raise SnapshotError("truncated", "the file is empty", path)
     state = _seal_state(data)
@@ -420,6 +427,7 @@ def _check(data: bytes, path) -> None:
     if state == "damaged":
         raise SnapshotError("corrupt", "the seal at the end of the file is damaged", path)
     m = _SEAL.match(data[-_SEAL_LEN:])
+    assert m is not None  # the seal state "ok" is this match
     size = int(m.group(1), 16)
     if size != len(data):
         # a cut file loses its seal: an intact seal with another size was changed
@@ -428,13 +436,13 @@ def _check(data: bytes, path) -> None:
         raise SnapshotError("corrupt", "SHA-256 of the content does not match the seal (bytes were changed)", path)
 
 
-def _dtype(spec):
+def _dtype(spec: str | list[Any]) -> np.dtype[Any]:
     if isinstance(spec, str):
         return np.dtype(spec)
     return np.dtype([tuple(x) for x in spec])
 
 
-def from_bytes(data: bytes, path=None) -> Snapshot:
+def from_bytes(data: bytes, path: str | os.PathLike[str] | None = None) -> Snapshot:
     """Parse and check a snapshot (see :func:`read`)."""
     _check(data, path)
     try:
@@ -462,7 +470,7 @@ def from_bytes(data: bytes, path=None) -> Snapshot:
     want = {k + ".npy" for k in specs} | {MANIFEST}
     if set(names) != want or len(names) != len(want):
         raise SnapshotError("invalid", f"members {sorted(set(names) ^ want)[:4]} differ from the manifest", path)
-    arrays = {}
+    arrays: dict[str, np.ndarray] = {}
     try:
         for k, spec in specs.items():
             with zf.open(k + ".npy") as f:
@@ -476,7 +484,7 @@ def from_bytes(data: bytes, path=None) -> Snapshot:
         raise
     except (ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise SnapshotError("corrupt", f"unreadable array ({e})", path) from None
-    images = []
+    images: list[VMImage] = []
     for i, meta in enumerate(vms):
         pre = f"vm{i}/"
         im = VMImage(meta, {k[len(pre):]: a for k, a in arrays.items() if k.startswith(pre)})
@@ -489,7 +497,7 @@ _IMAGE_ARRAYS = {"slot_gpa": "<u8", "slot_size": "<u8", "slot_readonly": "|b1", 
                  "page_data": "|u1", "forwarded": "<i8", "vcpu_lpis": "<i8", "vcpu_forwarded": "<i8"}
 
 
-def _validate_image(im: VMImage, i: int, path) -> None:
+def _validate_image(im: VMImage, i: int, path: str | os.PathLike[str] | None) -> None:
     try:
         _check_image(im, i, path)
     except SnapshotError:
@@ -498,14 +506,14 @@ def _validate_image(im: VMImage, i: int, path) -> None:
         raise SnapshotError("invalid", f"vm {i}: malformed content ({type(e).__name__}: {e})", path) from None
 
 
-def _u64(x) -> bool:
+def _u64(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 64
 
 
-def _check_image(im: VMImage, i: int, path) -> None:
+def _check_image(im: VMImage, i: int, path: str | os.PathLike[str] | None) -> None:
     from vlpi.vgic import LostReason, LostSource
 
-    def bad(msg):
+    def bad(msg: str) -> NoReturn:
         raise SnapshotError("invalid", f"vm {i}: {msg}", path)
 
     m, a = im.meta, im.arrays
@@ -576,7 +584,7 @@ def _check_image(im: VMImage, i: int, path) -> None:
         bad("the pending set names a vCPU or INTID that cannot exist")
 
 
-def read(path: str | os.PathLike) -> Snapshot:
+def read(path: str | os.PathLike[str]) -> Snapshot:
     """Read and check a snapshot file: size and SHA-256 against the seal, the manifest's format
     and version, every array's dtype, shape and SHA-256, and the shape of each VM's content.
 
@@ -590,7 +598,7 @@ def read(path: str | os.PathLike) -> Snapshot:
     return from_bytes(data, path)
 
 
-def is_snapshot(path: str | os.PathLike) -> bool:
+def is_snapshot(path: str | os.PathLike[str]) -> bool:
     """True if ``path`` looks like a vlpi snapshot (a zip whose first member is the manifest,
     or a file ending in a vlpi seal); cheap, does not check the content."""
     try:
@@ -606,10 +614,10 @@ def is_snapshot(path: str | os.PathLike) -> bool:
 
 
 # ============================================================================ inspect
-def summarize(path_or_snap) -> dict:
+def summarize(path_or_snap: str | os.PathLike[str] | Snapshot) -> dict[str, Any]:
     """Per VM and vCPU: LPIs, pending, forwarded, and the tables (registers) of a snapshot."""
     snap = path_or_snap if isinstance(path_or_snap, Snapshot) else read(path_or_snap)
-    out = {"format": FORMAT, "version": FORMAT_VERSION, "meta": snap.meta, "vms": []}
+    out: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION, "meta": snap.meta, "vms": []}
     for im in snap.vms:
         m, a = im.meta, im.arrays
         nv = im.n_vcpus
@@ -633,7 +641,7 @@ def summarize(path_or_snap) -> dict:
     return out
 
 
-def format_summary(summary: dict, *, max_vcpus: int = 8) -> str:
+def format_summary(summary: dict[str, Any], *, max_vcpus: int = 8) -> str:
     """:func:`summarize`'s result as text (``max_vcpus`` vCPU lines per VM)."""
     lines = [f"vlpi snapshot (format {summary['format']} v{summary['version']}), {len(summary['vms'])} VM(s)"]
     for vm in summary["vms"]:

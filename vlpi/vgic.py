@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import enum
 import errno as _errno
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from vlpi import pending as engine
+from vlpi._typing import BoolArray, I64Array, U8Array, U64Array
 from vlpi.errors import GuestMemoryFault
 from vlpi.gicv4 import GICv4
 from vlpi.lpi import LPI_MIN_INTID, LPITable
@@ -243,7 +245,15 @@ class LostInterruptLog:
         self._a = np.zeros(64, dtype=LOST_DTYPE)
         self._n = 0
 
-    def record(self, source, reason, device_id, event_id, intid, vcpu) -> None:
+    def record(
+        self,
+        source: int,
+        reason: npt.ArrayLike,
+        device_id: npt.ArrayLike,
+        event_id: npt.ArrayLike,
+        intid: npt.ArrayLike,
+        vcpu: npt.ArrayLike,
+    ) -> None:
         """Append records (every field a scalar or an array; arrays broadcast)."""
         cols = [np.asarray(x).reshape(-1) for x in (reason, device_id, event_id, intid, vcpu)]
         m = max(c.size for c in cols)
@@ -269,7 +279,15 @@ class LostInterruptLog:
     def __len__(self) -> int:
         return self._n
 
-    def select(self, *, reason=None, source=None, vcpu=None, intid=None, device_id=None) -> LostRecords:
+    def select(
+        self,
+        *,
+        reason: npt.ArrayLike | None = None,
+        source: npt.ArrayLike | None = None,
+        vcpu: npt.ArrayLike | None = None,
+        intid: npt.ArrayLike | None = None,
+        device_id: npt.ArrayLike | None = None,
+    ) -> LostRecords:
         """Records matching every given field (each may be a value or a list of values), as
         :class:`LostRecords`."""
         r = self.records
@@ -283,7 +301,7 @@ class LostInterruptLog:
                 m &= np.isin(r[name], v.astype(np.int64))
         return r[m]  # type: ignore[no-any-return,unused-ignore]
 
-    def count(self, **kw) -> int:
+    def count(self, **kw: npt.ArrayLike | None) -> int:
         return int(self.select(**kw).size)
 
     def summary(self) -> dict[str, int]:
@@ -348,7 +366,7 @@ def peek_u8(mem: GuestMemory, gpas: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return rd, in_ram(mem, g, True), byte
 
 
-def in_ram(mem: GuestMemory, gpas: np.ndarray, writable: bool = False) -> np.ndarray:
+def in_ram(mem: GuestMemory, gpas: npt.ArrayLike, writable: bool = False) -> np.ndarray:
     """True where the byte at each GPA is in a memslot (a writable one if ``writable``)."""
     starts, ends = mem.extents(writable)
     g = np.asarray(gpas, dtype=np.uint64)
@@ -397,7 +415,7 @@ class Vgic:
         """Column ``k`` (one of :data:`LPI_FIELDS`), one element per LPI row."""
         return self._a[k][: self.n]
 
-    def rows(self, intids) -> np.ndarray:
+    def rows(self, intids: npt.ArrayLike) -> I64Array:
         """Row of each INTID, -1 where there is no such LPI."""
         it = np.asarray(intids, dtype=np.int64)
         out = np.full(it.shape, -1, dtype=np.int64)
@@ -412,7 +430,7 @@ class Vgic:
             self._table = LPITable(self["intid"], self["target"], self["pending"], self["hw"])
         return self._table
 
-    def hw_of(self, intids) -> np.ndarray:
+    def hw_of(self, intids: npt.ArrayLike) -> BoolArray:
         """Per INTID: True where the LPI exists and is forwarded."""
         rows = self.rows(intids)
         return np.where(rows >= 0, self._a["hw"][np.maximum(rows, 0)], False)
@@ -426,7 +444,7 @@ class Vgic:
         return pend
 
     # ================================================================ storage
-    def _append(self, **cols) -> None:
+    def _append(self, **cols: npt.ArrayLike) -> None:
         m = int(np.size(cols["intid"]))
         if m == 0:
             return
@@ -471,7 +489,9 @@ class Vgic:
         ok, _, byte = peek_u8(self.mem, gpa)
         return ok, byte
 
-    def predict_add(self, it: np.ndarray, tg: np.ndarray):
+    def predict_add(
+        self, it: np.ndarray, tg: np.ndarray
+    ) -> tuple[BoolArray, BoolArray, U8Array, BoolArray, U64Array]:
         """Would creating LPI ``it[i]`` with target ``tg[i]`` succeed? The config byte must be
         readable; the pending byte readable, and writable if the bit is 1 (the clearing write).
         Returns (ok, cfg_ok, cfg_byte, rd_ok, pending_gpa)."""
@@ -490,7 +510,9 @@ class Vgic:
             wr_ok[targeted] = ~b1 | wr
         return cfg_ok & rd_ok & wr_ok, cfg_ok, cfg, rd_ok, gpa
 
-    def get_lpis(self, intids, targets, *, atomic: bool = False, stop_on_error: bool = False) -> np.ndarray:
+    def get_lpis(
+        self, intids: npt.ArrayLike, targets: npt.ArrayLike, *, atomic: bool = False, stop_on_error: bool = False
+    ) -> I64Array:
         """vgic_add_lpi for each element, as if one by one in array order.
 
         An existing LPI gains a reference (no config read, no sync, no retarget). A new one
@@ -569,7 +591,7 @@ class Vgic:
             c = np.bincount(rows, minlength=self.n)[: self.n].astype(np.int32)
             self._a["refs"][: self.n] += c if sign > 0 else -c
 
-    def put_lpis(self, intids, devs, evs, source) -> None:
+    def put_lpis(self, intids: npt.ArrayLike, devs: npt.ArrayLike, evs: npt.ArrayLike, source: LostSource) -> None:
         """Drop one reference per element; LPIs reaching 0 go away (a forwarded one is unmapped
         from the GIC; pending state that goes with it is logged as FREED_PENDING, naming the
         last (device, event) that held it)."""
@@ -593,7 +615,7 @@ class Vgic:
                              self["target"][dead][was])
         self._remove(dead)
 
-    def retarget(self, intids, vcpu: int) -> None:
+    def retarget(self, intids: npt.ArrayLike, vcpu: int) -> None:
         """Route the LPIs to ``vcpu`` (a forwarded one is moved with VMOVI, pending bit and all)."""
         rows = self.rows(np.asarray(intids).reshape(-1))
         rows = rows[rows >= 0]
@@ -606,7 +628,7 @@ class Vgic:
         self._a["target"][rows] = vcpu
         self._table = None
 
-    def clear_pending(self, intids) -> None:
+    def clear_pending(self, intids: npt.ArrayLike) -> None:
         """Clear the pending state (the latch, and the VLPI's for a forwarded LPI)."""
         rows = self.rows(intids)
         rows = rows[rows >= 0]
@@ -615,7 +637,7 @@ class Vgic:
         if hw.any() and self.gicv4 is not None:
             self.gicv4.clear_vlpis(self["target"][rows][hw], self["intid"][rows][hw])
 
-    def update_config(self, intids, vcpu: int | None) -> None:
+    def update_config(self, intids: npt.ArrayLike | None, vcpu: int | None) -> None:
         """INV (``intids``) or INVALL (``vcpu``): re-read configuration bytes."""
         if intids is not None:
             rows = self.rows(intids)
@@ -630,12 +652,23 @@ class Vgic:
             ok &= self["target"] == vcpu
             rows = np.arange(self.n)
             if self.gicv4 is not None:
-                self.gicv4.vinvall(vcpu)
+                self.gicv4.vinvall(cast(int, vcpu))  # INVALL: no intids, a vCPU
         self._a["priority"][rows[ok]] = cfg[ok] & 0xFC
         self._a["enabled"][rows[ok]] = (cfg[ok] & 1).astype(bool)
 
     # ================================================================ pending state
-    def inject(self, intids, vcpus, refused, forwarded, *, source, device_ids, event_ids, host_int: bool) -> np.ndarray:
+    def inject(
+        self,
+        intids: npt.ArrayLike,
+        vcpus: npt.ArrayLike,
+        refused: npt.ArrayLike,
+        forwarded: BoolArray,
+        *,
+        source: LostSource,
+        device_ids: npt.ArrayLike,
+        event_ids: npt.ArrayLike,
+        host_int: bool,
+    ) -> npt.NDArray[np.int8]:
         """Make LPIs pending, one element per interrupt, after the ITS has translated them.
 
         Parameters
@@ -676,6 +709,7 @@ class Vgic:
         out[go_sw] = 1
         go_hw = direct | (checks & hw)
         if go_hw.any():
+            assert self.gicv4 is not None  # hw LPIs exist only on a GICv4 host
             vpe = self._a["target"][lr[go_hw]]
             delivered, _ = self.gicv4.raise_vlpis(vpe, intid[go_hw], source="INT" if host_int else "MSI")
             idx = np.flatnonzero(go_hw)
@@ -700,17 +734,19 @@ class Vgic:
         hwp = np.zeros(self.n, bool)
         if hw.any():
             idx = np.flatnonzero(hw)
+            assert self.gicv4 is not None  # hw LPIs exist only on a GICv4 host
             hwp[idx] = self.gicv4.vlpi_pending(np.full(idx.size, vcpu), self["intid"][idx])
         take = np.flatnonzero(sw | hwp)
         take = take[np.lexsort((self["intid"][take], self["priority"][take]))]
         self._a["pending"][take] = False
         h = take[hwp[take]]
         if h.size:
+            assert self.gicv4 is not None  # hw LPIs exist only on a GICv4 host
             self.gicv4.acknowledge(vcpu, self["intid"][h])
         return self["intid"][take].copy()
 
     # ================================================================ forwarded state
-    def map_vlpis(self, intids) -> tuple[np.ndarray, np.ndarray]:
+    def map_vlpis(self, intids: npt.ArrayLike) -> tuple[BoolArray, BoolArray]:
         """Make LPIs VLPIs (VMAPTI to their target's vPE, ``hw`` set; a set ``pending_latch``
         moves into the VPT with an INT and is cleared).
 
@@ -726,6 +762,7 @@ class Vgic:
         rr = rows[new]
         if rr.size:
             tgt, it = self["target"][rr].astype(np.int64), self["intid"][rr].astype(np.int64)
+            assert self.gicv4 is not None  # forwarding exists only on a GICv4 host
             self.gicv4.vmapti(tgt, it)
             self._a["hw"][rr] = True
             p = self["pending"][rr]
@@ -739,7 +776,9 @@ class Vgic:
             self._table = None
         return ok, new
 
-    def unmap_vlpis(self, intids, devs, evs, source, reason) -> tuple[np.ndarray, np.ndarray]:
+    def unmap_vlpis(
+        self, intids: npt.ArrayLike, devs: npt.ArrayLike, evs: npt.ArrayLike, source: LostSource, reason: LostReason
+    ) -> tuple[BoolArray, BoolArray]:
         """DISCARD the VLPI mapping of forwarded LPIs (``hw`` cleared); a pending VLPI is lost,
         logged with ``reason`` (not moved to ``pending_latch``, as in Linux).
 
@@ -767,7 +806,7 @@ class Vgic:
         return un, was
 
 
-def check_vcpu(vcpu, n_vcpus: int, name: str = "vcpu") -> int:
+def check_vcpu(vcpu: object, n_vcpus: int, name: str = "vcpu") -> int:
     """``vcpu`` as an int, or TypeError/ValueError naming ``name`` unless 0 <= vcpu < n_vcpus."""
     if isinstance(vcpu, (bool, np.bool_)) or not isinstance(vcpu, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {type(vcpu).__name__}")
@@ -776,7 +815,7 @@ def check_vcpu(vcpu, n_vcpus: int, name: str = "vcpu") -> int:
     return int(vcpu)
 
 
-def check_vcpus(vcpus, n_vcpus: int) -> np.ndarray:
+def check_vcpus(vcpus: npt.ArrayLike | None, n_vcpus: int) -> I64Array:
     """vCPU ids as int64 (None: all), or TypeError/ValueError naming the first bad one."""
     if vcpus is None:
         return np.arange(n_vcpus)
@@ -789,7 +828,7 @@ def check_vcpus(vcpus, n_vcpus: int) -> np.ndarray:
     return v.astype(np.int64)
 
 
-def check_reg(value, name: str, bits: int = 64) -> int:
+def check_reg(value: object, name: str, bits: int = 64) -> int:
     """A register value as an int: TypeError unless an integer (a bool is not one), ValueError
     unless 0 <= value < 2**bits; both name ``name`` and the value."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
@@ -802,7 +841,7 @@ def check_reg(value, name: str, bits: int = 64) -> int:
     return v
 
 
-def check_flag(value, name: str) -> bool:
+def check_flag(value: object, name: str) -> bool:
     """A flag as a bool: TypeError naming ``name`` unless it is a bool (or numpy bool)."""
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")

@@ -56,9 +56,12 @@ Example
 from __future__ import annotations
 
 import errno as _errno
+import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from vlpi import debug
 from vlpi.errors import GuestMemoryFault
@@ -80,6 +83,10 @@ from vlpi.vgic import (
     check_vcpu,
     check_vcpus,
 )
+
+if TYPE_CHECKING:
+    from vlpi.its.abi import ItsDevice, ItsSaveReport
+    from vlpi.migration import SourceSave
 
 __all__ = [
     "VM",
@@ -206,14 +213,14 @@ class VM:
             self.initialized = True
             self.v4.init()
 
-    def run(self, vcpus=None) -> None:
+    def run(self, vcpus: npt.ArrayLike | None = None) -> None:
         """Enter KVM_RUN on ``vcpus`` (default all), initialising the vgic; vPEs become resident."""
         self.init()
         for v in check_vcpus(vcpus, self.n_vcpus).tolist():
             self.running[v] = True
             self.v4.load(v)
 
-    def pause(self, vcpus=None) -> None:
+    def pause(self, vcpus: npt.ArrayLike | None = None) -> None:
         """Leave KVM_RUN: vPEs become non-resident (Valid=0, Dirty handshake completed)."""
         for v in check_vcpus(vcpus, self.n_vcpus).tolist():
             self.running[v] = False
@@ -251,7 +258,7 @@ class VM:
         self.redist.enable_lpis(vcpu, enable)
 
     # ================================================================= interrupts
-    def signal_msi(self, device_ids, event_ids) -> np.ndarray:
+    def signal_msi(self, device_ids: npt.ArrayLike, event_ids: npt.ArrayLike) -> np.ndarray:
         """Devices send MSIs (vectorised; as if one by one in array order).
 
         Non-forwarded events go through the virtual ITS (KVM_SIGNAL_MSI / irqfd): ITS enabled,
@@ -268,14 +275,14 @@ class VM:
         d, e = event_pairs(device_ids, event_ids)
         return self.its.inject(d, e, source=LostSource.MSI, via_its=False)
 
-    def forward(self, device_ids, event_ids) -> np.ndarray:
+    def forward(self, device_ids: npt.ArrayLike, event_ids: npt.ArrayLike) -> np.ndarray:
         """Set up forwarding (kvm_vgic_v4_set_forwarding) for events, vectorised
         (:meth:`vlpi.forwarding.Forwarding.forward`): each event's LPI becomes a VLPI, a set
         ``pending_latch`` moves into the VPT. Returns, per event, True where it is now
         forwarded (its MSIs go to the GIC directly). ENODEV on a GICv3 host."""
         return self.v4.forward(device_ids, event_ids)
 
-    def unforward(self, device_ids, event_ids) -> np.ndarray:
+    def unforward(self, device_ids: npt.ArrayLike, event_ids: npt.ArrayLike) -> np.ndarray:
         """Tear down forwarding (kvm_vgic_v4_unset_forwarding): a pending VLPI is **lost** (as in
         Linux; logged UNFORWARDED_PENDING). Returns, per event, True where one was discarded."""
         return self.v4.unforward(device_ids, event_ids)
@@ -339,13 +346,13 @@ class VM:
             order=order, atomic=atomic, during=None if during is None else (lambda: during(self)), during_at=during_at
         )
 
-    def save_its_tables(self):
+    def save_its_tables(self) -> ItsSaveReport:
         """KVM_DEV_ARM_ITS_SAVE_TABLES (ABI rev 0, :func:`vlpi.its.abi.save_tables_v0`).
         EBUSY while a vCPU runs; EACCES on a non-4.1 host with a forwarded ITE."""
         self._check_paused("SAVE_TABLES")
         return self.its.save_tables(has_gicv4_1=self.has_gicv4_1)
 
-    def restore_its_tables(self):
+    def restore_its_tables(self) -> tuple[list[tuple[int, int]], list[ItsDevice]]:
         """KVM_DEV_ARM_ITS_RESTORE_TABLES: collections, devices and ITEs from the tables; LPIs
         created in scan order, each pulling (and clearing) its pending bit through
         :func:`vlpi.sync_pending_status`. Returns ``(collections, devices)``."""
@@ -353,12 +360,12 @@ class VM:
         return self.its.restore_tables()
 
     # ================================================================= registers (migration)
-    def get_registers(self) -> dict:
+    def get_registers(self) -> dict[str, Any]:
         """Register state as userspace reads it: the redistributors' (PENDBASER with PTZ reading
         0) then the ITS's (:func:`vlpi.its.queue.get_registers`)."""
         return {**self.redist.get_registers(), **Q.get_registers(self.its)}
 
-    def set_registers(self, regs: dict, *, restore_its_tables: bool = True) -> None:
+    def set_registers(self, regs: dict[str, Any], *, restore_its_tables: bool = True) -> None:
         """Restore registers in QEMU's order: PROPBASER, PENDBASERs, GICR_CTLR (EnableLPIs
         scans run here, normally finding no LPI), then GITS_CBASER, CREADR, CWRITER, BASERs,
         RESTORE_TABLES (optional) and GITS_CTLR last. All is checked first: EBUSY while a vCPU
@@ -371,7 +378,7 @@ class VM:
         Q.set_registers(self.its, regs, restore_tables=self.restore_its_tables if restore_its_tables else None)
 
     # ================================================================= snapshot files
-    def save(self, path, **kw):
+    def save(self, path: str | os.PathLike[str], **kw: Any) -> SourceSave:
         """Write a migration snapshot of this VM to ``path``: the source side of a migration
         (pause, ``SAVE_TABLES``, ``SAVE_PENDING_TABLES``, registers, image), the file written
         atomically (:func:`vlpi.migration.save`; keywords such as ``policy`` and ``page_size``
@@ -381,7 +388,7 @@ class VM:
         return migration.save(path, [self], **kw)
 
     @classmethod
-    def load(cls, path, **kw) -> VM:
+    def load(cls, path: str | os.PathLike[str], **kw: Any) -> VM:
         """The VM restored from a one-VM snapshot file, in QEMU's order (:func:`vlpi.migration.load`,
         which also returns the verification against the source's pending state; a bad file is
         refused with :class:`vlpi.snapshot.SnapshotError` before anything is built)."""
@@ -418,7 +425,7 @@ class VM:
 _MIGRATION_NAMES = ("migrate", "MigrationReport", "copy_memory")
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _MIGRATION_NAMES:
         from vlpi import migration
 

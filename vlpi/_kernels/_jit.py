@@ -29,15 +29,25 @@ import ctypes
 import os
 import sys
 import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import numba
 import numpy as np
+import numpy.typing as npt
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+if TYPE_CHECKING:
+    from numba.core.dispatcher import Dispatcher
+    from numba.core.typing.templates import Signature
+
 from vlpi import _config  # sets NUMBA_CACHE_DIR before first compile
+from vlpi._typing import IntLike
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 RAW_CHECK = _config.RAW_CHECK
 RAW_CHECK_EXIT = 86
@@ -64,16 +74,16 @@ def _check_range(addr: int, nbytes: int) -> int:
 
 
 @contextlib.contextmanager
-def guard(arrays):
+def guard(arrays: Iterable[npt.ArrayLike | None]) -> Iterator[None]:
     """Debug mode: register the arrays a kernel call may reach through raw addresses, for the
     duration of the ``with`` block. Callers skip it unless ``RAW_CHECK``."""
-    ext = []
+    ext: list[tuple[int, int]] = []
     for a in arrays:
         if a is None:
             continue
         a = np.asarray(a)
         if a.nbytes:
-            lo = a.__array_interface__["data"][0]
+            lo: int = a.__array_interface__["data"][0]
             ext.append((lo, lo + a.nbytes))
     with _extents_lock:
         for e in ext:
@@ -116,12 +126,12 @@ if RAW_CHECK:
     _llvm.add_symbol("vlpi_raw_extents", _TABLE.ctypes.data)
 
     @intrinsic
-    def _table_addr(typingctx):
+    def _table_addr(typingctx: object) -> tuple[Signature, Callable[..., Any]]:
         """Address of _TABLE, resolved by symbol name when the kernel is linked (so cached
         kernels find this process's table)."""
         sig = types.uint64()
 
-        def codegen(context, builder, signature, args):
+        def codegen(context: object, builder: Any, signature: Signature, args: Any) -> Any:
             gv = builder.module.globals.get("vlpi_raw_extents")
             if gv is None:
                 gv = ir.GlobalVariable(builder.module, ir.IntType(64), name="vlpi_raw_extents")
@@ -131,10 +141,11 @@ if RAW_CHECK:
         return sig, codegen
 
     @numba.njit(inline="always", nogil=True, cache=True)
-    def _checked(addr, nbytes):
+    def _checked(addr: IntLike, nbytes: IntLike) -> None:
         if nbytes == 0:
             return
-        t = numba.carray(voidptr(_table_addr()), (2 + 2 * _MAX_EXTENTS,), numba.uint64)
+        # ignore: numba's stubs type intrinsics (and carray's dtype) for Python callers, not for kernels
+        t = numba.carray(voidptr(_table_addr()), (2 + 2 * _MAX_EXTENTS,), numba.uint64)  # type: ignore[attr-defined,call-arg,call-overload]
         end = addr + nbytes
         for k in range(t[0]):
             if t[2 + 2 * k] <= addr and end <= t[3 + 2 * k]:
@@ -144,65 +155,76 @@ if RAW_CHECK:
 else:
 
     @numba.njit(inline="always", nogil=True, cache=True)
-    def _checked(addr, nbytes):
+    def _checked(addr: IntLike, nbytes: IntLike) -> None:
         pass
 
 
-def jit(fn=None, **kw):
-    opts = {"nogil": True, "cache": True, "fastmath": False, "error_model": "numpy"}
+@overload
+def jit(fn: _F, **kw: Any) -> Dispatcher[_F]: ...
+@overload
+def jit(fn: None = None, **kw: Any) -> Callable[[_F], Dispatcher[_F]]: ...
+def jit(fn: _F | None = None, **kw: Any) -> Dispatcher[_F] | Callable[[_F], Dispatcher[_F]]:
+    opts: dict[str, Any] = {"nogil": True, "cache": True, "fastmath": False, "error_model": "numpy"}
     opts.update(kw)
     if fn is None:
         return lambda f: numba.njit(**opts)(f)
-    return numba.njit(**opts)(fn)
+    compiled: Dispatcher[_F] = numba.njit(**opts)(fn)
+    return compiled
 
 
-def pjit(fn=None, **kw):
+@overload
+def pjit(fn: _F, **kw: Any) -> Dispatcher[_F]: ...
+@overload
+def pjit(fn: None = None, **kw: Any) -> Callable[[_F], Dispatcher[_F]]: ...
+def pjit(fn: _F | None = None, **kw: Any) -> Dispatcher[_F] | Callable[[_F], Dispatcher[_F]]:
     kw.setdefault("parallel", True)
     return jit(fn, **kw)
 
 
 @intrinsic
-def voidptr(typingctx, addr):
+def voidptr(typingctx: object, addr: object) -> tuple[Signature, Callable[..., Any]]:
     """uint64 address -> void* (inside a kernel)."""
     sig = types.voidptr(types.uint64)
 
-    def codegen(context, builder, signature, args):
+    def codegen(context: object, builder: Any, signature: Signature, args: Any) -> Any:
         return builder.inttoptr(args[0], cgutils.voidptr_t)
 
     return sig, codegen
 
 
+# The views below run only inside kernels. Their `type: ignore`s: numba's stubs type an intrinsic
+# (voidptr) as called from Python and carray's dtype as a numpy dtype, not as numba compiles them.
 @numba.njit(inline="always", nogil=True, cache=True)
-def view_u8(addr, n):
+def view_u8(addr: IntLike, n: IntLike) -> npt.NDArray[np.uint8]:
     _checked(addr, np.uint64(n) * np.uint64(1))
-    return numba.carray(voidptr(addr), (n,), numba.uint8)
+    return numba.carray(voidptr(addr), (n,), numba.uint8)  # type: ignore[attr-defined,call-arg,call-overload,no-any-return]
 
 
 @numba.njit(inline="always", nogil=True, cache=True)
-def view_u32(addr, n):
+def view_u32(addr: IntLike, n: IntLike) -> npt.NDArray[np.uint32]:
     _checked(addr, np.uint64(n) * np.uint64(4))
-    return numba.carray(voidptr(addr), (n,), numba.uint32)
+    return numba.carray(voidptr(addr), (n,), numba.uint32)  # type: ignore[attr-defined,call-arg,call-overload,no-any-return]
 
 
 @numba.njit(inline="always", nogil=True, cache=True)
-def view_i16(addr, n):
+def view_i16(addr: IntLike, n: IntLike) -> npt.NDArray[np.int16]:
     _checked(addr, np.uint64(n) * np.uint64(2))
-    return numba.carray(voidptr(addr), (n,), numba.int16)
+    return numba.carray(voidptr(addr), (n,), numba.int16)  # type: ignore[attr-defined,call-arg,call-overload,no-any-return]
 
 
 @numba.njit(inline="always", nogil=True, cache=True)
-def view_i32(addr, n):
+def view_i32(addr: IntLike, n: IntLike) -> npt.NDArray[np.int32]:
     _checked(addr, np.uint64(n) * np.uint64(4))
-    return numba.carray(voidptr(addr), (n,), numba.int32)
+    return numba.carray(voidptr(addr), (n,), numba.int32)  # type: ignore[attr-defined,call-arg,call-overload,no-any-return]
 
 
 @numba.njit(inline="always", nogil=True, cache=True)
-def view_i64(addr, n):
+def view_i64(addr: IntLike, n: IntLike) -> npt.NDArray[np.int64]:
     _checked(addr, np.uint64(n) * np.uint64(8))
-    return numba.carray(voidptr(addr), (n,), numba.int64)
+    return numba.carray(voidptr(addr), (n,), numba.int64)  # type: ignore[attr-defined,call-arg,call-overload,no-any-return]
 
 
 @numba.njit(inline="always", nogil=True, cache=True)
-def view_u64(addr, n):
+def view_u64(addr: IntLike, n: IntLike) -> npt.NDArray[np.uint64]:
     _checked(addr, np.uint64(n) * np.uint64(8))
-    return numba.carray(voidptr(addr), (n,), numba.uint64)
+    return numba.carray(voidptr(addr), (n,), numba.uint64)  # type: ignore[attr-defined,call-arg,call-overload,no-any-return]

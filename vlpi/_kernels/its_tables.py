@@ -17,11 +17,15 @@ d, 0]``; the reasons are the ``R_*`` constants below and the caller turns them i
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
+import numpy.typing as npt
 
 from vlpi._kernels._jit import jit, view_u8, view_u32, view_u64, voidptr
 from vlpi._kernels.pending import _find_slot
+from vlpi._typing import BoolLike, I64Array, IntLike, U8Array, U16Array, U32Array, U64Array
 
 EINVAL = 22
 EEXIST = 17
@@ -43,23 +47,25 @@ U32 = np.int64(0xFFFF_FFFF)
 
 
 @numba.njit(inline="always", nogil=True, cache=True)
-def _view_u16(addr, n):
-    return numba.carray(voidptr(addr), (n,), numba.uint16)
+def _view_u16(addr: IntLike, n: IntLike) -> U16Array:
+    # ignore: numba's stubs type an intrinsic as called from Python, and carray's dtype as numpy's
+    return numba.carray(voidptr(addr), (n,), numba.uint16)  # type: ignore[attr-defined,call-arg,call-overload,no-any-return]
 
 
 # ------------------------------------------------------------------------- guest memory
 @jit(inline="always")
-def _slot_of(sstart, send, addr):
-    return _find_slot(sstart, send, sstart.shape[0], addr)
+def _slot_of(sstart: U64Array, send: U64Array, addr: IntLike) -> int:
+    # TEMPORARY ignore: _find_slot is untyped until the engine rewrite lands
+    return _find_slot(sstart, send, sstart.shape[0], addr)  # type: ignore[no-any-return]
 
 
 @jit(inline="always")
-def _visible(sstart, send, addr):
+def _visible(sstart: U64Array, send: U64Array, addr: IntLike) -> bool:
     return _slot_of(sstart, send, np.uint64(addr)) >= 0
 
 
 @jit
-def _read_slow(sstart, send, sptr, addr, out):
+def _read_slow(sstart: U64Array, send: U64Array, sptr: U64Array, addr: IntLike, out: U64Array) -> bool:
     """Byte by byte across adjacent slots: (ok, word) in out[0:2]."""
     w = np.uint64(0)
     for k in range(8):
@@ -74,7 +80,7 @@ def _read_slow(sstart, send, sptr, addr, out):
 
 
 @jit(inline="always")
-def _read64(sstart, send, sptr, addr, out):
+def _read64(sstart: U64Array, send: U64Array, sptr: U64Array, addr: IntLike, out: U64Array) -> bool:
     """One little-endian 8-byte entry; False (nothing read) if any byte is unmapped."""
     a = np.uint64(addr)
     s = _slot_of(sstart, send, a)
@@ -96,21 +102,22 @@ def _read64(sstart, send, sptr, addr, out):
 
 # ---------------------------------------------------------------------------- restore
 @jit(inline="always")
-def _grow_to(a, n, cap):
+def _grow_to(a: npt.NDArray[Any], n: IntLike, cap: IntLike) -> npt.NDArray[Any]:  # a's dtype
     b = np.empty(cap, a.dtype)
     b[:n] = a[:n]
     return b
 
 
 @jit(inline="always")
-def _grow(a, n):
+def _grow(a: npt.NDArray[Any], n: IntLike) -> npt.NDArray[Any]:  # a's dtype
     b = np.empty(max(2 * a.shape[0], 16), a.dtype)
     b[:n] = a[:n]
     return b
 
 
 @jit
-def _check_dev_id(sstart, send, sptr, dt_base, dt_entries, indirect, dev_id, tmp):
+def _check_dev_id(sstart: U64Array, send: U64Array, sptr: U64Array, dt_base: IntLike, dt_entries: IntLike,
+                  indirect: BoolLike, dev_id: IntLike, tmp: U64Array) -> bool:
     """vgic_its_check_id for a DeviceID (u32): True when the DTE address is valid."""
     if dev_id > 0xFFFF:
         return False
@@ -131,9 +138,16 @@ def _check_dev_id(sstart, send, sptr, dt_base, dt_entries, indirect, dev_id, tmp
 
 ST_DONE, ST_FULL, ST_ERROR = 0, 1, 2
 
+# restore_walk's result: collections (ICID, RDBase, count), devices (DeviceID, ITT, bits, first ITE, count),
+# ITEs (EventID, pINTID, ICID, count)
+_Restored = tuple[U16Array, U32Array, int, U32Array, I64Array, U8Array, I64Array, int, U32Array, U32Array,
+                  U16Array, IntLike]
+
 
 @jit
-def _scan_itt(sstart, send, sptr, itt, limit, coll_exists, i_eid, i_pint, i_icid, ni, st, info, dev_id):
+def _scan_itt(sstart: U64Array, send: U64Array, sptr: U64Array, itt: IntLike, limit: IntLike, coll_exists: U8Array,
+              i_eid: U32Array, i_pint: U32Array, i_icid: U16Array, ni: IntLike, st: I64Array, info: I64Array,
+              dev_id: IntLike) -> tuple[IntLike, int]:
     """scan_its_table over one ITT from the state ``st`` = [EventID, GPA, remaining byte length
     (an unsigned long, kept as its bit pattern)], appending valid ITEs from ``ni`` on. Returns
     (ni, status): ST_FULL when the output arrays are full (``st`` then points at the entry to
@@ -201,8 +215,9 @@ def _scan_itt(sstart, send, sptr, itt, limit, coll_exists, i_eid, i_pint, i_icid
 
 
 @jit
-def restore_walk(sstart, send, sptr, dt_valid, dt_base, dt_entries, indirect,
-                 ct_valid, ct_base, ct_entries, n_vcpus, coll_exists, max_ites, info):
+def restore_walk(sstart: U64Array, send: U64Array, sptr: U64Array, dt_valid: BoolLike, dt_base: IntLike,
+                 dt_entries: IntLike, indirect: BoolLike, ct_valid: BoolLike, ct_base: IntLike, ct_entries: IntLike,
+                 n_vcpus: IntLike, coll_exists: U8Array, max_ites: IntLike, info: I64Array) -> _Restored:
     """vgic_its_restore_tables_v0 up to the first error (LPIs are not created here).
 
     ``coll_exists`` (uint8[65536]) marks ICIDs the ITS already has; restored ones are added.
@@ -222,7 +237,7 @@ def restore_walk(sstart, send, sptr, dt_valid, dt_base, dt_entries, indirect,
     i_eid = np.empty(min(1024, max_ites), np.uint32)
     i_pint = np.empty(min(1024, max_ites), np.uint32)
     i_icid = np.empty(min(1024, max_ites), np.uint16)
-    ni = np.int64(0)  # not a literal: one compiled _scan_itt, not two (Literal[int](0) and int64)
+    ni: IntLike = np.int64(0)  # not a literal: one compiled _scan_itt, not two (Literal[int](0) and int64)
     d_first[0] = 0
 
     # ---- collections: until an invalid CTE or the end of the table
@@ -272,8 +287,8 @@ def restore_walk(sstart, send, sptr, dt_valid, dt_base, dt_entries, indirect,
             l1 = tmp[0]
             if l1 >> np.uint64(63) == 0:
                 continue
-            base = np.int64(l1 & ADDR_51_16)
-            length = np.int64(1 << 16)
+            base: IntLike = np.int64(l1 & ADDR_51_16)
+            length: IntLike = np.int64(1 << 16)
             ident = np.int64((cur1 * L2_ENTRIES) & U32)  # int l2_start_id: wraps
         else:
             base = dt_base
@@ -350,7 +365,8 @@ def restore_walk(sstart, send, sptr, dt_valid, dt_base, dt_entries, indirect,
 
 # ------------------------------------------------------------------------------- save
 @jit
-def _write_slow(sstart, send, sptr, sro, sdirty, sdn, spage0, addr, w):
+def _write_slow(sstart: U64Array, send: U64Array, sptr: U64Array, sro: U8Array, sdirty: U64Array, sdn: I64Array,
+                spage0: I64Array, addr: IntLike, w: IntLike) -> bool:
     for k in range(8):
         s = _slot_of(sstart, send, np.uint64(addr + k))
         if s < 0 or sro[s]:
@@ -364,7 +380,8 @@ def _write_slow(sstart, send, sptr, sro, sdirty, sdn, spage0, addr, w):
 
 
 @jit(inline="always")
-def _write64(sstart, send, sptr, sro, sdirty, sdn, spage0, addr, w):
+def _write64(sstart: U64Array, send: U64Array, sptr: U64Array, sro: U8Array, sdirty: U64Array, sdn: I64Array,
+             spage0: I64Array, addr: IntLike, w: IntLike) -> bool:
     a = np.uint64(addr)
     s = _slot_of(sstart, send, a)
     if s >= 0 and a + np.uint64(8) <= send[s]:
@@ -387,7 +404,7 @@ def _write64(sstart, send, sptr, sro, sdirty, sdn, spage0, addr, w):
 
 
 @jit(inline="always")
-def _log_page(pages, npg, last, addr):
+def _log_page(pages: I64Array, npg: IntLike, last: IntLike, addr: IntLike) -> tuple[I64Array, IntLike, IntLike]:
     for a in (addr, addr + 7):
         pg = a >> 12
         if pg != last:
@@ -402,8 +419,10 @@ def _log_page(pages, npg, last, addr):
 
 
 @jit
-def _save_itt(sstart, send, sptr, sro, sdirty, sdn, spage0, itt, dev_id,
-              i_eid, i_pint, i_icid, i_hw, v41, j0, j1, pages, npg, last, counts, info):
+def _save_itt(sstart: U64Array, send: U64Array, sptr: U64Array, sro: U8Array, sdirty: U64Array, sdn: I64Array,
+              spage0: I64Array, itt: IntLike, dev_id: IntLike, i_eid: U32Array, i_pint: U32Array, i_icid: U16Array,
+              i_hw: U8Array, v41: BoolLike, j0: IntLike, j1: IntLike, pages: I64Array, npg: IntLike, last: IntLike,
+              counts: I64Array, info: I64Array) -> tuple[IntLike, IntLike]:
     """vgic_its_save_itt for ITEs j0..j1 of one device (EventID order); ``pages`` has room for
     the log.
 
@@ -422,9 +441,10 @@ def _save_itt(sstart, send, sptr, sro, sdirty, sdn, spage0, itt, dev_id,
         if i_hw[j] and not v41:
             info[0], info[1], info[2], info[3], info[4], info[5] = EACCES, S_ITE_HW, gpa, dev_id, eid, i_pint[j]
             break
-        nxt = np.int64(0)
+        nxt: IntLike = np.int64(0)
         if j + 1 < j1:
-            nxt = min(np.int64(i_eid[j + 1]) - eid, 0xFFFF)
+            # ignore: min() of a numpy and a Python integer is typed only as "comparable"
+            nxt = min(np.int64(i_eid[j + 1]) - eid, 0xFFFF)  # type: ignore[assignment]
         w = (np.uint64(nxt) << np.uint64(48)) | (np.uint64(i_pint[j]) << np.uint64(16)) | np.uint64(i_icid[j])
         a = np.uint64(gpa)
         pg = np.int64(a >> np.uint64(12))
@@ -451,9 +471,12 @@ def _save_itt(sstart, send, sptr, sro, sdirty, sdn, spage0, itt, dev_id,
 
 
 @jit
-def save_walk(sstart, send, sptr, sro, sdirty, sdn, spage0, dt_valid, dt_base, dt_entries, indirect,
-              d_id, d_itt, d_bits, d_cnt, e_ptr, p_ptr, c_ptr, h_ptr, v41,
-              ct_valid, ct_base, ct_entries, cte_val, counts, info):
+def save_walk(sstart: U64Array, send: U64Array, sptr: U64Array, sro: U8Array, sdirty: U64Array, sdn: I64Array,
+              spage0: I64Array,
+              dt_valid: BoolLike, dt_base: IntLike, dt_entries: IntLike, indirect: BoolLike, d_id: U32Array,
+              d_itt: I64Array, d_bits: U8Array, d_cnt: I64Array, e_ptr: U64Array, p_ptr: U64Array, c_ptr: U64Array,
+              h_ptr: U64Array, v41: BoolLike, ct_valid: BoolLike, ct_base: IntLike, ct_entries: IntLike,
+              cte_val: U64Array, counts: I64Array, info: I64Array) -> tuple[I64Array, IntLike]:
     """vgic_its_save_tables_v0: devices (sorted by DeviceID, ITEs by EventID) then collections.
 
     Device k's ITEs are ``d_cnt[k]`` entries at the addresses ``e_ptr[k]`` (EventID, uint32),
@@ -464,14 +487,14 @@ def save_walk(sstart, send, sptr, sro, sdirty, sdn, spage0, dt_valid, dt_base, d
     """
     tmp = np.zeros(1, np.uint64)
     pages = np.empty(64, np.int64)
-    npg = np.int64(0)  # not a literal: one compiled _save_itt, not two
-    last = np.int64(-1)
+    npg: IntLike = np.int64(0)  # not a literal: one compiled _save_itt, not two
+    last: IntLike = np.int64(-1)
     nd = d_id.shape[0]
     if dt_valid:
         for k in range(nd):
             dev_id = np.int64(d_id[k])
             # vgic_its_check_id, with the DTE address
-            ok = dev_id <= 0xFFFF
+            ok: BoolLike = dev_id <= 0xFFFF
             eaddr = np.int64(0)
             if ok:
                 if not indirect:
@@ -506,9 +529,10 @@ def save_walk(sstart, send, sptr, sro, sdirty, sdn, spage0, dt_valid, dt_base, d
                                       v41, 0, m, pages, npg, last, counts, info)
                 if info[0]:
                     return pages, npg
-            nxt = np.int64(0)
+            nxt: IntLike = np.int64(0)
             if k + 1 < nd:
-                nxt = min(np.int64(d_id[k + 1]) - dev_id, 0x3FFF)
+                # ignore: min() of a numpy and a Python integer is typed only as "comparable"
+                nxt = min(np.int64(d_id[k + 1]) - dev_id, 0x3FFF)  # type: ignore[assignment]
             w = (np.uint64(1) << np.uint64(63)) | (np.uint64(nxt) << np.uint64(49)) \
                 | (np.uint64(itt >> 8) << np.uint64(5)) | np.uint64(d_bits[k] - 1)
             if not _write64(sstart, send, sptr, sro, sdirty, sdn, spage0, eaddr, w):
@@ -540,7 +564,8 @@ def save_walk(sstart, send, sptr, sro, sdirty, sdn, spage0, dt_valid, dt_base, d
 
 
 @jit
-def check_device_ites(e_ptr, p_ptr, d_cnt, d_bits, unsorted, out):
+def check_device_ites(e_ptr: U64Array, p_ptr: U64Array, d_cnt: I64Array, d_bits: U8Array, unsorted: U8Array,
+                      out: I64Array) -> None:
     """Validate the save input in one pass. ``out`` = [device rank or -1, ITE, reason] of the
     first bad ITE: 1 EventID >= 2^bits, 2 pINTID < 8192, 3 duplicate EventID (found in sorted
     devices only); ``unsorted[k]`` = 1 when device k's EventIDs are not ascending."""

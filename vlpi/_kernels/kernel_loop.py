@@ -10,17 +10,26 @@ speed". Every access resolves its memslot like KVM does (binary search over sort
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 
 from vlpi._kernels._jit import jit, view_u8
 from vlpi._kernels.pending import _find_slot
+from vlpi._typing import BoolLike, I32Array, IntLike, U8Array, U32Array, U64Array
+
+# (reads, writes, vpt_reads or synced, fault_row, fault_is_write, fault_gpa, n_recorded)
+_WalkResult = tuple[int, int, int, int, int, IntLike, int]
 
 NO_ADDR = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 
 
 @jit
-def walk_save(walk, use_walk, intid, target, latch, hw, base, vpt, vb, use_vpt,
-              sstart, send, sptr, sro, wr_addr, wr_old):
+def walk_save(walk: I32Array, use_walk: BoolLike, intid: U32Array, target: npt.NDArray[np.signedinteger[Any]],
+              latch: U8Array, hw: U8Array, base: U64Array, vpt: U8Array, vb: IntLike, use_vpt: BoolLike,
+              sstart: U64Array, send: U64Array, sptr: U64Array, sro: U8Array, wr_addr: U64Array,
+              wr_old: U8Array) -> _WalkResult:
     """Returns (reads, writes, vpt_reads, fault_row, fault_is_write, fault_gpa, n_recorded).
 
     Every write's GPA and the byte value before it are recorded in ``wr_addr``/``wr_old`` (for
@@ -66,8 +75,9 @@ def walk_save(walk, use_walk, intid, target, latch, hw, base, vpt, vb, use_vpt,
 
 
 @jit
-def walk_restore(intid, target, latch, base, sstart, send, sptr, sro, stop_on_error,
-                 errno_out, wr_addr, wr_old):
+def walk_restore(intid: U32Array, target: npt.NDArray[np.signedinteger[Any]], latch: U8Array, base: U64Array,
+                 sstart: U64Array, send: U64Array, sptr: U64Array, sro: U8Array, stop_on_error: BoolLike,
+                 errno_out: I32Array, wr_addr: U64Array, wr_old: U8Array) -> _WalkResult:
     """Returns (reads, writes, synced, fault_row, fault_is_write, fault_gpa, n_recorded).
 
     With ``stop_on_error`` the walk stops at the first fault (``fault_row``); otherwise every

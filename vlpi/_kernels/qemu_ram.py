@@ -13,13 +13,14 @@ from __future__ import annotations
 import numpy as np
 
 from vlpi._kernels._jit import jit
+from vlpi._typing import BoolArray, IntLike, U8Array
 
 ZERO_CONTINUE = 0x22  # RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_CONTINUE
 PAGE_CONTINUE = 0x28  # RAM_SAVE_FLAG_PAGE | RAM_SAVE_FLAG_CONTINUE
 
 
 @jit
-def ram_run(d, pos, psize, block, sent, zero):
+def ram_run(d: U8Array, pos: IntLike, psize: IntLike, block: U8Array, sent: BoolArray, zero: BoolArray) -> IntLike:
     """Consume zero/ordinary page records of the current block from ``d[pos:]``; return the
     offset of the first record left to the caller. ``psize`` is a power of two; ``block`` holds
     ``len(sent) * psize`` bytes."""

@@ -62,13 +62,16 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from vlpi._kernels import its_tables as _k
 from vlpi._repr import fields_repr
+from vlpi._typing import U64Array
 from vlpi.errors import GuestMemoryFault
 from vlpi.memory import GuestMemory
 
@@ -168,8 +171,8 @@ class ItsTableError(OSError):
         where: str = "",
         gpa: int | None = None,
         report: ItsSaveReport | None = None,
-        collections: list | None = None,
-        devices: list | None = None,
+        collections: list[tuple[int, int]] | None = None,
+        devices: list[ItsDevice] | None = None,
         table: str | None = None,
     ) -> None:
         super().__init__(err, message)
@@ -180,14 +183,23 @@ class ItsTableError(OSError):
         self.devices = devices
         self.table = table
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[..., ItsTableError], tuple[Any, ...]]:
         return (
             _rebuild_error,
             (self.errno, self.strerror, self.where, self.gpa, self.report, self.collections, self.devices, self.table),
         )
 
 
-def _rebuild_error(err, message, where, gpa, report, collections, devices, table=None):
+def _rebuild_error(
+    err: int,
+    message: str,
+    where: str,
+    gpa: int | None,
+    report: ItsSaveReport | None,
+    collections: list[tuple[int, int]] | None,
+    devices: list[ItsDevice] | None,
+    table: str | None = None,
+) -> ItsTableError:
     return ItsTableError(
         err, message, where=where, gpa=gpa, report=report, collections=collections, devices=devices, table=table
     )
@@ -249,7 +261,7 @@ class ItsSaveReport:
 
 
 # ------------------------------------------------------------------------ BASER decoding
-def _check_u64(value, name: str) -> int:
+def _check_u64(value: object, name: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
     value = int(value)
@@ -288,7 +300,7 @@ def _valid(baser: int) -> bool:
 
 
 # --------------------------------------------------------------------- encode / decode
-def _words(raw) -> np.ndarray:
+def _words(raw: npt.ArrayLike) -> np.ndarray:
     if isinstance(raw, (bytes, bytearray, memoryview)):
         raw = np.frombuffer(raw, dtype=np.uint8)
     arr = np.asarray(raw)
@@ -308,7 +320,7 @@ def _field(words: np.ndarray, kind: str, name: str) -> np.ndarray:
     return (words >> _U64(shift)) & _U64((1 << width) - 1)
 
 
-def _as_field(value, kind: str, name: str) -> np.ndarray:
+def _as_field(value: npt.ArrayLike, kind: str, name: str) -> U64Array:
     arr = np.asarray(value)
     if arr.dtype == bool:
         arr = arr.astype(np.uint64)
@@ -322,12 +334,14 @@ def _as_field(value, kind: str, name: str) -> np.ndarray:
     return arr.astype(np.uint64)
 
 
-def _place(value: np.ndarray, kind: str, name: str) -> np.ndarray:
+def _place(value: U64Array, kind: str, name: str) -> U64Array:
     shift, _ = FIELDS_V0[kind][name]
     return value << _U64(shift)
 
 
-def encode_dte(next, itt_addr, size, valid=True) -> np.ndarray:  # noqa: A002 (ABI field name)
+def encode_dte(  # noqa: A002 (ABI field name)
+    next: npt.ArrayLike, itt_addr: npt.ArrayLike, size: npt.ArrayLike, valid: npt.ArrayLike = True
+) -> U64Array:
     """DTE words (uint64) from fields; arrays broadcast.
 
     ``itt_addr`` is the ITT's byte GPA (256-byte aligned); ``size`` is EventID bits - 1.
@@ -349,7 +363,7 @@ def encode_dte(next, itt_addr, size, valid=True) -> np.ndarray:  # noqa: A002 (A
     )
 
 
-def decode_dte(raw) -> np.ndarray:
+def decode_dte(raw: npt.ArrayLike) -> np.ndarray:
     """Decode DTEs (bytes, uint8 or uint64 words) into a :data:`DTE_FIELDS` array."""
     w = _words(raw)
     out = np.empty(w.shape, DTE_FIELDS)
@@ -360,7 +374,7 @@ def decode_dte(raw) -> np.ndarray:
     return out
 
 
-def encode_ite(next, pintid, icid) -> np.ndarray:  # noqa: A002
+def encode_ite(next: npt.ArrayLike, pintid: npt.ArrayLike, icid: npt.ArrayLike) -> U64Array:  # noqa: A002
     """ITE words (uint64) from fields; arrays broadcast."""
     return (
         _place(_as_field(next, "ite", "next"), "ite", "next")
@@ -369,7 +383,7 @@ def encode_ite(next, pintid, icid) -> np.ndarray:  # noqa: A002
     )
 
 
-def decode_ite(raw) -> np.ndarray:
+def decode_ite(raw: npt.ArrayLike) -> np.ndarray:
     """Decode ITEs into an :data:`ITE_FIELDS` array (``pintid == 0`` marks an invalid ITE)."""
     w = _words(raw)
     out = np.empty(w.shape, ITE_FIELDS)
@@ -378,7 +392,7 @@ def decode_ite(raw) -> np.ndarray:
     return out
 
 
-def encode_cte(rdbase, icid, valid=True) -> np.ndarray:
+def encode_cte(rdbase: npt.ArrayLike, icid: npt.ArrayLike, valid: npt.ArrayLike = True) -> U64Array:
     """CTE words (uint64) from fields; ``rdbase`` is a vCPU id or :data:`COLLECTION_NOT_MAPPED`."""
     return (
         _place(_as_field(valid, "cte", "valid"), "cte", "valid")
@@ -387,7 +401,7 @@ def encode_cte(rdbase, icid, valid=True) -> np.ndarray:
     )
 
 
-def decode_cte(raw) -> np.ndarray:
+def decode_cte(raw: npt.ArrayLike) -> np.ndarray:
     """Decode CTEs into a :data:`CTE_FIELDS` array; ``rdbase`` is bits 47:16, as KVM reads it."""
     w = _words(raw)
     out = np.empty(w.shape, CTE_FIELDS)
@@ -397,7 +411,7 @@ def decode_cte(raw) -> np.ndarray:
     return out
 
 
-def encode_l1e(l2_addr, valid=True) -> np.ndarray:
+def encode_l1e(l2_addr: npt.ArrayLike, valid: npt.ArrayLike = True) -> U64Array:
     """Level-1 device-table entries from the L2 page GPA (64 KiB aligned)."""
     addr = _as_field(l2_addr, "l1e", "l2_addr")
     if np.any(addr & _U64(TABLE_PAGE - 1)):
@@ -406,7 +420,7 @@ def encode_l1e(l2_addr, valid=True) -> np.ndarray:
     return _place(_as_field(valid, "l1e", "valid"), "l1e", "valid") | addr
 
 
-def decode_l1e(raw) -> np.ndarray:
+def decode_l1e(raw: npt.ArrayLike) -> np.ndarray:
     """Decode level-1 device-table entries into an :data:`L1E_FIELDS` array."""
     w = _words(raw)
     out = np.empty(w.shape, L1E_FIELDS)
@@ -423,8 +437,8 @@ class _Map:
     def __init__(self, mem: GuestMemory) -> None:
         self.mem = mem
         starts, ends = mem.extents(writable=False)
-        self._rd_starts = starts.tolist()  # scalar lookups: bisect on lists beats numpy
-        self._rd_ends = ends.tolist()
+        self._rd_starts: list[int] = starts.tolist()  # scalar lookups: bisect on lists beats numpy
+        self._rd_ends: list[int] = ends.tolist()
 
     def visible(self, gpa: int) -> bool:
         """The byte at ``gpa`` is in a memslot (``kvm_is_visible_gfn`` at byte granularity)."""
@@ -439,13 +453,15 @@ class _Map:
         return min(m, (self._rd_ends[i] - gpa) // ESZ)
 
 
-def _check_mem(mem) -> None:
+def _check_mem(mem: object) -> None:
     if not isinstance(mem, GuestMemory):
         raise TypeError(f"mem must be a vlpi.GuestMemory, got {type(mem).__name__}")
 
 
 # -------------------------------------------------------------------------- check_id
-def _check_id(gmap: _Map, baser: int, ident: int, device: bool, l1_cache: dict | None = None) -> tuple[bool, int, str]:
+def _check_id(
+    gmap: _Map, baser: int, ident: int, device: bool, l1_cache: dict[int, int | None] | None = None
+) -> tuple[bool, int, str]:
     """``vgic_its_check_id``: (ok, entry GPA, reason). Reads the L1 entry for a two-level
     device table from guest memory (a faulting read fails the check). ``l1_cache`` memoises
     L1 reads (index -> word or None) while guest memory does not change."""
@@ -484,7 +500,7 @@ def _check_id(gmap: _Map, baser: int, ident: int, device: bool, l1_cache: dict |
 
 
 # ---------------------------------------------------------------------------------- save
-def _int_field(obj, name: str, where: str, lo: int, hi: int) -> int:
+def _int_field(obj: object, name: str, where: str, lo: int, hi: int) -> int:
     v = getattr(obj, name)
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
         raise TypeError(f"{where}.{name} must be an integer, got {type(v).__name__}")
@@ -494,7 +510,7 @@ def _int_field(obj, name: str, where: str, lo: int, hi: int) -> int:
     return v
 
 
-def _ite_array(a, name: str, n: int | None) -> np.ndarray:
+def _ite_array(a: npt.ArrayLike, name: str, n: int | None) -> np.ndarray:
     """One per-ITE array of a device as int64 (range checks are done in bulk afterwards)."""
     arr = np.asarray(a)
     if arr.ndim != 1:
@@ -515,7 +531,7 @@ _ITE_COLUMNS = (
 )
 
 
-def _native_col(p: np.ndarray, dtype, hi: int, name: str, k: int) -> np.ndarray:
+def _native_col(p: np.ndarray, dtype: npt.DTypeLike, hi: int, name: str, k: int) -> np.ndarray:
     """One device's per-ITE column in its native dtype, C-contiguous; values that do not fit
     are an error (booleans are not integers, anything non-zero is a True ``hw``)."""
     if p.dtype != dtype:
@@ -536,7 +552,7 @@ _BY_ADDRESS = 1 << 15  # devices with at least this many ITEs are passed in plac
 #                       ~10 us in Python, copying 32 Ki ITEs about as much (measured)
 
 
-def _addrs(arrays: list[np.ndarray], keep: list) -> np.ndarray:
+def _addrs(arrays: list[np.ndarray], keep: list[np.ndarray]) -> U64Array:
     """Addresses of per-device arrays for the kernel; small ones are packed into one buffer
     (appended to ``keep``, which must outlive the kernel call)."""
     n = len(arrays)
@@ -585,7 +601,7 @@ class _SaveInput:
     native arrays (``event_id``/``pintid`` uint32, ``icid`` uint16, ``hw`` bool), handed to the
     kernel as per-device addresses (``ptrs``, see :func:`_addrs`) and counts (``cnt``)."""
 
-    def __init__(self, devices, collections) -> None:
+    def __init__(self, devices: Sequence[ItsDevice], collections: Sequence[tuple[int, int]]) -> None:
         if isinstance(devices, ItsDevice) or not isinstance(devices, Sequence):
             raise TypeError("devices must be a sequence of ItsDevice")
         nd = len(devices)
@@ -626,7 +642,7 @@ class _SaveInput:
         out = np.zeros(3, np.int64)
         unsorted = np.zeros(nd, np.uint8)
         perms: dict[int, np.ndarray] = {}
-        keep: list = []
+        keep: list[np.ndarray] = []
         ptrs = [_addrs(x, keep) for x in (E, P, C, H)]
         _k.check_device_ites(ptrs[0], ptrs[1], cnt, bits, unsorted, out)
         if unsorted.any():  # devices listing their ITEs out of EventID order: sorted copies
@@ -648,7 +664,7 @@ class _SaveInput:
             raise ValueError(f"devices[{k}].event_id has EventID {int(E[r][j])} twice")
         self.ids, self.itt, self.bits, self.cnt = sids, itt[dorder], bits, cnt
         self.keep = (E, P, C, H, keep)  # what the addresses point into
-        self.ptrs = tuple(ptrs)
+        self.ptrs = (ptrs[0], ptrs[1], ptrs[2], ptrs[3])  # event_id, pintid, icid, hw
 
         if isinstance(collections, (str, bytes)) or not isinstance(collections, Sequence):
             raise TypeError("collections must be a sequence of (icid, rdbase) pairs")
@@ -930,7 +946,9 @@ def restore_tables_v0(
     return colls, devs
 
 
-def _restore_error(info: np.ndarray, colls, devs, n_vcpus: int, max_ites: int) -> ItsTableError:
+def _restore_error(
+    info: np.ndarray, colls: list[tuple[int, int]], devs: list[ItsDevice], n_vcpus: int, max_ites: int
+) -> ItsTableError:
     err, reason, gpa, a, b, c, d = (int(x) for x in info[:7])
     msg = _RESTORE_MESSAGES[reason]
     if reason in (_k.R_CTE_RDBASE, _k.R_CTE_EXISTS, _k.R_CTE_ICID):

@@ -20,6 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
+
+from vlpi._typing import U64Array
 
 __all__ = [
     "ItsCommand",
@@ -250,7 +253,7 @@ def encode(cmd: ItsCommand) -> np.ndarray:
     return np.array(_dws(cmd), dtype="<u8").view(np.uint8)
 
 
-def decode(slot) -> ItsCommand:
+def decode(slot: npt.ArrayLike) -> ItsCommand:
     """Decode one 32-byte slot the way KVM's command handlers read it.
 
     Opcodes KVM has no handler for decode to an :class:`ItsCommand` with only ``opcode`` set
@@ -277,7 +280,7 @@ def decode(slot) -> ItsCommand:
     )
 
 
-def encode_many(opcode: int | str, n: int | None = None, **fields) -> np.ndarray:
+def encode_many(opcode: int | str, n: int | None = None, **fields: npt.ArrayLike) -> np.ndarray:
     """Encode ``n`` commands of one opcode at once: a ``[n, 32]`` uint8 array.
 
     Fields are array-likes (or scalars, broadcast) named as in :class:`ItsCommand`. Vectorised
@@ -298,7 +301,7 @@ def encode_many(opcode: int | str, n: int | None = None, **fields) -> np.ndarray
         n = int(np.broadcast_shapes(*(a.shape for a in arrs.values()))[0]) if arrs else 1
     z = np.zeros(n, dtype=np.uint64)
 
-    def f(name, default=0):
+    def f(name: str, default: int = 0) -> U64Array:
         a = arrs.get(name)
         return z + np.uint64(default) if a is None else np.broadcast_to(a, (n,)).astype(np.uint64)
 

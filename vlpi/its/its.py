@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import errno as _errno
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
+import numpy.typing as npt
 
+from vlpi._typing import BoolArray, I64Array, U64Array
 from vlpi.errors import GuestMemoryFault
 from vlpi.its import commands as C
 from vlpi.its.commands import ItsCommand, ItsCommandError
@@ -45,6 +48,9 @@ from vlpi.vgic import (
     first_of,
     in_ram,
 )
+
+if TYPE_CHECKING:
+    from vlpi.its.abi import ItsDevice, ItsSaveReport
 
 __all__ = [
     "VirtualITS",
@@ -71,7 +77,11 @@ _ESZ = 8
 _CMD_OFFSET = 0xF_FFE0  # GITS_CWRITER / GITS_CREADR bits [19:5]
 
 
-def _ite_gpa(itt, event_id):
+@overload
+def _ite_gpa(itt: int, event_id: int) -> int: ...
+@overload
+def _ite_gpa(itt: np.ndarray, event_id: np.ndarray) -> np.ndarray: ...
+def _ite_gpa(itt: int | np.ndarray, event_id: int | np.ndarray) -> int | np.ndarray:
     """The ITE address as vgic_its_check_event_id computes it: ``itt + (u32)(EventID * 8)`` (the
     product wraps for ITTs of more than 2^29 events, which only a restored DTE can declare)."""
     return itt + ((event_id * _ESZ) & 0xFFFF_FFFF)
@@ -91,10 +101,10 @@ class _Grow:
     """Growable struct of arrays (capacity doubling; rows are never reordered)."""
 
     n: int
-    arrays: dict
+    arrays: dict[str, np.ndarray]
 
     @classmethod
-    def make(cls, **dtypes) -> _Grow:
+    def make(cls, **dtypes: npt.DTypeLike) -> _Grow:
         return cls(0, {k: np.zeros(16, dtype=dt) for k, dt in dtypes.items()})
 
     def reserve(self, extra: int) -> None:
@@ -111,7 +121,7 @@ class _Grow:
     def __getitem__(self, k: str) -> np.ndarray:
         return self.arrays[k][: self.n]
 
-    def append(self, **cols) -> np.ndarray:
+    def append(self, **cols: npt.ArrayLike) -> np.ndarray:
         m = int(np.size(next(iter(cols.values()))))
         self.reserve(m)
         for k, v in cols.items():
@@ -127,7 +137,7 @@ class _Grow:
         self.n = m
 
 
-def _u(x, name: str, hi: int | None = None) -> int:
+def _u(x: object, name: str, hi: int | None = None) -> int:
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {type(x).__name__}")
     x = int(x)
@@ -220,7 +230,7 @@ class VirtualITS:
                              f"and CWRITER = {self._cwriter:#x} must lie inside it; set them first")
         self._cbaser = v
 
-    def _offset(self, value, name: str) -> int:
+    def _offset(self, value: int, name: str) -> int:
         off = check_reg(value, name) & _CMD_OFFSET
         size = ((self._cbaser & 0xFF) + 1) * 4096
         if off >= size:
@@ -315,7 +325,7 @@ class VirtualITS:
         ok[ok] &= self.vgic.lpis_enabled[t[ok]]
         return ok
 
-    def forwarded(self, ites: np.ndarray) -> np.ndarray:
+    def forwarded(self, ites: np.ndarray) -> BoolArray:
         """Per ITE handle (-1: none, False): was forwarding set up through this event?"""
         ites = np.asarray(ites, dtype=np.int64)
         return (ites >= 0) & (self._ite.arrays["fwd"][np.maximum(ites, 0)] if self._ite.n else False)
@@ -324,7 +334,7 @@ class VirtualITS:
         """Record that forwarding was set up through these events (ITE handles)."""
         self._ite.arrays["fwd"][np.asarray(ites, dtype=np.int64)] = True
 
-    def clear_forwarded(self, intids) -> None:
+    def clear_forwarded(self, intids: npt.ArrayLike) -> None:
         """Forwarding of these LPIs was torn down: no event of theirs is forwarded any more."""
         a = self._ite.arrays
         n = self._ite.n
@@ -367,7 +377,7 @@ class VirtualITS:
 
     # ------------------------------------------------------------ ITE index
     @staticmethod
-    def _key(dev, ev):
+    def _key(dev: npt.ArrayLike, ev: npt.ArrayLike) -> U64Array:
         return (np.asarray(dev, dtype=np.uint64) << np.uint64(32)) | np.asarray(ev, dtype=np.uint64)
 
     def _dict(self) -> dict[int, int]:
@@ -398,7 +408,15 @@ class VirtualITS:
     def _ites_changed(self) -> None:
         self._ite_sorted = None
 
-    def _add_ites(self, dev, ev, intid, coll, inst=None, shadow=None) -> np.ndarray:
+    def _add_ites(
+        self,
+        dev: npt.ArrayLike,
+        ev: npt.ArrayLike,
+        intid: npt.ArrayLike,
+        coll: npt.ArrayLike,
+        inst: npt.ArrayLike | None = None,
+        shadow: npt.ArrayLike | None = None,
+    ) -> np.ndarray:
         """Append ITEs of visible devices (``inst`` defaults to their device's instance) or,
         with ``shadow``, of later duplicates of a DeviceID (never found by look-ups)."""
         if inst is None:
@@ -419,7 +437,7 @@ class VirtualITS:
         self._ites_changed()
         return rows
 
-    def _free_ites(self, rows: np.ndarray, source: int) -> None:
+    def _free_ites(self, rows: np.ndarray, source: LostSource) -> None:
         """its_free_ite for each row: drop the ITE and its LPI reference (the LPI goes away
         with its last reference; a forwarded one is unmapped from the GIC)."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -550,7 +568,7 @@ class VirtualITS:
         self._inst[dev] = inst
         return inst, False
 
-    def _free_device(self, dev: int, source: int) -> None:
+    def _free_device(self, dev: int, source: LostSource) -> None:
         """vgic_its_free_device of the device find_its_device returns; a later device with the
         same ID (restored twice) then becomes the one found."""
         a = self._ite
@@ -569,7 +587,7 @@ class VirtualITS:
             self._ite_dict = None
             self._ites_changed()
 
-    def _free_device_list(self, source: int) -> None:
+    def _free_device_list(self, source: LostSource) -> None:
         """vgic_its_free_device_list: every device, duplicates included."""
         while self.devices:
             self._free_device(next(iter(self.devices)), source)
@@ -624,7 +642,7 @@ class VirtualITS:
         """MAPI: MAPTI with pINTID = EventID."""
         self._mapti("MAPI", device_id, event_id, event_id, icid)
 
-    def _mapti(self, name, device_id, event_id, pintid, icid) -> None:
+    def _mapti(self, name: str, device_id: int, event_id: int, pintid: int, icid: int) -> None:
         dev = _u(device_id, "device_id", 1 << 32)
         ev = _u(event_id, "event_id", 1 << 32)
         lpi = _u(pintid, "pintid", 1 << 32)
@@ -654,11 +672,19 @@ class VirtualITS:
         err = self.vgic.get_lpis(np.array([lpi], np.uint32), np.array([tgt], np.int64))[0]
         if err:
             raise OSError(int(err), f"{name}: vgic_add_lpi({lpi}) failed: guest memory fault")
-        if new_coll:
+        if s is None:  # new_coll
             s = self._new_collection(icid, _NOT_MAPPED)
         self._add_ites([dev], [ev], [lpi], [s])
 
-    def map_events(self, device_ids, event_ids, intids, icids, *, errors: str = "raise") -> np.ndarray:
+    def map_events(
+        self,
+        device_ids: npt.ArrayLike,
+        event_ids: npt.ArrayLike,
+        intids: npt.ArrayLike,
+        icids: npt.ArrayLike,
+        *,
+        errors: str = "raise",
+    ) -> np.ndarray:
         """Vectorised MAPTI for many events (no Python loop per mapping).
 
         Parameters
@@ -913,7 +939,7 @@ class VirtualITS:
         self.cbaser = 0
 
     # ================================================================ table ABI
-    def _save_inputs(self):
+    def _save_inputs(self) -> tuple[list[ItsDevice], list[tuple[int, int]]]:
         from vlpi.its.abi import ItsDevice
 
         a = self._ite
@@ -948,7 +974,7 @@ class VirtualITS:
             )
         return devices, self.collections
 
-    def save_tables(self, *, has_gicv4_1: bool):
+    def save_tables(self, *, has_gicv4_1: bool) -> ItsSaveReport:
         """``KVM_DEV_ARM_ITS_SAVE_TABLES`` through :func:`vlpi.its.abi.save_tables_v0`."""
         from vlpi.its.abi import save_tables_v0
 
@@ -956,7 +982,7 @@ class VirtualITS:
         devices, colls = self._save_inputs()
         return save_tables_v0(self.mem, self.baser[0], self.baser[1], devices, colls, has_gicv4_1=has_gicv4_1)
 
-    def restore_tables(self):
+    def restore_tables(self) -> tuple[list[tuple[int, int]], list[ItsDevice]]:
         """``KVM_DEV_ARM_ITS_RESTORE_TABLES`` (:func:`vlpi.its.abi.restore_tables_v0`), with the
         kernel's order of effects: collections first, then devices in scan order, each ITE's LPI
         created (config read, pending bit pulled and cleared in RAM) before the next entry is
@@ -981,8 +1007,8 @@ class VirtualITS:
             table_err = None
         except ItsTableError as e:
             if e.table == "collection":  # vgic_its_restore_collection_table: free the list, return
-                for icid in list(self._coll):
-                    self._free_collection(icid)
+                for c in list(self._coll):
+                    self._free_collection(c)
                 raise
             table_err = e
             colls, devs = e.collections or [], e.devices or []
@@ -1027,6 +1053,7 @@ class VirtualITS:
         # bits stay consumed in RAM
         self._free_all()
         if i < 0:
+            assert table_err is not None  # every LPI was created: the walk itself failed
             raise table_err
         raise ItsTableError(
             _errno.EFAULT, f"RESTORE_TABLES: vgic_add_lpi({int(lpi[i])}) for device {int(dev[i])} event "
@@ -1062,7 +1089,7 @@ def _creator_index(key: np.ndarray, creators: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _ids(x, name: str) -> np.ndarray:
+def _ids(x: npt.ArrayLike, name: str) -> I64Array:
     a = np.asarray(x)
     if a.ndim == 0:
         a = a.reshape(1)
@@ -1077,7 +1104,7 @@ def _ids(x, name: str) -> np.ndarray:
     return a
 
 
-def event_pairs(device_ids, event_ids) -> tuple[np.ndarray, np.ndarray]:
+def event_pairs(device_ids: npt.ArrayLike, event_ids: npt.ArrayLike) -> tuple[I64Array, I64Array]:
     """Validate and broadcast (DeviceID, EventID) arrays (a scalar or 1-element side broadcasts)."""
     d = _ids(device_ids, "device_ids")
     e = _ids(event_ids, "event_ids")

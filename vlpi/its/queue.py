@@ -19,9 +19,12 @@ it writes encoded slots at CWRITER and then writes CWRITER.
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from vlpi.errors import GuestMemoryFault
 from vlpi.its.commands import (
@@ -37,6 +40,9 @@ from vlpi.its.commands import (
     encode_many,
 )
 from vlpi.vgic import PENDBASER_ADDRESS_MASK, VMError, check_reg
+
+if TYPE_CHECKING:  # the ITS runs its queue through this module (imported lazily there)
+    from vlpi.its.its import VirtualITS
 
 __all__ = [
     "CommandLog",
@@ -100,7 +106,7 @@ def queue_gpa(cbaser: int) -> int:
     return cbaser & 0x000F_FFFF_FFFF_0000
 
 
-def write_cbaser(its, value: int) -> None:
+def write_cbaser(its: VirtualITS, value: int) -> None:
     """Write GITS_CBASER (ignored while enabled): sanitise cache/shareability fields, clear
     PA[15:12], then CREADR := CWRITER := 0."""
     v = check_reg(value, "value (GITS_CBASER)")
@@ -119,7 +125,7 @@ def write_cbaser(its, value: int) -> None:
     its.cbaser = v
 
 
-def set_creadr(its, value: int) -> None:
+def set_creadr(its: VirtualITS, value: int) -> None:
     """Userspace write of GITS_CREADR (KVM_DEV_ARM_VGIC_GRP_ITS_REGS): only while disabled
     (``EBUSY``) and below the queue size (``EINVAL``). Guest writes are ignored by KVM."""
     off = check_reg(value, "value (GITS_CREADR)") & _OFFSET_MASK
@@ -130,7 +136,7 @@ def set_creadr(its, value: int) -> None:
     its.creadr = off
 
 
-def write_cwriter(its, value: int) -> None:
+def write_cwriter(its: VirtualITS, value: int) -> None:
     """Guest (and userspace) write of GITS_CWRITER: keep [19:5]; drop an offset beyond the
     queue; run slots (nothing runs while the ITS is disabled)."""
     off = check_reg(value, "value (GITS_CWRITER)") & _OFFSET_MASK
@@ -140,7 +146,7 @@ def write_cwriter(its, value: int) -> None:
     process_commands(its)
 
 
-def write_ctlr(its, value: int) -> None:
+def write_ctlr(its: VirtualITS, value: int) -> None:
     """Guest write of GITS_CTLR: Enabled 0 -> 1 needs BASER0, BASER1 and CBASER Valid (else the
     whole write is ignored); then the queue runs."""
     en = bool(check_reg(value, "value (GITS_CTLR)", 32) & 1)
@@ -151,12 +157,12 @@ def write_ctlr(its, value: int) -> None:
     process_commands(its)
 
 
-def read_ctlr(its) -> int:
+def read_ctlr(its: VirtualITS) -> int:
     """GITS_CTLR: Enabled [0], Quiescent [31] = (CREADR == CWRITER)."""
     return int(its.ctlr_enabled) | ((its.creadr == its.cwriter) << 31)
 
 
-def get_registers(its) -> dict:
+def get_registers(its: VirtualITS) -> dict[str, Any]:
     """The ITS registers userspace saves: ``gits_ctlr``, ``gits_cbaser``, ``gits_creadr``,
     ``gits_cwriter``, ``gits_baser`` (a list) and ``gits_iidr_rev``."""
     return {
@@ -172,13 +178,13 @@ def get_registers(its) -> dict:
 REGISTER_BITS = {"gits_ctlr": 32, "gits_cbaser": 64, "gits_creadr": 64, "gits_cwriter": 64}
 
 
-def check_registers(its, regs: dict) -> dict:
+def check_registers(its: VirtualITS, regs: dict[str, Any]) -> dict[str, Any]:
     """Validate the ITS part of ``regs`` as KVM_DEV_ARM_VGIC_GRP_ITS_REGS would take it,
     changing nothing: every value a non-negative integer of its register's width,
     ``gits_baser`` 2 to 8 values (BASER2..7 are ignored), ``gits_iidr_rev`` (optional) an
     existing ABI revision (EINVAL), the ITS disabled (EBUSY: CREADR cannot be restored
     otherwise) and CREADR inside the queue that CBASER describes (EINVAL). Returns the values."""
-    out = {}
+    out: dict[str, Any] = {}
     for key, bits in REGISTER_BITS.items():
         if key not in regs:
             raise ValueError(f"regs has no {key!r} (the ITS registers are {sorted(REGISTER_BITS)} and 'gits_baser')")
@@ -199,7 +205,9 @@ def check_registers(its, regs: dict) -> dict:
     return out
 
 
-def set_registers(its, regs: dict, *, restore_tables=None) -> None:
+def set_registers(
+    its: VirtualITS, regs: dict[str, Any], *, restore_tables: Callable[[], object] | None = None
+) -> None:
     """Userspace restore in QEMU's order: GITS_CBASER, CREADR, CWRITER (stored, or dropped if
     beyond the queue, as KVM does), BASER0/1, then ``restore_tables()`` if given
     (KVM_DEV_ARM_ITS_RESTORE_TABLES), GITS_CTLR last. Values as :func:`check_registers`."""
@@ -217,7 +225,7 @@ def set_registers(its, regs: dict, *, restore_tables=None) -> None:
 _BULK_MIN = 32  # pending slots from which runs of MAPTI/MAPI are executed with map_events
 
 
-def process_commands(its) -> int:
+def process_commands(its: VirtualITS) -> int:
     """vgic_its_process_commands: run every slot from CREADR to CWRITER. Returns slots run.
 
     CREADR and CWRITER are 32-byte aligned offsets inside the queue (the registers keep
@@ -270,7 +278,7 @@ def process_commands(its) -> int:
     return n
 
 
-def _run_one(its, cmd: ItsCommand, off: int) -> None:
+def _run_one(its: VirtualITS, cmd: ItsCommand, off: int) -> None:
     log = its.command_log
     try:
         its.execute(cmd)
@@ -281,7 +289,7 @@ def _run_one(its, cmd: ItsCommand, off: int) -> None:
     log.executed += 1
 
 
-def _run_slots(its, slots: np.ndarray, off0: int, base: int, maps_write_queue: bool) -> int:
+def _run_slots(its: VirtualITS, slots: np.ndarray, off0: int, base: int, maps_write_queue: bool) -> int:
     """Execute slots read ahead, in order, MAPTI/MAPI runs in bulk; stop after a command that
     wrote into the slots still to run (the caller reads them again). Returns slots run."""
     f = decode_many(slots)
@@ -332,7 +340,7 @@ class GuestCommandWriter:
     ``w = GuestCommandWriter(vm.its, 0x4000_0000); w.send(ItsCommand.mapd(2, itt, 7))``
     """
 
-    def __init__(self, its, gpa: int, size_pages: int = 16) -> None:
+    def __init__(self, its: VirtualITS, gpa: int, size_pages: int = 16) -> None:
         gpa = check_reg(gpa, "gpa", 52)
         if isinstance(size_pages, (bool, np.bool_)) or not isinstance(size_pages, (int, np.integer)):
             raise TypeError(f"size_pages must be an integer, got {type(size_pages).__name__}")
@@ -346,7 +354,7 @@ class GuestCommandWriter:
         self.base = queue_gpa(its.cbaser)
 
     @classmethod
-    def attach(cls, its) -> GuestCommandWriter:
+    def attach(cls, its: VirtualITS) -> GuestCommandWriter:
         """Bind to a queue that is already programmed (e.g. restored on a migration
         destination), continuing at the current CWRITER."""
         w = cls.__new__(cls)
@@ -380,6 +388,6 @@ class GuestCommandWriter:
                 mem.write(self.base, chunk[first:].reshape(-1))
             write_cwriter(self.its, (w + 32 * chunk.shape[0]) % self.size)
 
-    def send_many(self, opcode, **fields) -> None:
-        """Encode (vectorised) and send many commands of one opcode."""
-        self.send_slots(encode_many(opcode, **fields))
+    def send_many(self, opcode: int | str, n: int | None = None, **fields: npt.ArrayLike) -> None:
+        """Encode (vectorised, :func:`~vlpi.its.commands.encode_many`) and send many commands of one opcode."""
+        self.send_slots(encode_many(opcode, n, **fields))

@@ -27,13 +27,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
 from vlpi.errors import GuestMemoryFault
 from vlpi.its import abi
 from vlpi.memory import GuestMemory
-from vlpi.qemu.stream import Stream, StreamError, machine_version, read_stream
+from vlpi.qemu.stream import Stream, StreamError, StreamSource, machine_version, read_stream
+
+if TYPE_CHECKING:
+    from vlpi.vm import VM
+
+#: the physical ITEs of the ITS tables: (DeviceID, EventID, INTID, ICID) columns
+_Ites: TypeAlias = "tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]"
 
 MIN_LPI = 8192
 LAYOUT_KVM = "kvm-abi-0"
@@ -196,12 +203,12 @@ class GicState:
         try:
             self.redistributors = [
                 Redistributor(v, int(c["gicr_ctlr"]), int(c["gicr_propbaser"]), int(c["gicr_pendbaser"]))
-                for v, c in enumerate(gic.fields["cpu"])
+                for v, c in enumerate((gic.fields or {})["cpu"])
             ]
         except (KeyError, TypeError, ValueError) as e:
             raise GicLayoutError(f"GIC section lacks a redistributor field ({e!r})", gic.offset, gic.name) from None
         try:
-            f = its.fields
+            f = its.fields or {}
             self.its = ItsRegisters(
                 int(f["ctlr"]), int(f["iidr"]), int(f["cbaser"]), int(f["cwriter"]), int(f["creadr"]),
                 tuple(int(b) for b in f["baser"]),
@@ -261,7 +268,7 @@ class GicState:
         )
 
     # ------------------------------------------------------------------ ITS tables
-    def _kvm_tables(self):
+    def _kvm_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[int, int | None]]:
         try:
             colls, devices = abi.restore_tables_v0(
                 self.memory, self.its.baser[0], self.its.baser[1], n_vcpus=self.n_vcpus
@@ -307,7 +314,7 @@ class GicState:
             return np.zeros(0, np.int64), np.zeros(0, np.uint64)
         return np.concatenate(ids), np.concatenate(words)
 
-    def _qemu_tables(self):
+    def _qemu_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[int, int | None]]:
         dt = self._table(BASER_TYPE_DEVICE)
         ct = self._table(BASER_TYPE_COLLECTION)
         collections: dict[int, int | None] = {}
@@ -318,7 +325,7 @@ class GicState:
             for i, x in zip(icids[ok], w[ok], strict=True):
                 rd = int(x >> np.uint64(1)) & 0xFFFF
                 collections[int(i)] = rd if rd < self.n_vcpus else None
-        parts = []
+        parts: list[_Ites] = []
         self._where = "device table"
         if dt is not None:
             devids, w = self._entries(dt, 1 << 16)
@@ -356,7 +363,7 @@ class GicState:
     def _pending_bits(self, vcpu: int) -> np.ndarray:
         return _pending_bits_of(self.memory, self.redistributors[vcpu])
 
-    def _lpis(self, dev, ev, intid, icid) -> list[LPI]:
+    def _lpis(self, dev: np.ndarray, ev: np.ndarray, intid: np.ndarray, icid: np.ndarray) -> list[LPI]:
         pend = [self._pending_bits(v) for v in range(self.n_vcpus)]
         out = []
         mapped: list[set[int]] = [set() for _ in range(self.n_vcpus)]
@@ -389,7 +396,7 @@ class GicState:
         raise KeyError(f"the ITS maps no LPI for DeviceID {device_id:#x} EventID {event_id}")
 
     # ------------------------------------------------------------------ replay (KVM streams)
-    def registers(self) -> dict:
+    def registers(self) -> dict[str, Any]:
         """The register set in :meth:`vlpi.VM.set_registers` form (what QEMU restores on the
         destination)."""
         return {
@@ -404,7 +411,7 @@ class GicState:
             "gits_iidr_rev": (self.its.iidr >> 12) & 0xF,
         }
 
-    def to_vm(self):
+    def to_vm(self) -> VM:
         """A :class:`vlpi.VM` that has replayed the destination's restore of this stream.
 
         Only for KVM-layout streams: QEMU's order (PROPBASER, PENDBASERs, GICR_CTLR, the ITS
@@ -422,7 +429,7 @@ class GicState:
         vm.set_registers(self.registers())
         return vm
 
-    def restore_summary(self) -> dict:
+    def restore_summary(self) -> dict[str, Any]:
         """What the destination's restore of a KVM-layout stream does (replayed with :meth:`to_vm`):
         LPIs it creates, which of them come up pending, how many pending-table bits it consumes
         (clears in guest RAM), and the interrupts the model logs as lost."""
@@ -437,7 +444,7 @@ class GicState:
                 "lost": vm.lost.summary()}
 
     # ------------------------------------------------------------------ views
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """A JSON-ready description: machine, layout, registers, LPIs, unmapped pending bits."""
         return {
             "machine": self.machine,
@@ -468,7 +475,7 @@ class GicState:
         lines.append(f"ITS: CTLR={i.ctlr:#x} IIDR={i.iidr:#x} CBASER={i.cbaser:#x} CREADR={i.creadr:#x} "
                      f"CWRITER={i.cwriter:#x}")
         lines.append("     BASER=" + " ".join(f"{b:#x}" for b in i.baser))
-        groups: dict = {}
+        groups: dict[int | None, list[LPI]] = {}
         for x in self.lpis:
             groups.setdefault(x.vcpu, []).append(x)
         for rd in self.redistributors:
@@ -523,10 +530,11 @@ def _lpi_rows(lpis: list[LPI]) -> list[str]:
     return rows
 
 
-def _concat(parts):
+def _concat(parts: list[_Ites]) -> _Ites:
     if not parts:
         return (np.zeros(0, np.uint32), np.zeros(0, np.uint32), np.zeros(0, np.uint32), np.zeros(0, np.uint16))
-    return tuple(np.concatenate([p[k] for p in parts]) for k in range(4))
+    dev, ev, intid, icid = (np.concatenate([p[k] for p in parts]) for k in range(4))
+    return dev, ev, intid, icid
 
 
 def _guest_memory(stream: Stream, ram_base: dict[str, int] | None, copy: bool = False) -> GuestMemory:
@@ -546,7 +554,9 @@ def _guest_memory(stream: Stream, ram_base: dict[str, int] | None, copy: bool = 
     return mem
 
 
-def read_gic(source, *, layout: str | None = None, ram_base: dict[str, int] | None = None) -> GicState:
+def read_gic(
+    source: StreamSource | Stream, *, layout: str | None = None, ram_base: dict[str, int] | None = None
+) -> GicState:
     """Read a migration stream (path, bytes or a parsed :class:`Stream`) and decode its GIC.
 
     Parameters

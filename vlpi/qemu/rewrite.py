@@ -9,7 +9,10 @@ it was, then every page of every block in the first ``PART``/``END`` chunk, zero
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+import numpy.typing as npt
 
 from vlpi.qemu.stream import (
     RAM_CONTINUE,
@@ -22,6 +25,9 @@ from vlpi.qemu.stream import (
     Stream,
 )
 
+if TYPE_CHECKING:
+    from vlpi.qemu.gic import GicState
+
 
 def _ram_pass(stream: Stream, ram: dict[str, np.ndarray]) -> bytes:
     ps = stream.page_size
@@ -31,7 +37,8 @@ def _ram_pass(stream: Stream, ram: dict[str, np.ndarray]) -> bytes:
         if data.dtype != np.uint8 or data.size != block.length:
             raise ValueError(f"RAM block {name!r}: need {block.length} uint8 bytes, got {data.size} {data.dtype}")
         pages = data.reshape(-1, ps)
-        nonzero = pages.any(axis=1)
+        # ignore: numpy types any(axis=...) as "a bool or an array"; over axis 1 of a 2-D array it is an array
+        nonzero: npt.NDArray[np.bool_] = pages.any(axis=1)  # type: ignore[assignment]
         idstr = bytes([len(name)]) + name.encode("ascii")
         for pg in range(len(pages)):
             flags = RAM_PAGE if nonzero[pg] else RAM_ZERO
@@ -87,7 +94,7 @@ def write_stream(
     return bytes(out)
 
 
-def gic_ranges(gic) -> list[tuple[int, int]]:
+def gic_ranges(gic: GicState) -> list[tuple[int, int]]:
     """Guest-physical ranges [start, end) that hold GIC state: the configuration table, every
     pending table, the command queue and the ITS tables (device table with its level-2 pages,
     ITTs, collection table)."""
@@ -116,7 +123,7 @@ def gic_ranges(gic) -> list[tuple[int, int]]:
     return out
 
 
-def minimize(gic) -> bytes:
+def minimize(gic: GicState) -> bytes:
     """The stream with every RAM page outside :func:`gic_ranges` zeroed (and all RAM blocks not
     mapped into guest memory zeroed): a small fixture that still carries the whole GIC."""
     ps = gic.stream.page_size

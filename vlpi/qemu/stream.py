@@ -28,12 +28,15 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeAlias, cast
 
 import numpy as np
 
 from vlpi._kernels.qemu_ram import ram_run
 from vlpi._repr import fields_repr
+
+#: what :func:`read_stream` reads: a path, the bytes, or a binary file
+StreamSource: TypeAlias = "str | Path | bytes | bytearray | memoryview | IO[bytes]"
 
 MAGIC = 0x5145564D  # "QEVM"
 VERSION = 3
@@ -158,7 +161,7 @@ class Stream:
     page_size: int
     ram: dict[str, RamBlock]
     sections: list[Section]
-    description: dict | None
+    description: dict[str, Any] | None
     skipped: list[str]
     size: int
     capabilities: list[str] = field(default_factory=list)
@@ -181,7 +184,7 @@ class Stream:
         return [s for s in self.sections if s.kind == SECTION_FULL]
 
 
-def load_bytes(source) -> bytes:
+def load_bytes(source: StreamSource) -> bytes:
     """The stream's bytes from a path, ``bytes`` or a binary file; gzip is undone transparently."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
@@ -246,7 +249,7 @@ class _Reader:
         return StreamError(message, self.pos if at is None else at, self.section)
 
 
-def _find_description(data: bytes) -> tuple[dict | None, int | None]:
+def _find_description(data: bytes) -> tuple[dict[str, Any] | None, int | None]:
     """Locate the JSON description after EOF: ``0x06``, a 32-bit length, then that many JSON bytes
     running to the end of the stream. Returns (description, offset of the 0x06 byte)."""
     end = len(data)
@@ -264,7 +267,7 @@ def _find_description(data: bytes) -> tuple[dict | None, int | None]:
     return None, None
 
 
-def read_stream(source, *, page_size: int | None = None) -> Stream:
+def read_stream(source: StreamSource, *, page_size: int | None = None) -> Stream:
     """Parse a QEMU migration stream.
 
     Parameters
@@ -300,22 +303,24 @@ def read_stream(source, *, page_size: int | None = None) -> Stream:
     if version != VERSION:
         raise StreamError(f"unsupported stream version {version} (vlpi reads version {VERSION})", 4, "header")
     desc, desc_at = _find_description(data)
-    by_name: dict[tuple[str, int], dict] = {}
+    by_name: dict[tuple[str, int], dict[str, Any]] = {}
     if desc is not None:
         try:
             for d in desc["devices"]:
                 by_name[(str(d["name"]), int(d.get("instance_id", 0)))] = d
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise StreamError(
-                f"JSON device description has no usable device list ({e!r})", desc_at, "description"
+                f"JSON device description has no usable device list ({e!r})", cast(int, desc_at), "description"
             ) from None
-    machine, bits, caps = "", None, []
+    machine: str = ""
+    bits: int | None = None
+    caps: list[str] = []
     ram: dict[str, RamBlock] = {}
     sections: list[Section] = []
     skipped: list[str] = []
     ids: dict[int, tuple[str, int, int]] = {}
     psize = page_size
-    last_block: list = [None]
+    last_block: list[RamBlock | None] = [None]
     while True:
         at = r.pos
         r.section = f"header of the section after {sections[-1].name!r}" if sections else "configuration"
@@ -447,7 +452,7 @@ def _skip_to_footer(r: _Reader, sid: int) -> None:
         pos = f + 1
 
 
-def _ram(r: _Reader, ram: dict[str, RamBlock], psize: int, caps: list[str], last: list) -> None:
+def _ram(r: _Reader, ram: dict[str, RamBlock], psize: int, caps: list[str], last: list[RamBlock | None]) -> None:
     """One START/PART/END chunk of the ``ram`` section, up to its end-of-section flag.
 
     ``last`` holds the block named most recently: a page flagged CONTINUE may follow it in a
@@ -537,7 +542,7 @@ def _ram_blocks(r: _Reader, ram: dict[str, RamBlock], total: int, psize: int, ca
         left -= length
 
 
-def _vmsd(r: _Reader, desc: dict, out: dict, offs: dict, prefix: str) -> None:
+def _vmsd(r: _Reader, desc: dict[str, Any], out: dict[str, Any], offs: dict[str, tuple[int, int]], prefix: str) -> None:
     """Decode one vmstate description (fields, then the subsections that were sent)."""
     for f in desc.get("fields", []):
         _field(r, f, out, offs, prefix)
@@ -550,12 +555,12 @@ def _vmsd(r: _Reader, desc: dict, out: dict, offs: dict, prefix: str) -> None:
             raise StreamError(f"subsection {name!r} where the description has {sub['vmsd_name']!r}", at, r.section)
         r.be(4, "subsection version")
         short = name.split("/")[-1]
-        child: dict = {}
+        child: dict[str, Any] = {}
         out[short] = child
         _vmsd(r, sub, child, offs, f"{prefix}{short}.")
 
 
-def _field(r: _Reader, f: dict, out: dict, offs: dict, prefix: str) -> None:
+def _field(r: _Reader, f: dict[str, Any], out: dict[str, Any], offs: dict[str, tuple[int, int]], prefix: str) -> None:
     name, typ = f["name"], f.get("type", "")
     count = int(f.get("array_len", 1))
     if typ == "struct":
@@ -565,7 +570,7 @@ def _field(r: _Reader, f: dict, out: dict, offs: dict, prefix: str) -> None:
             key = name if idx is None else f"{name}[{idx}]"
             if "array_len" in f:
                 key += f"[{i}]"
-            child: dict = {}
+            child: dict[str, Any] = {}
             _vmsd(r, f["struct"], child, offs, f"{prefix}{key}.")
             elems.append(child)
         if idx is not None:
