@@ -206,3 +206,23 @@ def view_i64(addr, n):
 def view_u64(addr, n):
     _checked(addr, np.uint64(n) * np.uint64(8))
     return numba.carray(voidptr(addr), (n,), numba.uint64)
+
+
+@intrinsic
+def popcount64(typingctx, x):
+    """Number of set bits of a uint64 (LLVM ``ctpop``: one instruction with POPCNT)."""
+    sig = types.uint64(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+
+    return sig, codegen
+
+
+@numba.njit(inline="always", nogil=True, cache=True)
+def nonzero_bytes64(x):
+    """Number of nonzero bytes of a uint64."""
+    x |= x >> np.uint64(4)
+    x |= x >> np.uint64(2)
+    x |= x >> np.uint64(1)
+    return popcount64(x & np.uint64(0x0101010101010101))
