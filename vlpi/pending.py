@@ -409,6 +409,7 @@ def _guard(jobs, *extra):
         lp = c.lpis
         t = c.mem.kernel_tables()
         arrays += [lp.intid, lp.target_vcpu, lp.pending_latch, lp.hw, c.base, c.vpt, *t[:4], *t[6]]
+        arrays.append(c.bits)
         if c.row is not None:
             arrays += [c.row, c.keep[0], c.keep[1], *c.keep[2][:4], *c.keep[2][6]]
         if c.plan is not None:
@@ -457,10 +458,10 @@ class _Job:
     __slots__ = (
         "mem", "lpis", "base", "vpt", "vb", "plan", "row", "n_vcpus", "use_vpt", "keep",
         "gen", "pb_obj", "pb_bytes", "vpt_obj", "vpt_shape", "has41", "latch_obj", "hw_obj", "recheck",
-        "__weakref__",
+        "bits", "nbw", "__weakref__",
     )
 
-    def __init__(self, mem, pendbaser, lpis, vpt, has_gicv4_1, tie, where=""):
+    def __init__(self, mem, pendbaser, lpis, vpt, has_gicv4_1, tie, where="", save=False):
         _check_mem(mem, where)
         _check_lpis(lpis, where)
         self.mem = mem
@@ -471,6 +472,10 @@ class _Job:
         self.use_vpt = bool(has_gicv4_1 and self.vb > 0)
         self.plan = _plan(lpis, self.base, tie) if tie is not None else None
         self.row = None
+        # a save's snapshot of pending_latch and hw as bit arrays (packed at the start of every
+        # call; a pad word lets the kernels read 64-bit windows); restore reads no flags
+        self.nbw = (len(lpis) >> 6) + 2 if save else 1
+        self.bits = np.zeros(2 * self.nbw, np.uint64)
         # what the cached validation depends on
         self.gen = mem.generation
         self.pb_obj = pendbaser if isinstance(pendbaser, np.ndarray) else None
@@ -532,8 +537,16 @@ class _Job:
         row[_k.N_VCPUS] = self.n_vcpus
         row[_k.USE_VPT] = 1 if self.use_vpt else 0
         row[_k.ONE_PER_BYTE] = 1 if p.one_per_byte else 0
+        row[_k.P_LBITS] = _addr(self.bits)
+        row[_k.P_HBITS] = _addr(self.bits) + 8 * self.nbw
+        row[_k.N_BITW] = self.nbw
         self.row = row
         return row
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this cached job holds beyond the plan (flag snapshots, kernel row)."""
+        return int(self.bits.nbytes + (self.row.nbytes if self.row is not None else 0))
 
     def first_fault(self, mode: int, key_is_intid: bool):
         """(row, is_write, gpa) of the first faulting access, or None. Cheap when covered."""
@@ -555,10 +568,10 @@ def _job(mem, pendbaser, lpis, vpt, has_gicv4_1: bool, tie: str, where: str = ""
         j = lpis.plan_cache.get(key)
         if j is not None and j.still_valid(mem, pendbaser, lpis, vpt, has_gicv4_1):
             return j
-        j = _Job(mem, pendbaser, lpis, vpt, has_gicv4_1, tie, where)
+        j = _Job(mem, pendbaser, lpis, vpt, has_gicv4_1, tie, where, save=kind == "save")
         lpis.plan_cache[key] = j
         return j
-    return _Job(mem, pendbaser, lpis, vpt, has_gicv4_1, tie, where)
+    return _Job(mem, pendbaser, lpis, vpt, has_gicv4_1, tie, where, save=kind == "save")
 
 
 class _Batch:
@@ -637,6 +650,18 @@ def _run(jobs: list[_Job], restore: bool) -> list[tuple[np.ndarray, np.ndarray]]
                 jobs[i].mem.mark_dirty(pages[k])
             res[i] = (counts[k], pages[k])
     return res
+
+
+def _snapshot_flags(jobs: list[_Job]) -> None:
+    """Pack each job's ``pending_latch`` and ``hw`` into its bit arrays. The fault scan and the
+    kernels of this call read only these snapshots, so flags written in place by another thread
+    during the call cannot make them disagree (or make a kernel write where the scan saw no write)."""
+    if not jobs:
+        return
+    vmt = np.stack([c.make_row() for c in jobs])
+    kern = _k.pack_flags_serial if sum(len(c.lpis) for c in jobs) < _SERIAL_BELOW else _k.pack_flags
+    with _guard(jobs, vmt):
+        kern(vmt)
 
 
 def _changed_bytes(mem: GuestMemory, wr_addr: np.ndarray, wr_old: np.ndarray):
@@ -762,6 +787,7 @@ def _save_locked(jobs, has_gicv4_1: bool, order: str, atomic: bool, single: bool
     for j, (mem, pb, lp, vpt) in enumerate(jobs):
         ctx.append(_job(mem, pb, lp, vpt, has_gicv4_1, order, "" if single else f"jobs[{j}]: "))
     key_intid = order == "intid"
+    _snapshot_flags(ctx)
     bad, fault = None, None
     for j, c in enumerate(ctx):  # the first VM whose walk would fault, if any
         fault = c.first_fault(0, key_intid)

@@ -228,3 +228,23 @@ def view_i64(addr: IntLike, n: IntLike) -> npt.NDArray[np.int64]:
 def view_u64(addr: IntLike, n: IntLike) -> npt.NDArray[np.uint64]:
     _checked(addr, np.uint64(n) * np.uint64(8))
     return numba.carray(voidptr(addr), (n,), numba.uint64)  # type: ignore[attr-defined,call-arg,call-overload,no-any-return]
+
+
+@intrinsic
+def popcount64(typingctx: object, x: object) -> tuple[Signature, Callable[..., Any]]:
+    """Number of set bits of a uint64 (LLVM ``ctpop``: one instruction with POPCNT)."""
+    sig = types.uint64(types.uint64)
+
+    def codegen(context: object, builder: Any, signature: Signature, args: Any) -> Any:
+        return builder.ctpop(args[0])
+
+    return sig, codegen
+
+
+@numba.njit(inline="always", nogil=True, cache=True)
+def nonzero_bytes64(x: np.uint64) -> np.uint64:
+    """Number of nonzero bytes of a uint64."""
+    x |= x >> np.uint64(4)
+    x |= x >> np.uint64(2)
+    x |= x >> np.uint64(1)
+    return popcount64(x & np.uint64(0x0101010101010101))  # type: ignore[call-arg]  # an intrinsic: typed as numba calls it

@@ -21,7 +21,17 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from vlpi._kernels._jit import jit, pjit, view_i32, view_i64, view_u8, view_u32, view_u64
+from vlpi._kernels._jit import (
+    jit,
+    nonzero_bytes64,
+    pjit,
+    popcount64,
+    view_i32,
+    view_i64,
+    view_u8,
+    view_u32,
+    view_u64,
+)
 
 # ------------------------------------------------------------------ VM table columns
 P_INTID = 0
@@ -42,8 +52,11 @@ N_SLOTS = 14
 N_VCPUS = 15
 USE_VPT = 16
 ONE_PER_BYTE = 17
+P_LBITS = 18  # the call's snapshot of pending_latch, packed: bit i of word i // 64 is row i (+1 pad word)
+P_HBITS = 19  # the same for hw (all zero unless the VPT is used)
+N_BITW = 20  # words of each packed array (pad word included)
 RUNW = 5  # run columns: vCPU, first (row, or perm_x offset), row stride (0: explicit), length, INTID stride
-NCOL = 18
+NCOL = 21
 
 NO_ADDR = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 
@@ -144,15 +157,18 @@ def _find_slot(sstart, send, nslots, addr):
 
 @jit(inline="always")
 def _views(row):
-    """The arrays of one VM-table row, as views (no copies)."""
+    """The arrays of one VM-table row, as views (no copies). ``latch`` is the caller's byte array
+    (restore writes it); saves read the packed snapshots ``lbits``/``hbits`` instead."""
     n = np.int64(row[N_LPIS])
     nv = np.int64(row[N_VCPUS])
     vb = np.int64(row[VPT_BYTES])
     nslots = np.int64(row[N_SLOTS])
+    nbw = np.int64(row[N_BITW])
     return (
         view_u32(row[P_INTID], n),
         view_u8(row[P_LATCH], n),
-        view_u8(row[P_HW], n),
+        view_u64(row[P_LBITS], nbw),
+        view_u64(row[P_HBITS], nbw),
         view_u8(row[P_VPT], max(nv * vb, 1)),
         vb,
         np.int64(row[USE_VPT]),
@@ -165,6 +181,54 @@ def _views(row):
         view_u64(row[P_SEND], nslots),
         view_u64(row[P_SPTR], nslots),
     )
+
+
+@jit(inline="always")
+def _bit(words, i):
+    """Bit ``i`` of a packed array, as int64 0/1."""
+    return np.int64((words[i >> 6] >> np.uint64(i & 63)) & np.uint64(1))
+
+
+# ------------------------------------------------------------------ flag snapshots
+@pjit
+def pack_flags(vmt):
+    """Pack every job's ``pending_latch`` (and ``hw`` where the VPT is used) into its bit arrays:
+    the call's snapshot. Any nonzero flag byte is True; later writes to the caller's arrays do
+    not reach the kernels of this call (what was checked is what is used)."""
+    for j in prange(vmt.shape[0]):
+        row = vmt[j]
+        n = np.int64(row[N_LPIS])
+        nbw = np.int64(row[N_BITW])
+        _pack(view_u8(row[P_LATCH], n), view_u64(row[P_LBITS], nbw), n)
+        if row[USE_VPT]:
+            _pack(view_u8(row[P_HW], n), view_u64(row[P_HBITS], nbw), n)
+
+
+@jit
+def pack_flags_serial(vmt):
+    for j in range(vmt.shape[0]):
+        row = vmt[j]
+        n = np.int64(row[N_LPIS])
+        nbw = np.int64(row[N_BITW])
+        _pack(view_u8(row[P_LATCH], n), view_u64(row[P_LBITS], nbw), n)
+        if row[USE_VPT]:
+            _pack(view_u8(row[P_HW], n), view_u64(row[P_HBITS], nbw), n)
+
+
+@jit(inline="always")
+def _pack(src, out, n):
+    full = n >> 6
+    for w in range(full):
+        acc = np.uint64(0)
+        for b in range(64):
+            acc |= np.uint64(src[w * 64 + b] != 0) << np.uint64(b)
+        out[w] = acc
+    acc = np.uint64(0)
+    for b in range(n - full * 64):
+        acc |= np.uint64(src[full * 64 + b] != 0) << np.uint64(b)
+    out[full] = acc
+    for w in range(full + 1, out.shape[0]):
+        out[w] = 0
 
 
 # ------------------------------------------------------------------ fast save
@@ -216,7 +280,7 @@ def _merge_unit(vmt, units, u, out_pages, out_cnt, restore):
     # constant at each call site. For restore, "a bit was consumed" and "the byte changed" are the
     # same condition (consumed bits only go 1 -> 0), so ``wrote`` serves both.
     j = units[u, 0]
-    intid, latch, hw, vpt, vb, use_vpt, nv, base, runs, permx, nslots, sstart, send, sptr = _views(vmt[j])
+    intid, latch, lbits, hbits, vpt, vb, use_vpt, nv, base, runs, permx, nslots, sstart, send, sptr = _views(vmt[j])
     pg0 = units[u, 3]
 
     qa = np.empty(_WB + 1, np.uint64)
@@ -273,9 +337,9 @@ def _merge_unit(vmt, units, u, out_pages, out_cnt, restore):
                 diff = (val >> bit) & 1
                 latch[i] = diff
             else:
-                h = use_vpt & np.int64(hw[i] != 0)  # any nonzero flag byte is True
-                vbit = (np.int64(vpt[(vrow + (iid >> 3)) * h]) >> bit) & 1
-                lt = np.int64(latch[i] != 0)
+                h = _bit(hbits, i)  # zero unless the VPT is used
+                vbit = (np.int64(vpt[min((vrow + (iid >> 3)) * h, vpt.shape[0] - 1)]) >> bit) & 1
+                lt = _bit(lbits, i)
                 want = lt ^ ((lt ^ vbit) & h)
                 diff = ((val >> bit) & 1) ^ want
                 vpt_reads += h
@@ -304,7 +368,7 @@ def first_fault(vmrow, run_lo, run_hi, mode, walk_key_is_intid, sro):
     faults as for save; a write faults for an entry in a read-only slot whose stored bit is 1.
 
     Returns (row index, is_write, gpa) of the earliest fault, or (-1, 0, 0)."""
-    intid, latch, hw, vpt, vb, use_vpt, nv, base, runs, permx, nslots, sstart, send, sptr = _views(vmrow)
+    intid, latch, lbits, hbits, vpt, vb, use_vpt, nv, base, runs, permx, nslots, sstart, send, sptr = _views(vmrow)
 
     best_key = np.int64(1) << 62
     best_i = -1
@@ -338,9 +402,9 @@ def first_fault(vmrow, run_lo, run_hi, mode, walk_key_is_intid, sro):
             bit = iid & 7
             stored = (view_u8(sptr[s], send[s] - sstart[s])[addr - sstart[s]] >> bit) & 1
             if mode == 0:
-                want = np.uint8(latch[i] != 0)
-                if use_vpt and hw[i] != 0:
-                    want = (vpt[v * vb + (iid >> 3)] >> bit) & 1
+                want = np.uint8(_bit(lbits, i))
+                if _bit(hbits, i):
+                    want = (vpt[min(v * vb + (iid >> 3), vpt.shape[0] - 1)] >> bit) & 1
                 fault = want != stored
             else:
                 fault = stored == 1
@@ -452,13 +516,13 @@ def _run_unit(vmt, units, u, out_pages, out_cnt, scratch, restore, track_bytes):
     # without the branches it does not need. Without shared bytes (``track_bytes`` False), bytes
     # changed = writes: measured 0.45 ns/LPI saved on host-4096 (one thread, 5.6 -> 5.2).
     j = units[u, 0]
-    intid, latch, hw, vpt, vb, use_vpt, nv, base, runs, permx, nslots, sstart, send, sptr = _views(vmt[j])
+    intid, latch, lbits, hbits, vpt, vb, use_vpt, nv, base, runs, permx, nslots, sstart, send, sptr = _views(vmt[j])
     vlim = vpt.shape[0] - 1
     pg0 = units[u, 3]
     sp = scratch.ctypes.data + np.uint64(u * 64)
     vbase = vmt[j, P_VPT]
+    vend = vbase + np.uint64(vpt.shape[0])
     lbase = vmt[j, P_LATCH]
-    hwbase = vmt[j, P_HW]
     writes = 0
     vpt_reads = 0
     changed = 0
@@ -472,43 +536,121 @@ def _run_unit(vmt, units, u, out_pages, out_cnt, scratch, restore, track_bytes):
         first = runs[RUNW * r + 1]
         stride = runs[RUNW * r + 2]
         length = runs[RUNW * r + 3]
+        istr = runs[RUNW * r + 4]
         b = base[v]
         i0 = first if stride != 0 else permx[first]
-        a0 = b + np.uint64(intid[i0] >> 3)
+        iid0 = np.int64(intid[i0])
+        a0 = b + np.uint64(iid0 >> 3)
         s = _find_slot(sstart, send, nslots, a0)
-        hbase = sptr[s] + (b - sstart[s])  # host address of this vCPU's table byte 0
+        lo = sptr[s]
+        hbase = lo + (b - sstart[s])  # host address of this vCPU's table byte 0
         vrow = v * vb
         wrote = np.int64(0)
-        istr = runs[RUNW * r + 4]
-        iid0 = np.int64(intid[i0])
-        vlast = vrow + ((iid0 + (length - 1) * istr) >> 3)
-        if (
-            not track_bytes
-            and istr > 0
-            and (istr & 7) == 0
-            and (restore or use_vpt == 0 or (vrow + (iid0 >> 3) >= 0 and vlast <= vlim))
-        ):
-            # Arithmetic run with a whole-byte INTID stride (host-4096's layout): the bit is the
-            # same for every LPI, and the guest byte, VPT byte and LPI rows advance by fixed
-            # steps, so every address is a running pointer (measured: 1.82 -> 1.45 ns/LPI for the
-            # save kernel, two threads). The VPT pointer only moves when the VPT is read.
+        # VPT bytes of the run's first and last LPI in range: the word paths may then read the
+        # VPT words between them (hw LPIs' VPT bytes were validated; this guards the rest)
+        vpt_ok = restore or use_vpt == 0 or (vrow + (iid0 >> 3) >= 0 and vrow + ((iid0 + (length - 1) * istr) >> 3) <= vlim)
+        if stride != 0 and istr > 0 and (istr & 63) == 0 and length >= 3 and vpt_ok:
+            # ---- one LPI per 64-bit word, the same bit in each (round-robin targets over a
+            # multiple of 64 vCPUs, e.g. host-4096): the wanted bits are merged a word at a time,
+            # LPIs across SIMD lanes. The first and last LPI go through the per-LPI path: their
+            # words may hold bytes of neighbouring runs (another thread's) or lie past the slot;
+            # the words in between hold no byte of any other LPI and lie inside the run.
+            w, vr, ch, prev, grp_old, last, wr = _lpis(
+                0, 1, first, stride, iid0, istr, b, hbase, vrow, permx, intid, latch, lbits, hbits, vpt,
+                vlim, sp, prev, grp_old, last, restore, track_bytes,
+            )
+            writes += w
+            vpt_reads += vr
+            changed += ch
+            wrote |= wr
+            ga = hbase + np.uint64((iid0 + istr) >> 3)  # host byte of LPI 1
+            va = vbase + np.uint64(vrow + ((iid0 + istr) >> 3)) if use_vpt else ga
+            w, vr, wr = _word_run(ga, va, iid0 & 7, istr >> 3, first + stride, stride, length - 2, latch,
+                                  lbase, lbits, hbits, use_vpt, restore, sp)
+            writes += w
+            vpt_reads += vr
+            wrote |= wr
+            if track_bytes:
+                changed += w  # one LPI per byte, bytes shared with no other run
+            w, vr, ch, prev, grp_old, last, wr = _lpis(
+                length - 1, length, first, stride, iid0, istr, b, hbase, vrow, permx, intid, latch, lbits,
+                hbits, vpt, vlim, sp, prev, grp_old, last, restore, track_bytes,
+            )
+            writes += w
+            vpt_reads += vr
+            changed += ch
+            wrote |= wr
+        elif stride == 1 and istr == 1 and length >= 192 and vpt_ok:
+            # ---- consecutive rows own consecutive INTIDs (a dense table, blocked targets): 64
+            # LPIs per guest word. LPIs in the partial words at either end take the per-LPI path.
+            # Whole words strictly after the first LPI's byte and before the last LPI's byte: they
+            # hold bits of this run only (the end LPIs' bytes may be shared with a neighbouring
+            # run through overlapping tables, so those go through the per-LPI path).
+            gb0 = (hbase + np.uint64(iid0 >> 3)) * np.uint64(8) + np.uint64(iid0 & 7)  # host bit address
+            w1 = (gb0 + np.uint64(64)) >> np.uint64(6)  # first whole word
+            w2 = (gb0 + np.uint64(length - 1)) >> np.uint64(6)  # end of the whole words
+            kh = np.int64((w1 << np.uint64(6)) - gb0)  # LPIs before the first whole word
+            kt = np.int64((w2 << np.uint64(6)) - gb0)  # LPIs before the tail
+            vlo = (vbase + np.uint64(vrow + (iid0 >> 3))) * np.uint64(8) + np.uint64((iid0 & 7) + kh)
+            # the words the VPT windows read must lie in the VPT array
+            vwin_ok = (not use_vpt) or restore or (
+                (vlo >> np.uint64(6)) >= (vbase + np.uint64(7)) >> np.uint64(3)
+                and ((vlo + np.uint64(kt - kh - 1)) >> np.uint64(6)) + np.uint64(1) <= vend >> np.uint64(3)
+            )
+            if vwin_ok:
+                w, vr, ch, prev, grp_old, last, wr = _lpis(
+                    0, kh, first, stride, iid0, istr, b, hbase, vrow, permx, intid, latch, lbits, hbits, vpt,
+                    vlim, sp, prev, grp_old, last, restore, track_bytes,
+                )
+                writes += w
+                vpt_reads += vr
+                changed += ch
+                wrote |= wr
+                w, vr, ch, wr = _dense_words(w1, (kt - kh) >> 6, first + kh, vlo, use_vpt, lbase, latch, lbits,
+                                             hbits, restore)
+                writes += w
+                vpt_reads += vr
+                wrote |= wr
+                if track_bytes:
+                    changed += ch  # whole bytes of this run only
+                w, vr, ch, prev, grp_old, last, wr = _lpis(
+                    kt, length, first, stride, iid0, istr, b, hbase, vrow, permx, intid, latch, lbits, hbits, vpt,
+                    vlim, sp, prev, grp_old, last, restore, track_bytes,
+                )
+                writes += w
+                vpt_reads += vr
+                changed += ch
+                wrote |= wr
+            else:
+                w, vr, ch, prev, grp_old, last, wr = _lpis(
+                    0, length, first, stride, iid0, istr, b, hbase, vrow, permx, intid, latch, lbits, hbits, vpt,
+                    vlim, sp, prev, grp_old, last, restore, track_bytes,
+                )
+                writes += w
+                vpt_reads += vr
+                changed += ch
+                wrote |= wr
+        elif not track_bytes and stride != 0 and istr > 0 and (istr & 7) == 0 and vpt_ok:
+            # Arithmetic run with a whole-byte INTID stride below 8 bytes: the bit is the same for
+            # every LPI, and the guest byte, VPT byte and LPI rows advance by fixed steps, so every
+            # address is a running pointer. The VPT pointer only moves when the VPT is read.
             bit = iid0 & 7
             bstep = np.uint64(istr >> 3)
             ha = hbase + np.uint64(iid0 >> 3)
             va = vbase + np.uint64(min(vrow + (iid0 >> 3), vlim))
             vstep = bstep * np.uint64(use_vpt)
             lp = lbase + np.uint64(first)
-            hp = hwbase + np.uint64(first)
             rstep = np.uint64(stride)
+            i = first
             for _k in range(length):
                 old = np.int64(view_u8(ha, 1)[0])
                 if restore:
                     diff = (old >> bit) & 1
                     view_u8(lp, 1)[0] = diff
                 else:
-                    h = use_vpt & np.int64(view_u8(hp, 1)[0] != 0)  # any nonzero flag byte is True
+                    h = _bit(hbits, i)
                     vbit = (np.int64(view_u8(va, 1)[0]) >> bit) & 1
-                    lt = np.int64(view_u8(lp, 1)[0] != 0)
+                    lt = _bit(lbits, i)
                     want = lt ^ ((lt ^ vbit) & h)
                     diff = ((old >> bit) & 1) ^ want
                     vpt_reads += h
@@ -519,44 +661,16 @@ def _run_unit(vmt, units, u, out_pages, out_cnt, scratch, restore, track_bytes):
                 ha += bstep
                 va += vstep
                 lp += rstep
-                hp += rstep
+                i += stride
         else:
-            for k in range(length):
-                if stride != 0:
-                    i = first + k * stride
-                else:
-                    i = permx[first + k]
-                if istr != 0:  # constant per run: well predicted
-                    iid = iid0 + k * istr
-                else:
-                    iid = np.int64(intid[i])
-                byte = iid >> 3
-                bit = iid & 7
-                ha = hbase + np.uint64(byte)
-                old = np.int64(view_u8(ha, 1)[0])
-                if track_bytes:
-                    ga = b + np.uint64(byte)
-                    if ga != prev:
-                        if prev != NO_ADDR:
-                            changed += last != grp_old
-                        prev = ga
-                        grp_old = old
-                if restore:
-                    diff = (old >> bit) & 1
-                    latch[i] = diff
-                else:
-                    # the VPT byte is loaded at an index that does not wait for hw[i] (clamped into
-                    # the array; validation guarantees hw LPIs are in range), then selected
-                    h = use_vpt & np.int64(hw[i] != 0)
-                    vbit = (np.int64(vpt[min(vrow + byte, vlim)]) >> bit) & 1
-                    lt = np.int64(latch[i] != 0)
-                    want = lt ^ ((lt ^ vbit) & h)
-                    diff = ((old >> bit) & 1) ^ want
-                    vpt_reads += h
-                last = old ^ (diff << bit)
-                view_u8(sp + (ha - sp) * np.uint64(diff), 1)[0] = last
-                writes += diff
-                wrote |= diff
+            w, vr, ch, prev, grp_old, last, wr = _lpis(
+                0, length, first, stride, iid0, istr, b, hbase, vrow, permx, intid, latch, lbits, hbits, vpt,
+                vlim, sp, prev, grp_old, last, restore, track_bytes,
+            )
+            writes += w
+            vpt_reads += vr
+            changed += ch
+            wrote |= wr
         # a run never crosses a 4 KiB guest page (build_runs), so its page is a0's
         page = a0 >> np.uint64(12)
         if wrote and page != last_page:
@@ -572,6 +686,201 @@ def _run_unit(vmt, units, u, out_pages, out_cnt, scratch, restore, track_bytes):
     out_cnt[u, 1] = vpt_reads
     out_cnt[u, 2] = changed
     out_cnt[u, 3] = npages
+
+
+@jit(inline="always")
+def _lpis(k_lo, k_hi, first, stride, iid0, istr, b, hbase, vrow, permx, intid, latch, lbits, hbits, vpt, vlim,
+          sp, prev, grp_old, last, restore, track_bytes):
+    """LPIs ``k_lo..k_hi`` of a run, one at a time, in plan order: read-modify-write of the guest
+    byte in place (re-read after its own store, so LPIs sharing a byte need no merge state).
+    Returns (writes, vpt_reads, bytes_changed, prev, grp_old, last, wrote); the byte-group state
+    (``prev``, ``grp_old``, ``last``) carries across runs when ``track_bytes``."""
+    writes = 0
+    vpt_reads = 0
+    changed = 0
+    wrote = np.int64(0)
+    for k in range(k_lo, k_hi):
+        if stride != 0:
+            i = first + k * stride
+        else:
+            i = permx[first + k]
+        if istr != 0:  # constant per run: well predicted
+            iid = iid0 + k * istr
+        else:
+            iid = np.int64(intid[i])
+        byte = iid >> 3
+        bit = iid & 7
+        ha = hbase + np.uint64(byte)
+        old = np.int64(view_u8(ha, 1)[0])
+        if track_bytes:
+            ga = b + np.uint64(byte)
+            if ga != prev:
+                if prev != NO_ADDR:
+                    changed += last != grp_old
+                prev = ga
+                grp_old = old
+        if restore:
+            diff = (old >> bit) & 1
+            latch[i] = diff
+        else:
+            # the VPT byte is loaded at an index that does not wait for the hw bit (clamped into
+            # the array; validation guarantees hw LPIs are in range), then selected
+            h = _bit(hbits, i)
+            vbit = (np.int64(vpt[min(vrow + byte, vlim)]) >> bit) & 1
+            lt = _bit(lbits, i)
+            want = lt ^ ((lt ^ vbit) & h)
+            diff = ((old >> bit) & 1) ^ want
+            vpt_reads += h
+        last = old ^ (diff << bit)
+        view_u8(sp + (ha - sp) * np.uint64(diff), 1)[0] = last
+        writes += diff
+        wrote |= diff
+    return writes, vpt_reads, changed, prev, grp_old, last, wrote
+
+
+@jit(inline="always")
+def _word_run(ga, va, bit, bstep, i1, stride, m, latch, lbase, lbits, hbits, use_vpt, restore, sp):
+    """``m`` LPIs of a run whose guest bytes ``ga + k*bstep`` (``bstep`` a multiple of 8) hold each
+    LPI alone in its 64-bit word, at the same bit; ``va`` is the first VPT byte (or ``ga`` when
+    the VPT is not read); ``i1`` the first row, ``stride`` the row step. Every word between the
+    first and last byte is inside the run's slot (and VPT row) and holds no other LPI's byte.
+    ``sp`` is a scratch address for branch-free stores. Returns (writes, vpt_reads, wrote).
+
+    With consecutive words and rows 64 apart (round-robin targets over 64 vCPUs: host-4096) the
+    loop has unit strides everywhere and LLVM vectorises it: 8 LPIs per AVX-512 instruction, the
+    conditional store a masked store. Other strides run one LPI per iteration, branch-free."""
+    one = np.uint64(1)
+    sg = ((ga & np.uint64(7)) << np.uint64(3)) + np.uint64(bit)
+    sv = ((va & np.uint64(7)) << np.uint64(3)) + np.uint64(bit)
+    ws = np.int64(bstep >> 3)
+    gw0 = ga & ~np.uint64(7)
+    writes = np.uint64(0)
+    vreads = np.uint64(0)
+    wrote = np.uint64(0)
+    if restore:
+        lp = lbase + np.uint64(i1)
+        if ws == 1 and stride == 64:
+            g = view_u64(gw0, m)
+            lat = view_u8(lp, (m - 1) * 64 + 1)
+            for k in range(m):
+                old = g[k]
+                ob = (old >> sg) & one
+                lat[k * 64] = np.uint8(ob)
+                if ob:
+                    g[k] = old & ~(one << sg)
+                writes += ob
+            return np.int64(writes), 0, np.int64(writes != 0)
+        wa = gw0
+        for _k in range(m):
+            old = view_u64(wa, 1)[0]
+            ob = (old >> sg) & one
+            view_u8(lp, 1)[0] = np.uint8(ob)
+            view_u64(sp + (wa - sp) * ob, 1)[0] = old & ~(ob << sg)
+            writes += ob
+            wa += np.uint64(bstep)
+            lp += np.uint64(stride)
+        return np.int64(writes), 0, np.int64(writes != 0)
+    vw0 = va & ~np.uint64(7)
+    if ws == 1 and stride == 64:
+        g = view_u64(gw0, m)
+        vw = view_u64(vw0, m)
+        q0 = i1 >> 6
+        lw = lbits[q0 : q0 + m]
+        hw = hbits[q0 : q0 + m]
+        ls = np.uint64(i1 & 63)
+        if not use_vpt:  # (the VPT view would alias the guest words and stop vectorisation)
+            for k in range(m):
+                want = (lw[k] >> ls) & one
+                old = g[k]
+                diff = ((old >> sg) & one) ^ want
+                if diff:
+                    g[k] = old ^ (diff << sg)
+                writes += diff
+                wrote |= diff
+            return np.int64(writes), 0, np.int64(wrote)
+        for k in range(m):
+            lt = (lw[k] >> ls) & one
+            hh = (hw[k] >> ls) & one
+            vbit = (vw[k] >> sv) & one
+            want = lt ^ ((lt ^ vbit) & hh)
+            old = g[k]
+            diff = ((old >> sg) & one) ^ want
+            if diff:
+                g[k] = old ^ (diff << sg)
+            writes += diff
+            vreads += hh
+            wrote |= diff
+        return np.int64(writes), np.int64(vreads), np.int64(wrote)
+    wa = gw0
+    vwa = vw0
+    i = i1
+    for _k in range(m):
+        lt = (lbits[i >> 6] >> np.uint64(i & 63)) & one
+        hh = (hbits[i >> 6] >> np.uint64(i & 63)) & one
+        vbit = (view_u64(vwa, 1)[0] >> sv) & one
+        want = lt ^ ((lt ^ vbit) & hh)
+        old = view_u64(wa, 1)[0]
+        diff = ((old >> sg) & one) ^ want
+        view_u64(sp + (wa - sp) * diff, 1)[0] = old ^ (diff << sg)
+        writes += diff
+        vreads += hh
+        wrote |= diff
+        wa += np.uint64(bstep)
+        vwa += np.uint64(bstep)
+        i += stride
+    return np.int64(writes), np.int64(vreads), np.int64(wrote)
+
+
+@jit(inline="always")
+def _window(words, p, sh):
+    """64 bits of a packed array starting at bit ``p`` (``sh == p & 63``, constant per run)."""
+    q = p >> np.uint64(6)
+    if sh == 0:
+        return words[q]
+    return (words[q] >> sh) | (words[q + np.uint64(1)] << (np.uint64(64) - sh))
+
+
+@jit(inline="always")
+def _dense_words(w1, nw, i1, vlo, use_vpt, lbase, latch, lbits, hbits, restore):
+    """``nw`` whole guest words (host word index ``w1`` on) whose 64 bits belong to consecutive
+    rows ``i1, i1 + 1, ...`` (one LPI per bit). ``vlo`` is the host bit address of the first
+    row's VPT bit. Returns (writes, vpt_reads, bytes_changed, wrote)."""
+    g = view_u64(w1 << np.uint64(3), nw)
+    writes = np.uint64(0)
+    vreads = np.uint64(0)
+    changed = np.uint64(0)
+    if restore:
+        lat = view_u8(lbase + np.uint64(i1), nw * 64)
+        for w in range(nw):
+            old = g[w]
+            for b in range(64):
+                lat[w * 64 + b] = np.uint8((old >> np.uint64(b)) & np.uint64(1))
+            if old:
+                g[w] = 0
+            writes += popcount64(old)
+            changed += nonzero_bytes64(old)
+        return np.int64(writes), 0, np.int64(changed), np.int64(writes != 0)
+    sh = np.uint64(i1 & 63)
+    vsh = vlo & np.uint64(63)
+    nvw = np.int64(((vlo + np.uint64(nw * 64 - 1)) >> np.uint64(6)) - (vlo >> np.uint64(6))) + 1
+    vw = view_u64((vlo >> np.uint64(6)) << np.uint64(3), nvw) if use_vpt else g
+    for w in range(nw):
+        p = np.uint64(i1 + w * 64)
+        lt = _window(lbits, p, sh)
+        hh = _window(hbits, p, sh)
+        if use_vpt:
+            vbits = _window(vw, vsh + np.uint64(w * 64), vsh)
+        else:
+            vbits = np.uint64(0)
+        want = lt ^ ((lt ^ vbits) & hh)
+        old = g[w]
+        diff = old ^ want
+        if diff:
+            g[w] = want
+        writes += popcount64(diff)
+        vreads += popcount64(hh)
+        changed += nonzero_bytes64(diff)
+    return np.int64(writes), np.int64(vreads), np.int64(changed), np.int64(writes != 0)
 
 
 # ------------------------------------------------------------------ serial drivers
