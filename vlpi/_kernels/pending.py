@@ -548,7 +548,8 @@ def _run_unit(vmt, units, u, out_pages, out_cnt, scratch, restore, track_bytes):
         wrote = np.int64(0)
         # VPT bytes of the run's first and last LPI in range: the word paths may then read the
         # VPT words between them (hw LPIs' VPT bytes were validated; this guards the rest)
-        vpt_ok = restore or use_vpt == 0 or (vrow + (iid0 >> 3) >= 0 and vrow + ((iid0 + (length - 1) * istr) >> 3) <= vlim)
+        vlast = vrow + ((iid0 + (length - 1) * istr) >> 3)
+        vpt_ok = restore or use_vpt == 0 or (vrow + (iid0 >> 3) >= 0 and vlast <= vlim)
         if stride != 0 and istr > 0 and (istr & 63) == 0 and length >= 3 and vpt_ok:
             # ---- one LPI per 64-bit word, the same bit in each (round-robin targets over a
             # multiple of 64 vCPUs, e.g. host-4096): the wanted bits are merged a word at a time,
