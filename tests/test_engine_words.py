@@ -183,3 +183,19 @@ def test_nothing_to_write_in_read_only_memory_writes_nothing(kind):
     """
     r = run_isolated(textwrap.dedent(body))
     assert r.returncode == 0 and "OK" in r.stdout, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+
+
+def test_one_table_saved_with_and_without_gicv4_1_in_turn():
+    """The flag snapshot is shared by a table's save jobs: a GICv3-style save after a GICv4.1 one
+    must not see the hw bits packed for the first (hw LPIs then save their latch)."""
+    mem, pend, intid, target, latch, hw, vpt = _layout("rr64")
+    latch = np.random.default_rng(3).random(intid.size) < 0.5
+    lpis = vlpi.LPITable(intid, target, latch.copy(), hw.copy())
+    mref = _clone(mem)
+    for gic41 in (True, False, True, False):
+        v = vpt if gic41 else None
+        want = ref.ref_save(mref, pend, intid, target, latch.copy(), hw.copy(), v, gic41, "intid")
+        got = vlpi.save_pending_tables(mem, pend, lpis, vpt=v, has_gicv4_1=gic41)
+        assert np.array_equal(mem.slots[0].data, mref.slots[0].data), gic41
+        assert (got.guest_writes, got.vpt_reads) == (want.guest_writes, want.vpt_reads), gic41
+        vpt[:] = np.random.default_rng(4).integers(0, 256, vpt.shape, dtype=np.uint8)

@@ -473,9 +473,17 @@ class _Job:
         self.plan = _plan(lpis, self.base, tie) if tie is not None else None
         self.row = None
         # a save's snapshot of pending_latch and hw as bit arrays (packed at the start of every
-        # call; a pad word lets the kernels read 64-bit windows); restore reads no flags
+        # call; a pad word lets the kernels read 64-bit windows), shared by the table's save jobs
+        # (calls on one table hold its lock, so one snapshot at a time); restore reads no flags
         self.nbw = (len(lpis) >> 6) + 2 if save else 1
-        self.bits = np.zeros(2 * self.nbw, np.uint64)
+        if save:
+            bits = lpis.plan_cache.get("flag_bits")
+            if bits is None or bits.size != 2 * self.nbw:
+                bits = np.zeros(2 * self.nbw, np.uint64)
+                lpis.plan_cache["flag_bits"] = bits
+            self.bits = bits
+        else:
+            self.bits = np.zeros(2, np.uint64)
         # what the cached validation depends on
         self.gen = mem.generation
         self.pb_obj = pendbaser if isinstance(pendbaser, np.ndarray) else None
@@ -542,11 +550,6 @@ class _Job:
         row[_k.N_BITW] = self.nbw
         self.row = row
         return row
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes this cached job holds beyond the plan (flag snapshots, kernel row)."""
-        return int(self.bits.nbytes + (self.row.nbytes if self.row is not None else 0))
 
     def first_fault(self, mode: int, key_is_intid: bool):
         """(row, is_write, gpa) of the first faulting access, or None. Cheap when covered."""

@@ -53,7 +53,7 @@ N_VCPUS = 15
 USE_VPT = 16
 ONE_PER_BYTE = 17
 P_LBITS = 18  # the call's snapshot of pending_latch, packed: bit i of word i // 64 is row i (+1 pad word)
-P_HBITS = 19  # the same for hw (all zero unless the VPT is used)
+P_HBITS = 19  # the same for hw (all zero unless the VPT is used: the kernels then read no VPT)
 N_BITW = 20  # words of each packed array (pad word included)
 RUNW = 5  # run columns: vCPU, first (row, or perm_x offset), row stride (0: explicit), length, INTID stride
 NCOL = 21
@@ -202,6 +202,8 @@ def pack_flags(vmt):
         _pack(view_u8(row[P_LATCH], n), view_u64(row[P_LBITS], nbw), n)
         if row[USE_VPT]:
             _pack(view_u8(row[P_HW], n), view_u64(row[P_HBITS], nbw), n)
+        else:
+            view_u64(row[P_HBITS], nbw)[:] = 0
 
 
 @jit
@@ -213,6 +215,8 @@ def pack_flags_serial(vmt):
         _pack(view_u8(row[P_LATCH], n), view_u64(row[P_LBITS], nbw), n)
         if row[USE_VPT]:
             _pack(view_u8(row[P_HW], n), view_u64(row[P_HBITS], nbw), n)
+        else:
+            view_u64(row[P_HBITS], nbw)[:] = 0
 
 
 @jit(inline="always")
