@@ -25,6 +25,12 @@ class GuestMemoryFault(OSError):
     report : SaveReport, SyncReport or None
         What was done up to the fault. With ``atomic=True`` nothing was written and the
         report's write counts are 0; with ``atomic=False`` it is the kernel's partial result.
+    job : int or None
+        :func:`~vlpi.save_pending_tables_many` only: the index of the faulting VM in ``jobs``;
+        None for other calls.
+    reports : list of SaveReport
+        :func:`~vlpi.save_pending_tables_many` only: the reports of the VMs saved before the
+        faulting one (empty with ``atomic=True``, since nothing was saved); empty for other calls.
     """
 
     def __init__(
@@ -51,6 +57,8 @@ class GuestMemoryFault(OSError):
         self.intid = None if intid is None else int(intid)
         self.vcpu = None if vcpu is None else int(vcpu)
         self.report = report
+        self.job: int | None = None  # set by save_pending_tables_many
+        self.reports: list[Any] = []  # set by save_pending_tables_many
 
     # keep picklable despite keyword-only construction
     def __reduce__(self) -> tuple[Callable[..., GuestMemoryFault], tuple[Any, ...]]:

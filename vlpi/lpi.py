@@ -19,8 +19,13 @@ place. Any nonzero flag byte means True, everywhere (numpy's own reading of a ``
 from __future__ import annotations
 
 import threading
+from collections.abc import Hashable
+from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
+
+from vlpi._typing import BoolArray, U8Array, U32Array
 
 __all__ = ["LPITable", "LPI_MIN_INTID", "LPI_INTID_LIMIT"]
 
@@ -28,8 +33,10 @@ LPI_MIN_INTID = 8192
 LPI_INTID_LIMIT = 1 << 24
 _TARGET_MAX = np.iinfo(np.int32).max
 
+_ScalarT = TypeVar("_ScalarT", bound=np.generic)
 
-def _target_dtype(max_target: int) -> np.dtype:
+
+def _target_dtype(max_target: int) -> np.dtype[np.signedinteger[Any]]:
     """Narrowest signed integer type for targets up to ``max_target`` (and -1)."""
     for dt in (np.int8, np.int16):
         if max_target < np.iinfo(dt).max:
@@ -37,12 +44,12 @@ def _target_dtype(max_target: int) -> np.dtype:
     return np.dtype(np.int32)
 
 
-def _frozen(a: np.ndarray) -> np.ndarray:
+def _frozen(a: npt.NDArray[_ScalarT]) -> npt.NDArray[_ScalarT]:
     """An immutable copy of ``a``: backed by ``bytes``, so ``flags.writeable`` cannot be set again."""
     return np.frombuffer(np.ascontiguousarray(a).tobytes(), dtype=a.dtype)
 
 
-def _int_array(x, name: str) -> np.ndarray:
+def _int_array(x: npt.ArrayLike, name: str) -> npt.NDArray[np.integer[Any]]:
     if isinstance(x, (str, bytes)):
         raise TypeError(f"{name} must be an integer array, got {type(x).__name__}")
     a = np.asarray(x)
@@ -55,7 +62,7 @@ def _int_array(x, name: str) -> np.ndarray:
     return a
 
 
-def _flag_array(x, name: str, n: int) -> np.ndarray:
+def _flag_array(x: npt.ArrayLike | None, name: str, n: int) -> BoolArray | U8Array:
     """bool/uint8 flags; a contiguous writeable bool or 0/1 uint8 array is used in place.
 
     Bool arrays whose bytes are not 0/1 are copied with their truth values (nonzero = True)."""
@@ -120,7 +127,13 @@ class LPITable:
     unspecified).
     """
 
-    def __init__(self, intid, target_vcpu, pending_latch=None, hw=None) -> None:
+    def __init__(
+        self,
+        intid: npt.ArrayLike,
+        target_vcpu: npt.ArrayLike,
+        pending_latch: npt.ArrayLike | None = None,
+        hw: npt.ArrayLike | None = None,
+    ) -> None:
         ia = _int_array(intid, "intid")
         n = ia.shape[0]
         ta = _int_array(target_vcpu, "target_vcpu")
@@ -162,7 +175,7 @@ class LPITable:
         self._max_target = tmax
         self._max_intid = int(self._intid.max()) if n else 0
         self._min_intid = int(self._intid.min()) if n else 0
-        self._cache: dict = {}
+        self._cache: dict[str | tuple[Hashable, ...], Any] = {}
         self._version = 0  # bumped whenever the targets change
 
     # ------------------------------------------------------- engine interface
@@ -173,7 +186,7 @@ class LPITable:
         return self._lock
 
     @property
-    def plan_cache(self) -> dict:
+    def plan_cache(self) -> dict[str | tuple[Hashable, ...], Any]:
         """The engine's cache of plans built from this table, cleared when the targets change
         (engine interface)."""
         return self._cache
@@ -185,32 +198,32 @@ class LPITable:
 
     # ------------------------------------------------------------ accessors
     @property
-    def intid(self) -> np.ndarray:
+    def intid(self) -> U32Array:
         """uint32 INTIDs (read-only view)."""
         return self._intid
 
     @property
-    def target_vcpu(self) -> np.ndarray:
+    def target_vcpu(self) -> npt.NDArray[np.signedinteger[Any]]:
         """Target vCPU per LPI, -1 = none (int8/int16/int32, the narrowest that fits; read-only:
         see :meth:`set_targets`)."""
         return self._target
 
     @property
-    def pending_latch(self) -> np.ndarray:
+    def pending_latch(self) -> BoolArray | U8Array:
         """Writable bool/uint8 software pending state per LPI."""
         return self._pending_latch
 
     @pending_latch.setter
-    def pending_latch(self, value) -> None:
+    def pending_latch(self, value: npt.ArrayLike) -> None:
         self._pending_latch = _flag_array(value, "pending_latch", len(self))
 
     @property
-    def hw(self) -> np.ndarray:
+    def hw(self) -> BoolArray | U8Array:
         """Writable bool/uint8: forwarded to the GIC as a VLPI."""
         return self._hw
 
     @hw.setter
-    def hw(self, value) -> None:
+    def hw(self, value: npt.ArrayLike) -> None:
         self._hw = _flag_array(value, "hw", len(self))
 
     @property
@@ -244,7 +257,7 @@ class LPITable:
         return sum(getattr(v, "nbytes", 0) for v in unique.values())
 
     # ------------------------------------------------------------- mutation
-    def set_targets(self, index, vcpu) -> None:
+    def set_targets(self, index: npt.ArrayLike, vcpu: npt.ArrayLike) -> None:
         """Retarget LPIs (MOVI, MOVALL, MAPC remap). ``index``: row indices (or a bool mask);
         ``vcpu``: new target(s), -1 for none. Invalidates cached orderings."""
         n = len(self)

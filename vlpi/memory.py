@@ -22,9 +22,12 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass, field
+from typing import Any, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 
+from vlpi._typing import BoolArray, I64Array, U8Array, U64Array
 from vlpi.errors import GuestMemoryFault
 
 __all__ = ["GuestMemory", "MemSlot", "PAGE_SHIFT", "PAGE_SIZE", "GPA_LIMIT", "MAX_READ"]
@@ -34,6 +37,13 @@ PAGE_SIZE = 1 << PAGE_SHIFT
 GPA_BITS = 52
 GPA_LIMIT = 1 << GPA_BITS
 MAX_READ = 1 << 32  # bytes one GuestMemory.read may copy
+
+#: What :meth:`GuestMemory.kernel_tables` returns (engine interface): slot starts, ends, backing
+#: addresses and read-only flags; the merged (starts, ends) extents of all slots and of the
+#: writable ones; the slots' backing arrays.
+KernelTables: TypeAlias = tuple[
+    U64Array, U64Array, U64Array, U8Array, tuple[U64Array, U64Array], tuple[U64Array, U64Array], tuple[U8Array, ...]
+]
 
 
 @dataclass(eq=False, frozen=True)
@@ -49,8 +59,8 @@ class MemSlot:
     gpa: int
     size: int
     readonly: bool
-    data: np.ndarray = field(repr=False)
-    dirty: np.ndarray = field(repr=False)  # bool per 4 KiB page from gpa >> 12 on
+    data: U8Array = field(repr=False)
+    dirty: BoolArray = field(repr=False)  # bool per 4 KiB page from gpa >> 12 on
 
     @property
     def end(self) -> int:
@@ -61,13 +71,13 @@ class MemSlot:
         return self.gpa >> PAGE_SHIFT
 
 
-def _as_int(value, name: str) -> int:
+def _as_int(value: object, name: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
     return int(value)
 
 
-def _as_gpa(value, name: str) -> int:
+def _as_gpa(value: object, name: str) -> int:
     """A non-negative integer address (one beyond the 52-bit space faults, as in the kernel)."""
     v = _as_int(value, name)
     if v < 0:
@@ -75,13 +85,13 @@ def _as_gpa(value, name: str) -> int:
     return v
 
 
-def _as_flag(value, name: str) -> bool:
+def _as_flag(value: object, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
     return bool(value)
 
 
-def _gpa_array(gpas, name: str) -> np.ndarray:
+def _gpa_array(gpas: npt.ArrayLike, name: str) -> U64Array:
     """GPAs as uint64; negative or non-integer values are an error naming the index."""
     if isinstance(gpas, (str, bytes)):
         raise TypeError(f"{name} must be integer guest physical addresses, got {type(gpas).__name__}")
@@ -103,7 +113,7 @@ def _gpa_array(gpas, name: str) -> np.ndarray:
     return a.astype(np.uint64)  # addresses beyond the 52-bit space fault like unmapped ones
 
 
-_ALL_MEMORIES: weakref.WeakSet = weakref.WeakSet()  # every live GuestMemory (backing-store aliasing check)
+_ALL_MEMORIES: weakref.WeakSet[GuestMemory] = weakref.WeakSet()  # every live GuestMemory (backing-store aliasing check)
 _REGISTRY_LOCK = threading.Lock()
 
 
@@ -136,8 +146,8 @@ class GuestMemory:
     def __init__(self) -> None:
         self._slots: list[MemSlot] = []  # replaced (never mutated) on every slot change
         self._generation = 0  # bumped on every slot change; engine caches key on it
-        self._tables = None
-        self._dirty_pending: list[np.ndarray] = []  # page arrays logged by the engine, applied lazily
+        self._tables: KernelTables | None = None
+        self._dirty_pending: list[npt.NDArray[np.integer[Any]]] = []  # page arrays logged by the engine, applied lazily
         self._lock = threading.RLock()
         _ALL_MEMORIES.add(self)
 
@@ -149,7 +159,7 @@ class GuestMemory:
     # ------------------------------------------------------------------ slots
     def add_slot(
         self, gpa: int, size: int | None = None, *, readonly: bool = False, data: np.ndarray | None = None
-    ) -> np.ndarray:
+    ) -> U8Array:
         """Add a memslot and return its backing array.
 
         Parameters
@@ -268,7 +278,7 @@ class GuestMemory:
         """The re-entrant lock that engine calls and slot changes hold (engine interface)."""
         return self._lock
 
-    def kernel_tables(self):
+    def kernel_tables(self) -> KernelTables:
         """Slot tables for kernels: (starts, ends, ptrs, readonly) as read-only uint64/uint8
         arrays, the merged readable and writable extents, and the slots' backing arrays (kept
         alive with the tables). Cached until the slots change. Engine callers hold the lock."""
@@ -290,13 +300,14 @@ class GuestMemory:
             self._tables = t
         return t
 
-    def extents(self, writable: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def extents(self, writable: bool = False) -> tuple[U64Array, U64Array]:
         """Guest address ranges covered by slots, adjacent slots merged: (starts, ends) as
         read-only uint64 arrays, sorted, ends exclusive. ``writable``: read-only slots left out.
         Cached until the slots change."""
-        return self.kernel_tables()[5 if writable else 4]
+        t = self.kernel_tables()
+        return t[5] if writable else t[4]
 
-    def covered(self, lo: np.ndarray, hi: np.ndarray, writable: bool) -> np.ndarray:
+    def covered(self, lo: U64Array, hi: U64Array, writable: bool) -> BoolArray:
         """For inclusive address ranges [lo, hi]: True where one extent of adjacent slots (writable
         ones only if ``writable``) covers the whole range."""
         ext = self.extents(writable)
@@ -307,7 +318,7 @@ class GuestMemory:
         ic = np.where(ok, i, 0)
         return ok & (hi < ext[1][ic])
 
-    def mark_dirty(self, pages: np.ndarray) -> None:
+    def mark_dirty(self, pages: npt.NDArray[np.integer[Any]]) -> None:
         """Log writes to the given 4 KiB page numbers. O(1): the engine calls this once per VM per
         save (holding the lock), and the pages are applied to the per-slot bitmaps when the log
         is next read."""
@@ -332,9 +343,9 @@ class GuestMemory:
                 s.dirty[sel - s.page0] = True
 
     # ------------------------------------------------------------- accesses
-    def _pieces(self, gpa: int, n: int, write: bool):
+    def _pieces(self, gpa: int, n: int, write: bool) -> list[tuple[MemSlot, int, int]]:
         """Split [gpa, gpa+n) into (slot, offset, length) pieces or raise at the first bad byte."""
-        out = []
+        out: list[tuple[MemSlot, int, int]] = []
         pos, end = gpa, gpa + n
         while pos < end:
             s = self.slot_at(pos)
@@ -347,7 +358,7 @@ class GuestMemory:
             pos += take
         return out
 
-    def read(self, gpa: int, n: int) -> np.ndarray:
+    def read(self, gpa: int, n: int) -> U8Array:
         """Copy ``n`` bytes from ``gpa`` (may span adjacent slots).
 
         Raises ``GuestMemoryFault`` naming the first unmapped byte (before allocating anything);
@@ -370,7 +381,7 @@ class GuestMemory:
                 k += take
         return out
 
-    def write(self, gpa: int, data) -> None:
+    def write(self, gpa: int, data: npt.ArrayLike) -> None:
         """Write bytes at ``gpa`` (may span adjacent slots) and log the dirtied pages.
 
         The whole range is checked first: on a fault nothing is written.
@@ -387,7 +398,7 @@ class GuestMemory:
                 s.dirty[p0 - s.page0 : p1 - s.page0 + 1] = True
                 k += take
 
-    def _resolve(self, gpas: np.ndarray, name: str):
+    def _resolve(self, gpas: npt.ArrayLike, name: str) -> tuple[U64Array, npt.NDArray[np.intp], BoolArray, U8Array]:
         starts, ends, _, ro, _, _, _ = self.kernel_tables()
         gpas = _gpa_array(gpas, name)
         idx = np.searchsorted(starts, gpas, side="right") - 1
@@ -396,7 +407,7 @@ class GuestMemory:
         ok &= gpas < ends[idxc] if ends.size else False
         return gpas, idxc, ok, ro
 
-    def read_u8(self, gpas) -> np.ndarray:
+    def read_u8(self, gpas: npt.ArrayLike) -> U8Array:
         """Vectorised 1-byte reads at arbitrary GPAs. Faults (naming the first bad GPA, in the
         order given) before returning anything. ``ValueError`` for a negative GPA, ``TypeError``
         for non-integers."""
@@ -413,7 +424,7 @@ class GuestMemory:
                 out[sel] = s.data[(gpas[sel] - np.uint64(s.gpa)).astype(np.int64)]
         return out
 
-    def write_u8(self, gpas, values) -> None:
+    def write_u8(self, gpas: npt.ArrayLike, values: npt.ArrayLike) -> None:
         """Vectorised 1-byte writes (later duplicates win). Checks every GPA first: on a fault
         nothing is written."""
         with self._lock:
@@ -437,7 +448,7 @@ class GuestMemory:
             self.mark_dirty((gpas.reshape(-1) >> np.uint64(PAGE_SHIFT)).astype(np.int64))
 
     # ------------------------------------------------------------ dirty log
-    def dirty_pages(self) -> np.ndarray:
+    def dirty_pages(self) -> I64Array:
         """Sorted unique 4 KiB guest page numbers (GPA >> 12) written since the last
         :meth:`clear_dirty`."""
         with self._lock:
@@ -461,7 +472,7 @@ class GuestMemory:
         return f"GuestMemory({parts})"
 
 
-def _bytes(data, what: str) -> np.ndarray:
+def _bytes(data: npt.ArrayLike, what: str) -> U8Array:
     """Byte values as a flat uint8 array; values outside 0..255 are an error, not a wrap."""
     a = np.asarray(data)
     if a.dtype == np.uint8:
@@ -489,7 +500,7 @@ def _check_unshared(arr: np.ndarray, mem: GuestMemory) -> None:
                 )
 
 
-def _merge(slots: list[MemSlot], writable_only: bool):
+def _merge(slots: list[MemSlot], writable_only: bool) -> tuple[U64Array, U64Array]:
     """Merge adjacent slots into extents (start, end) arrays."""
     st: list[int] = []
     en: list[int] = []
