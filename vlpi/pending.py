@@ -661,8 +661,12 @@ def _snapshot_flags(jobs: list[_Job]) -> None:
     during the call cannot make them disagree (or make a kernel write where the scan saw no write)."""
     if not jobs:
         return
-    vmt = np.stack([c.make_row() for c in jobs])
-    kern = _k.pack_flags_serial if sum(len(c.lpis) for c in jobs) < _SERIAL_BELOW else _k.pack_flags
+    if len(jobs) == 1:  # one VM: its row as a one-row table, packed on this thread
+        vmt = jobs[0].make_row().reshape(1, -1)
+        kern = _k.pack_flags_serial
+    else:  # VMs in parallel (waking the thread pool pays only for large batches)
+        vmt = np.stack([c.make_row() for c in jobs])
+        kern = _k.pack_flags_serial if sum(len(c.lpis) for c in jobs) < _SERIAL_BELOW else _k.pack_flags
     with _guard(jobs, vmt):
         kern(vmt)
 

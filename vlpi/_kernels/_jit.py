@@ -248,3 +248,29 @@ def nonzero_bytes64(x: np.uint64) -> np.uint64:
     x |= x >> np.uint64(2)
     x |= x >> np.uint64(1)
     return popcount64(x & np.uint64(0x0101010101010101))  # type: ignore[call-arg]  # an intrinsic: typed as numba calls it
+
+
+def _prefetch_codegen(rw: int) -> Callable[..., Any]:
+    def codegen(context: Any, builder: Any, signature: Signature, args: Any) -> Any:
+        ptr = builder.inttoptr(args[0], ir.PointerType(ir.IntType(8)))
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        # (address, rw, locality 3 = keep in all cache levels, data cache)
+        builder.call(fn, [ptr, ir.Constant(i32, rw), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return codegen
+
+
+@intrinsic
+def prefetch_w(typingctx: object, addr: object) -> tuple[Signature, Callable[..., Any]]:
+    """Hint that the cache line at ``addr`` will be read and written soon (``prefetchw``). A hint
+    only: it never faults and never changes memory, so any address is allowed."""
+    return types.void(types.uint64), _prefetch_codegen(1)
+
+
+@intrinsic
+def prefetch_r(typingctx: object, addr: object) -> tuple[Signature, Callable[..., Any]]:
+    """Hint that the cache line at ``addr`` will be read soon (``prefetcht0``); never faults."""
+    return types.void(types.uint64), _prefetch_codegen(0)
