@@ -604,8 +604,9 @@ class _Batch:
     def matches(self, jobs: list[_Job]) -> bool:
         return len(jobs) == len(self.refs) and all(r() is j for r, j in zip(self.refs, jobs, strict=True))
 
-    def run(self, kernel, restore: bool, jobs: list[_Job]):
-        """Run the kernel; returns (counts [n, 4], list of per-job page arrays)."""
+    def run(self, kernel, restore: bool, jobs: list[_Job], pack: bool = False):
+        """Run the kernel (first taking the jobs' flag snapshots if ``pack``); returns
+        (counts [n, 4], list of per-job page arrays)."""
         units = self.units
         out_pages = np.empty(self.pages_cap, dtype=np.uint64)
         out_cnt = np.zeros((units.shape[0], 4), dtype=np.int64)
@@ -616,9 +617,9 @@ class _Batch:
             scratch = np.zeros(units.shape[0] * 64, np.uint8)
             if _jit.RAW_CHECK:
                 with _guard(jobs, scratch, self.vmt):
-                    kern(self.vmt, units, out_pages, out_cnt, scratch, restore)
+                    kern(self.vmt, units, out_pages, out_cnt, scratch, restore, pack)
             else:
-                kern(self.vmt, units, out_pages, out_cnt, scratch, restore)
+                kern(self.vmt, units, out_pages, out_cnt, scratch, restore, pack)
         counts, pages, off = _k.collect(units, out_cnt, out_pages, self.n)
         pages.flags.writeable = False  # shared by the reports and the memories' dirty logs
         return counts, [pages[off[i] : off[i + 1]] if off[i + 1] > off[i] else _NO_PAGES for i in range(self.n)]
@@ -630,9 +631,10 @@ _SERIAL_BELOW = 1 << 15  # LPIs per batch below which the kernels run on one thr
 _BATCHES: dict = {}  # (flavour, restore) -> the last _Batch
 
 
-def _run(jobs: list[_Job], restore: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+def _run(jobs: list[_Job], restore: bool, pack: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
     """Run jobs through the run kernel where every run lies in one memslot, and through the
     byte-merging kernel otherwise (a run straddling adjacent slots); one parallel pass each.
+    ``pack``: the kernels take the save's flag snapshots first (not yet taken).
     Returns per job (counts, pages), counts = (writes, vpt_reads, bytes_changed, n_pages); the
     pages are logged in each job's memory."""
     flags = [jb.plan.runs_in_slots(jb.mem) for jb in jobs]
@@ -647,7 +649,7 @@ def _run(jobs: list[_Job], restore: bool) -> list[tuple[np.ndarray, np.ndarray]]
         if batch is None or not batch.matches(sub):
             batch = _Batch(sub, whole_vm=restore)
             _BATCHES[key] = batch
-        counts, pages = batch.run(_k.run_units if run_kernel else _k.merge_units, restore, sub)
+        counts, pages = batch.run(_k.run_units if run_kernel else _k.merge_units, restore, sub, pack)
         for k, i in enumerate(idx):
             if len(pages[k]):
                 jobs[i].mem.mark_dirty(pages[k])
@@ -794,7 +796,11 @@ def _save_locked(jobs, has_gicv4_1: bool, order: str, atomic: bool, single: bool
     for j, (mem, pb, lp, vpt) in enumerate(jobs):
         ctx.append(_job(mem, pb, lp, vpt, has_gicv4_1, order, "" if single else f"jobs[{j}]: "))
     key_intid = order == "intid"
-    _snapshot_flags(ctx)
+    # The fault scan reads the flag snapshots; where no access can fault (the usual case) there
+    # is no scan, and the run kernel takes the snapshots itself, in the same parallel call.
+    scan = any(not c.plan.covered(c.mem) for c in ctx)
+    if scan:
+        _snapshot_flags(ctx)
     bad, fault = None, None
     for j, c in enumerate(ctx):  # the first VM whose walk would fault, if any
         fault = c.first_fault(0, key_intid)
@@ -810,7 +816,7 @@ def _save_locked(jobs, has_gicv4_1: bool, order: str, atomic: bool, single: bool
         exc.reports = []
         raise exc
     ok = ctx if bad is None else ctx[:bad]
-    results = _run(ok, restore=False)
+    results = _run(ok, restore=False, pack=not scan)
     dt = time.perf_counter() - t0
     reports = [
         _save_report(c, has_gicv4_1, order, c.plan.reads[order], int(cnt[0]), int(cnt[1]), int(cnt[2]), pages, dt)

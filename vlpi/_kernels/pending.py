@@ -192,33 +192,30 @@ def _bit(words, i):
 
 
 # ------------------------------------------------------------------ flag snapshots
+@jit(inline="always")
+def _pack_row(row):
+    n = np.int64(row[N_LPIS])
+    nbw = np.int64(row[N_BITW])
+    _pack(view_u8(row[P_LATCH], n), view_u64(row[P_LBITS], nbw), n)
+    if row[USE_VPT]:
+        _pack(view_u8(row[P_HW], n), view_u64(row[P_HBITS], nbw), n)
+    else:
+        view_u64(row[P_HBITS], nbw)[:] = 0
+
+
 @pjit
 def pack_flags(vmt):
     """Pack every job's ``pending_latch`` (and ``hw`` where the VPT is used) into its bit arrays:
     the call's snapshot. Any nonzero flag byte is True; later writes to the caller's arrays do
     not reach the kernels of this call (what was checked is what is used)."""
     for j in prange(vmt.shape[0]):
-        row = vmt[j]
-        n = np.int64(row[N_LPIS])
-        nbw = np.int64(row[N_BITW])
-        _pack(view_u8(row[P_LATCH], n), view_u64(row[P_LBITS], nbw), n)
-        if row[USE_VPT]:
-            _pack(view_u8(row[P_HW], n), view_u64(row[P_HBITS], nbw), n)
-        else:
-            view_u64(row[P_HBITS], nbw)[:] = 0
+        _pack_row(vmt[j])
 
 
 @jit
 def pack_flags_serial(vmt):
     for j in range(vmt.shape[0]):
-        row = vmt[j]
-        n = np.int64(row[N_LPIS])
-        nbw = np.int64(row[N_BITW])
-        _pack(view_u8(row[P_LATCH], n), view_u64(row[P_LBITS], nbw), n)
-        if row[USE_VPT]:
-            _pack(view_u8(row[P_HW], n), view_u64(row[P_HBITS], nbw), n)
-        else:
-            view_u64(row[P_HBITS], nbw)[:] = 0
+        _pack_row(vmt[j])
 
 
 @jit(inline="always")
@@ -239,14 +236,18 @@ def _pack(src, out, n):
 
 # ------------------------------------------------------------------ fast save
 @pjit
-def merge_units(vmt, units, out_pages, out_cnt, scratch, restore):
+def merge_units(vmt, units, out_pages, out_cnt, scratch, restore, pack):
     """Save (or restore) for plans with runs that straddle memslots: each guest byte is merged in
     a register and written back once. ``units[u] = (vm, run_lo, run_hi, page_offset)``;
     ``out_cnt[u] = (guest_writes, vpt_reads, bytes_changed, n_pages)``. Every address is known to
     be in a slot and no write is needed in a read-only slot (checked by the caller). Units never
     share a guest byte. ``scratch`` is unused (same signature as :func:`run_units`). For restore,
     the entries of one (byte, bit) are in row order, so the first LPI in row order consumes a
-    shared bit, as the kernel's sequential sync does."""
+    shared bit, as the kernel's sequential sync does. ``pack``: take the flag snapshots of every
+    row first (as :func:`pack_flags`), in the same call."""
+    if pack:
+        for j in prange(vmt.shape[0]):
+            _pack_row(vmt[j])
     for u in prange(units.shape[0]):
         merge_unit(vmt, units, u, out_pages, out_cnt, restore)
 
@@ -498,9 +499,13 @@ def count_distinct_bytes(intid, limit_intid):
 # scratch byte instead (address select), so untouched guest pages stay uncommitted and clean
 # cache lines stay clean; an unconditional store would save a further ~0.5.
 @pjit
-def run_units(vmt, units, out_pages, out_cnt, scratch, restore):
+def run_units(vmt, units, out_pages, out_cnt, scratch, restore, pack):
     """Save (or restore) by runs. Every run lies in one memslot and no access faults (checked by
-    the caller). ``out_cnt[u] = (writes, vpt_reads, bytes_changed, n_pages)``."""
+    the caller). ``out_cnt[u] = (writes, vpt_reads, bytes_changed, n_pages)``. ``pack``: take the
+    flag snapshots of every row first (as :func:`pack_flags`): one parallel call instead of two."""
+    if pack:
+        for j in prange(vmt.shape[0]):
+            _pack_row(vmt[j])
     for u in prange(units.shape[0]):  # prange's index is unsigned: pass an int64 so run_unit is
         run_unit(vmt, units, np.int64(u), out_pages, out_cnt, scratch, restore)  # compiled once
 
@@ -926,13 +931,19 @@ def _dense_words(w1, nw, i1, vlo, use_vpt, lbase, latch, lbits, hbits, restore):
 # For small batches: waking the thread pool costs more than the work (see _config: measured
 # 0.38 ms serial vs 7.4-15 ms parallel for 4 VMs x 8192 LPIs on a busy 2-core machine).
 @jit
-def run_units_serial(vmt, units, out_pages, out_cnt, scratch, restore):
+def run_units_serial(vmt, units, out_pages, out_cnt, scratch, restore, pack):
+    if pack:
+        for j in range(vmt.shape[0]):
+            _pack_row(vmt[j])
     for u in range(units.shape[0]):
         run_unit(vmt, units, u, out_pages, out_cnt, scratch, restore)
 
 
 @jit
-def merge_units_serial(vmt, units, out_pages, out_cnt, scratch, restore):
+def merge_units_serial(vmt, units, out_pages, out_cnt, scratch, restore, pack):
+    if pack:
+        for j in range(vmt.shape[0]):
+            _pack_row(vmt[j])
     for u in range(units.shape[0]):
         merge_unit(vmt, units, u, out_pages, out_cnt, restore)
 
