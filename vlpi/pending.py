@@ -458,7 +458,7 @@ class _Job:
     __slots__ = (
         "mem", "lpis", "base", "vpt", "vb", "plan", "row", "n_vcpus", "use_vpt", "keep",
         "gen", "pb_obj", "pb_bytes", "vpt_obj", "vpt_shape", "has41", "latch_obj", "hw_obj", "recheck",
-        "bits", "nbw", "__weakref__",
+        "bits", "nbw", "batches", "__weakref__",
     )
 
     def __init__(self, mem, pendbaser, lpis, vpt, has_gicv4_1, tie, where="", save=False):
@@ -472,6 +472,7 @@ class _Job:
         self.use_vpt = bool(has_gicv4_1 and self.vb > 0)
         self.plan = _plan(lpis, self.base, tie) if tie is not None else None
         self.row = None
+        self.batches: dict = {}  # (flavour, restore) -> this job's own _Batch
         # a save's snapshot of pending_latch and hw as bit arrays (packed at the start of every
         # call; a pad word lets the kernels read 64-bit windows), shared by the table's save jobs
         # (calls on one table hold its lock, so one snapshot at a time); restore reads no flags
@@ -645,10 +646,16 @@ def _run(jobs: list[_Job], restore: bool, pack: bool = False) -> list[tuple[np.n
             continue
         sub = [jobs[i] for i in idx]
         key = (run_kernel, restore)
-        batch = _BATCHES.get(key)
-        if batch is None or not batch.matches(sub):
-            batch = _Batch(sub, whole_vm=restore)
-            _BATCHES[key] = batch
+        if len(sub) == 1:  # one VM (save_pending_tables, sync_pending_status): cached on its job,
+            jb = sub[0]  # so a host saved or restored one VM at a time stacks nothing either
+            batch = jb.batches.get(key)
+            if batch is None:
+                batch = jb.batches[key] = _Batch(sub, whole_vm=restore)
+        else:
+            batch = _BATCHES.get(key)
+            if batch is None or not batch.matches(sub):
+                batch = _Batch(sub, whole_vm=restore)
+                _BATCHES[key] = batch
         counts, pages = batch.run(_k.run_units if run_kernel else _k.merge_units, restore, sub, pack)
         for k, i in enumerate(idx):
             if len(pages[k]):
