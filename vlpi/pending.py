@@ -18,7 +18,9 @@ walk order, and bits with no LPI are untouched. Its access counts depend only on
 2. on every call, walks the plan in memory order, reading each guest byte once, merging every
    LPI's wanted bit (``pending_latch``, or the VPT bit for hw LPIs on GICv4.1), counting the
    kernel's writes (one per changed bit, in order within a bit), and writing the byte once if it
-   changed; work units never share a byte, so all VMs of a host run in one parallel pass;
+   changed -- a whole 64-bit word at a time where the layout allows (one LPI per word at one bit,
+   or 64 consecutive LPIs per word); work units never share a byte, so all VMs of a host run in
+   one parallel pass;
 3. if some access could fault (an address outside every memslot, a read-only slot), finds the
    kernel's first faulting access in walk order first: with ``atomic=True`` (default) it raises
    before writing anything; with ``atomic=False`` it runs the literal sequential walk
@@ -32,8 +34,9 @@ Safety
 Kernels reach guest RAM, LPI arrays and plans through raw addresses, so nothing they read may
 change behind the engine's back: slots are frozen and change only through ``add_slot``/
 ``remove_slot``; ``intid``/``target_vcpu`` are immutable; cached plans are keyed on the memory's
-generation, the PENDBASER bytes and the table's target version; flag bytes are read as
-``byte != 0`` (never used as numbers in an address); VPT indices are validated or clamped.
+generation, the PENDBASER bytes and the table's target version; a save reads the flag bytes
+once, into a bit snapshot that the fault scan and the kernel both use (any nonzero byte is True;
+flags are never used as numbers in an address); VPT indices are validated or clamped.
 Each call holds the locks of its memories and LPI tables from validation to the end of the
 kernel, so a slot change in another thread waits for it. ``VLPI_RAW_CHECK=1`` checks every
 raw-address access of the kernels against the memory validated for the call (CI runs the
