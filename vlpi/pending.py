@@ -47,19 +47,23 @@ from __future__ import annotations
 
 import contextlib
 import errno as _errno
+import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 
 from vlpi._kernels import _jit
 from vlpi._kernels import kernel_loop as _kl
 from vlpi._kernels import pending as _k
+from vlpi._typing import BoolArray, BoolLike, I32Array, I64Array, IntLike, U8Array, U64Array
 from vlpi.errors import GuestMemoryFault
 from vlpi.lpi import LPITable
-from vlpi.memory import PAGE_SHIFT, GuestMemory
+from vlpi.memory import PAGE_SHIFT, GuestMemory, KernelTables
 
 __all__ = [
     "SaveReport",
@@ -80,6 +84,13 @@ ORDERS = ("intid", "insertion")
 _MAX_RUN = 8192  # entries per run before a split (at a byte boundary)
 _MIN_STRIDED = 4  # shortest arithmetic progression stored as a strided run
 _UNIT = 32768  # target entries per parallel work unit
+
+# One VM's arguments of save_pending_tables_many: (mem, pendbaser, lpis, vpt).
+_JobArgs: TypeAlias = tuple[GuestMemory, npt.ArrayLike, LPITable, np.ndarray | None]
+# (row index, is_write, gpa) of a faulting access
+_Fault: TypeAlias = tuple[int, bool, int]
+# The unit kernels: (vmt, units, out_pages, out_cnt, scratch, restore, pack).
+_UnitsKernel: TypeAlias = Callable[[U64Array, I64Array, U64Array, I64Array, U8Array, BoolLike, BoolLike], None]
 
 
 # ===================================================================== reports
@@ -117,7 +128,7 @@ class SaveReport:
     bytes_changed: int
     vpes_unmapped: int
     vpes_remapped: int
-    dirty_pages: np.ndarray = field(repr=False)
+    dirty_pages: I64Array = field(repr=False)
     elapsed_s: float = 0.0
 
     def __repr__(self) -> str:
@@ -161,8 +172,8 @@ class SyncReport:
     lpis_synced: int
     guest_reads: int
     guest_writes: int
-    lpi_errno: np.ndarray = field(repr=False)
-    dirty_pages: np.ndarray = field(repr=False)
+    lpi_errno: I32Array = field(repr=False)
+    dirty_pages: I64Array = field(repr=False)
     elapsed_s: float = 0.0
 
     def __repr__(self) -> str:
@@ -189,7 +200,7 @@ class _Plan:
         "reads", "_cov", "one_per_byte", "addr_min", "addr_max", "_slots", "__weakref__",
     )
 
-    def __init__(self, lpis: LPITable, base: np.ndarray, tie: str) -> None:
+    def __init__(self, lpis: LPITable, base: U64Array, tie: str) -> None:
         t = lpis.target_vcpu
         idx = np.flatnonzero(t >= 0)
         iid = lpis.intid[idx].astype(np.uint64)
@@ -214,6 +225,9 @@ class _Plan:
         lens = self.runs[:, 3]
         e0 = np.zeros(lens.size + 1, dtype=np.int64)
         np.cumsum(lens, out=e0[1:])
+        # first and last guest byte of each run
+        self.run_lo: U64Array
+        self.run_hi: U64Array
         if n:
             self.run_lo = addr_s[e0[:-1]]
             self.run_hi = addr_s[e0[1:] - 1]
@@ -224,8 +238,9 @@ class _Plan:
         self.one_per_byte = bool(n < 2 or np.all(addr_s[1:] != addr_s[:-1]))
         self.addr_min = int(addr_s[0]) if n else 0
         self.addr_max = int(addr_s[-1]) if n else 0
-        self._cov = None
-        self._slots = None
+        # (memory, its generation, result) of the last covered() / runs_in_slots()
+        self._cov: tuple[weakref.ReferenceType[GuestMemory], int, bool] | None = None
+        self._slots: tuple[weakref.ReferenceType[GuestMemory], int, bool] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -262,13 +277,13 @@ class _Plan:
         return ok
 
 
-def _count_changes(a: np.ndarray) -> int:
+def _count_changes(a: U64Array) -> int:
     if a.size == 0:
         return 0
     return int(1 + np.count_nonzero(a[1:] != a[:-1]))
 
 
-def _make_units(e0: np.ndarray, run_lo: np.ndarray, run_hi: np.ndarray, addr_s: np.ndarray):
+def _make_units(e0: I64Array, run_lo: U64Array, run_hi: U64Array, addr_s: U64Array) -> tuple[I64Array, int]:
     """Split runs into work units of about ``_UNIT`` entries, never between two runs that share
     a guest byte. Returns (units int64 [U, 4] = (0, run_lo, run_hi, page_offset), pages_cap)."""
     nruns = run_lo.size
@@ -293,14 +308,14 @@ def _make_units(e0: np.ndarray, run_lo: np.ndarray, run_hi: np.ndarray, addr_s: 
     return units, int(caps.sum())
 
 
-def _plan(lpis: LPITable, base: np.ndarray, tie: str) -> _Plan:
+def _plan(lpis: LPITable, base: U64Array, tie: str) -> _Plan:
     """The cached plan for (lpis, base, tie). A plan without aliased bits serves both ties."""
     bkey = base.tobytes()
     cache = lpis.plan_cache
-    p = cache.get(("plan", tie, bkey))
+    p: _Plan | None = cache.get(("plan", tie, bkey))
     if p is not None:
         return p
-    other = cache.get(("plan", "intid" if tie == "insertion" else "insertion", bkey))
+    other: _Plan | None = cache.get(("plan", "intid" if tie == "insertion" else "insertion", bkey))
     if other is not None and not other.has_bit_alias:
         cache[("plan", tie, bkey)] = other
         return other
@@ -313,8 +328,8 @@ def _plan(lpis: LPITable, base: np.ndarray, tie: str) -> _Plan:
     return p
 
 
-def _walk_intid(lpis: LPITable) -> np.ndarray:
-    w = lpis.plan_cache.get("walk_intid")
+def _walk_intid(lpis: LPITable) -> I32Array:
+    w: I32Array | None = lpis.plan_cache.get("walk_intid")
     if w is None:
         w = np.argsort(lpis.intid, kind="stable").astype(np.int32)
         lpis.plan_cache["walk_intid"] = w
@@ -322,21 +337,22 @@ def _walk_intid(lpis: LPITable) -> np.ndarray:
 
 
 # ===================================================================== validation
-def _addr(a: np.ndarray) -> int:
-    return a.__array_interface__["data"][0]
+def _addr(a: npt.NDArray[Any]) -> int:
+    addr: int = a.__array_interface__["data"][0]
+    return addr
 
 
-def _check_mem(mem, where: str) -> None:
+def _check_mem(mem: object, where: str) -> None:
     if not isinstance(mem, GuestMemory):
         raise TypeError(f"{where}mem must be a vlpi.GuestMemory, got {type(mem).__name__}")
 
 
-def _check_lpis(lpis, where: str) -> None:
+def _check_lpis(lpis: object, where: str) -> None:
     if not isinstance(lpis, LPITable):
         raise TypeError(f"{where}lpis must be a vlpi.LPITable, got {type(lpis).__name__}")
 
 
-def _bases(pendbaser, lpis: LPITable, where: str) -> np.ndarray:
+def _bases(pendbaser: npt.ArrayLike, lpis: LPITable, where: str) -> U64Array:
     pb = np.asarray(pendbaser)
     if pb.ndim != 1:
         raise ValueError(f"{where}pendbaser must be 1-D (one GICR_PENDBASER per vCPU), got shape {pb.shape}")
@@ -355,7 +371,7 @@ def _bases(pendbaser, lpis: LPITable, where: str) -> np.ndarray:
     return pb.astype(np.uint64) & np.uint64(PENDBASER_ADDRESS_MASK)
 
 
-def _check_vpt(vpt, lpis: LPITable, n_vcpus: int, has_gicv4_1: bool, where: str):
+def _check_vpt(vpt: object, lpis: LPITable, n_vcpus: int, has_gicv4_1: bool, where: str) -> tuple[U8Array, int]:
     """Returns (flat uint8 VPT, vpt_bytes) or (empty, 0) when no VPT is read."""
     if not has_gicv4_1:
         return np.zeros(1, np.uint8), 0
@@ -376,9 +392,9 @@ def _check_vpt(vpt, lpis: LPITable, n_vcpus: int, has_gicv4_1: bool, where: str)
         raise ValueError(f"{where}vpt must have shape [{n_vcpus}, vpt_bytes] (one VPT per vPE), got {vpt.shape}")
     vb = int(vpt.shape[1])
     if (vb << 3) <= lpis.max_intid and len(lpis):
-        bad = np.flatnonzero((lpis.hw != 0) & ((lpis.intid >> 3) >= vb))
-        if bad.size:
-            b = int(bad[0])
+        beyond = np.flatnonzero((lpis.hw != 0) & ((lpis.intid >> 3) >= vb))
+        if beyond.size:
+            b = int(beyond[0])
             raise ValueError(
                 f"{where}vpt is too narrow: lpis.hw[{b}] is set for INTID {int(lpis.intid[b])}, whose VPT byte "
                 f"{int(lpis.intid[b]) >> 3} lies beyond vpt_bytes={vb}"
@@ -388,12 +404,12 @@ def _check_vpt(vpt, lpis: LPITable, n_vcpus: int, has_gicv4_1: bool, where: str)
     return np.ascontiguousarray(vpt).reshape(-1), vb
 
 
-def _check_order(order) -> None:
+def _check_order(order: object) -> None:
     if not isinstance(order, str) or order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
 
 
-def _check_flag(value, name: str) -> bool:
+def _check_flag(value: object, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__} {value!r}")
     return bool(value)
@@ -402,7 +418,7 @@ def _check_flag(value, name: str) -> bool:
 _NO_GUARD = contextlib.nullcontext()
 
 
-def _guard(jobs, *extra):
+def _guard(jobs: Iterable[_Job], *extra: npt.NDArray[Any]) -> contextlib.AbstractContextManager[None]:
     """Debug mode (``VLPI_RAW_CHECK=1``): register what the jobs' kernels may reach through raw
     addresses; a no-op otherwise."""
     if not _jit.RAW_CHECK:
@@ -428,14 +444,14 @@ class _Locked:
 
     __slots__ = ("locks",)
 
-    def __init__(self, mems, tables) -> None:
-        self.locks = []
+    def __init__(self, mems: Iterable[GuestMemory], tables: Iterable[LPITable]) -> None:
+        self.locks: list[threading.RLock] = []
         for objs in (mems, tables):
             by_id = {id(o): o.lock for o in objs}
             self.locks += [by_id[k] for k in sorted(by_id)]
 
     def __enter__(self) -> None:
-        done = []
+        done: list[threading.RLock] = []
         try:
             for lk in self.locks:
                 lk.acquire()
@@ -445,7 +461,7 @@ class _Locked:
                 lk.release()
             raise
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         for lk in reversed(self.locks):
             lk.release()
 
@@ -464,7 +480,8 @@ class _Job:
         "bits", "nbw", "batches", "__weakref__",
     )
 
-    def __init__(self, mem, pendbaser, lpis, vpt, has_gicv4_1, tie, where="", save=False):
+    def __init__(self, mem: GuestMemory, pendbaser: npt.ArrayLike, lpis: LPITable, vpt: np.ndarray | None,
+                 has_gicv4_1: bool, tie: str | None, where: str = "", save: bool = False) -> None:
         _check_mem(mem, where)
         _check_lpis(lpis, where)
         self.mem = mem
@@ -474,8 +491,8 @@ class _Job:
         self.vpt, self.vb = _check_vpt(vpt, lpis, self.n_vcpus, has_gicv4_1, where)
         self.use_vpt = bool(has_gicv4_1 and self.vb > 0)
         self.plan = _plan(lpis, self.base, tie) if tie is not None else None
-        self.row = None
-        self.batches: dict = {}  # (flavour, restore) -> this job's own _Batch
+        self.row: U64Array | None = None
+        self.batches: dict[tuple[bool, bool], _Batch] = {}  # (flavour, restore) -> this job's own _Batch
         # a save's snapshot of pending_latch and hw as bit arrays (packed at the start of every
         # call; a pad word lets the kernels read 64-bit windows), shared by the table's save jobs
         # (calls on one table hold its lock, so one snapshot at a time); restore reads no flags
@@ -491,7 +508,7 @@ class _Job:
         # what the cached validation depends on
         self.gen = mem.generation
         self.pb_obj = pendbaser if isinstance(pendbaser, np.ndarray) else None
-        self.pb_bytes = pendbaser.tobytes() if self.pb_obj is not None else None
+        self.pb_bytes = self.pb_obj.tobytes() if self.pb_obj is not None else None
         self.vpt_obj = vpt
         self.vpt_shape = vpt.shape if isinstance(vpt, np.ndarray) else None
         self.has41 = bool(has_gicv4_1)
@@ -505,7 +522,8 @@ class _Job:
             and (vpt is None or (self.vb << 3) <= lpis.max_intid or not vpt.flags.c_contiguous)
         )
 
-    def still_valid(self, mem, pendbaser, lpis, vpt, has_gicv4_1) -> bool:
+    def still_valid(self, mem: GuestMemory, pendbaser: npt.ArrayLike, lpis: LPITable, vpt: np.ndarray | None,
+                    has_gicv4_1: bool) -> bool:
         return (
             self.pb_obj is not None
             and pendbaser is self.pb_obj
@@ -520,16 +538,24 @@ class _Job:
             and pendbaser.tobytes() == self.pb_bytes
         )
 
-    def make_row(self) -> np.ndarray:
+    @property
+    def planned(self) -> _Plan:
+        """The plan (every job made with a walk order has one: saves and restores)."""
+        p = self.plan
+        assert p is not None, "a job made without a walk order has no plan"
+        return p
+
+    def make_row(self) -> U64Array:
         if self.row is not None:
             return self.row
-        p = self.plan
+        p = self.planned
         lp = self.lpis
         tables = self.mem.kernel_tables()
         sstart, send, sptr = tables[:3]
         latch = lp.pending_latch
         hw = lp.hw
-        self.keep = (latch, hw, tables, p)  # alive while the row is (tables hold the slot arrays)
+        # alive while the row is (tables hold the slot arrays)
+        self.keep: tuple[BoolArray | U8Array, BoolArray | U8Array, KernelTables, _Plan] = (latch, hw, tables, p)
         row = np.empty(_k.NCOL, dtype=np.uint64)
         row[_k.P_INTID] = _addr(lp.intid)
         row[_k.P_LATCH] = _addr(latch)
@@ -555,24 +581,26 @@ class _Job:
         self.row = row
         return row
 
-    def first_fault(self, mode: int, key_is_intid: bool):
+    def first_fault(self, mode: int, key_is_intid: bool) -> _Fault | None:
         """(row, is_write, gpa) of the first faulting access, or None. Cheap when covered."""
-        if self.plan.covered(self.mem):
+        plan = self.planned
+        if plan.covered(self.mem):
             return None
         ro = self.mem.kernel_tables()[3]
         row = self.make_row()
         with _guard([self]):
-            i, w, gpa = _k.first_fault(row, 0, self.plan.runs.shape[0], mode, key_is_intid, ro)
+            i, w, gpa = _k.first_fault(row, 0, plan.runs.shape[0], mode, key_is_intid, ro)
         if i < 0:
             return None
         return int(i), bool(w), int(gpa)
 
 
-def _job(mem, pendbaser, lpis, vpt, has_gicv4_1: bool, tie: str, where: str = "", kind: str = "save") -> _Job:
+def _job(mem: GuestMemory, pendbaser: npt.ArrayLike, lpis: LPITable, vpt: np.ndarray | None, has_gicv4_1: bool,
+         tie: str, where: str = "", kind: str = "save") -> _Job:
     """The validated job for these arguments: the cached one when nothing it depends on changed."""
     if isinstance(lpis, LPITable):
         key = ("job", kind, tie, has_gicv4_1)
-        j = lpis.plan_cache.get(key)
+        j: _Job | None = lpis.plan_cache.get(key)
         if j is not None and j.still_valid(mem, pendbaser, lpis, vpt, has_gicv4_1):
             return j
         j = _Job(mem, pendbaser, lpis, vpt, has_gicv4_1, tie, where, save=kind == "save")
@@ -588,27 +616,30 @@ class _Batch:
     def __init__(self, jobs: list[_Job], whole_vm: bool) -> None:
         self.refs = [weakref.ref(j) for j in jobs]
         self.vmt = np.stack([j.make_row() for j in jobs]) if jobs else np.zeros((0, _k.NCOL), np.uint64)
-        parts = []
+        parts: list[I64Array] = []
         poff = 0
         for i, jb in enumerate(jobs):
-            pu = jb.plan.units
+            plan = jb.planned
+            pu = plan.units
             if whole_vm and pu.shape[0] > 1:
-                u = np.array([[0, 0, jb.plan.runs.shape[0], 0]], np.int64)  # all runs, one unit
+                u = np.array([[0, 0, plan.runs.shape[0], 0]], np.int64)  # all runs, one unit
             else:
                 u = pu.copy()
             u[:, 0] = i
             u[:, 3] += poff
-            poff += jb.plan.pages_cap
+            poff += plan.pages_cap
             parts.append(u)
         self.units = np.concatenate(parts) if parts else np.zeros((0, 4), np.int64)
         self.pages_cap = max(poff, 1)
         self.n = len(jobs)
-        self.serial = self.units.shape[0] < 2 or sum(j.plan.n_entries for j in jobs) < _SERIAL_BELOW
+        self.serial = self.units.shape[0] < 2 or sum(j.planned.n_entries for j in jobs) < _SERIAL_BELOW
 
     def matches(self, jobs: list[_Job]) -> bool:
         return len(jobs) == len(self.refs) and all(r() is j for r, j in zip(self.refs, jobs, strict=True))
 
-    def run(self, kernel, restore: bool, jobs: list[_Job], pack: bool = False):
+    def run(
+        self, kernel: _UnitsKernel, restore: bool, jobs: list[_Job], pack: bool = False
+    ) -> tuple[I64Array, list[I64Array]]:
         """Run the kernel (first taking the jobs' flag snapshots if ``pack``); returns
         (counts [n, 4], list of per-job page arrays)."""
         units = self.units
@@ -629,20 +660,20 @@ class _Batch:
         return counts, [pages[off[i] : off[i + 1]] if off[i + 1] > off[i] else _NO_PAGES for i in range(self.n)]
 
 
-_SERIAL = {_k.run_units: _k.run_units_serial, _k.merge_units: _k.merge_units_serial}
+_SERIAL: dict[_UnitsKernel, _UnitsKernel] = {_k.run_units: _k.run_units_serial, _k.merge_units: _k.merge_units_serial}
 _SERIAL_BELOW = 1 << 15  # LPIs per batch below which the kernels run on one thread (measured: a
 # 57,344-LPI VM saves at 3.8 ns/LPI on two threads vs 4.6 on one, passive OpenMP wait policy)
-_BATCHES: dict = {}  # (flavour, restore) -> the last _Batch
+_BATCHES: dict[tuple[bool, bool], _Batch] = {}  # (flavour, restore) -> the last _Batch
 
 
-def _run(jobs: list[_Job], restore: bool, pack: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+def _run(jobs: list[_Job], restore: bool, pack: bool = False) -> list[tuple[I64Array, I64Array]]:
     """Run jobs through the run kernel where every run lies in one memslot, and through the
     byte-merging kernel otherwise (a run straddling adjacent slots); one parallel pass each.
     ``pack``: the kernels take the save's flag snapshots first (not yet taken).
     Returns per job (counts, pages), counts = (writes, vpt_reads, bytes_changed, n_pages); the
     pages are logged in each job's memory."""
-    flags = [jb.plan.runs_in_slots(jb.mem) for jb in jobs]
-    res: list = [None] * len(jobs)
+    flags = [jb.planned.runs_in_slots(jb.mem) for jb in jobs]
+    res: list[tuple[I64Array, I64Array]] = [None] * len(jobs)  # type: ignore[list-item]  # all set below
     for run_kernel in (True, False):
         idx = [i for i, f in enumerate(flags) if f is run_kernel]
         if not idx:
@@ -683,7 +714,7 @@ def _snapshot_flags(jobs: list[_Job]) -> None:
         kern(vmt)
 
 
-def _changed_bytes(mem: GuestMemory, wr_addr: np.ndarray, wr_old: np.ndarray):
+def _changed_bytes(mem: GuestMemory, wr_addr: U64Array, wr_old: U8Array) -> tuple[int, I64Array]:
     """(bytes_changed, dirty_pages) from the sequential path's write record."""
     if wr_addr.size == 0:
         return 0, _NO_PAGES
@@ -698,7 +729,7 @@ def _changed_bytes(mem: GuestMemory, wr_addr: np.ndarray, wr_old: np.ndarray):
 # ===================================================================== save
 def save_pending_tables(
     mem: GuestMemory,
-    pendbaser,
+    pendbaser: npt.ArrayLike,
     lpis: LPITable,
     *,
     vpt: np.ndarray | None = None,
@@ -751,7 +782,7 @@ def save_pending_tables(
 
 
 def save_pending_tables_many(
-    jobs: Sequence,
+    jobs: Sequence[_JobArgs],
     *,
     has_gicv4_1: bool = False,
     order: str = "intid",
@@ -801,23 +832,26 @@ def save_pending_tables_many(
         return _save_locked(jobs, has_gicv4_1, order, atomic, False, t0)
 
 
-def _save_locked(jobs, has_gicv4_1: bool, order: str, atomic: bool, single: bool, t0: float) -> list[SaveReport]:
+def _save_locked(jobs: Sequence[_JobArgs], has_gicv4_1: bool, order: str, atomic: bool, single: bool,
+                 t0: float) -> list[SaveReport]:
     ctx: list[_Job] = []
     for j, (mem, pb, lp, vpt) in enumerate(jobs):
         ctx.append(_job(mem, pb, lp, vpt, has_gicv4_1, order, "" if single else f"jobs[{j}]: "))
     key_intid = order == "intid"
     # The fault scan reads the flag snapshots; where no access can fault (the usual case) there
     # is no scan, and the run kernel takes the snapshots itself, in the same parallel call.
-    scan = any(not c.plan.covered(c.mem) for c in ctx)
+    scan = any(not c.planned.covered(c.mem) for c in ctx)
     if scan:
         _snapshot_flags(ctx)
-    bad, fault = None, None
+    bad: int | None = None
+    fault: _Fault | None = None
     for j, c in enumerate(ctx):  # the first VM whose walk would fault, if any
         fault = c.first_fault(0, key_intid)
         if fault is not None:
             bad = j
             break
     if bad is not None and atomic:
+        assert fault is not None  # found with bad
         c = ctx[bad]
         row, w, gpa = fault
         rep = _save_report(c, has_gicv4_1, order, 0, 0, 0, 0, _NO_PAGES, time.perf_counter() - t0)
@@ -829,11 +863,12 @@ def _save_locked(jobs, has_gicv4_1: bool, order: str, atomic: bool, single: bool
     results = _run(ok, restore=False, pack=not scan)
     dt = time.perf_counter() - t0
     reports = [
-        _save_report(c, has_gicv4_1, order, c.plan.reads[order], int(cnt[0]), int(cnt[1]), int(cnt[2]), pages, dt)
+        _save_report(c, has_gicv4_1, order, c.planned.reads[order], int(cnt[0]), int(cnt[1]), int(cnt[2]), pages, dt)
         for c, (cnt, pages) in zip(ok, results, strict=True)
     ]
     if bad is not None:
         rep, f = _sequential_save(ctx[bad], has_gicv4_1, order, t0)
+        assert f is not None  # the literal walk faults where the scan did
         exc = _fault(ctx[bad], f[0], f[1], f[2], rep, "kernel-exact partial save (atomic=False)")
         exc.job = bad
         exc.reports = reports
@@ -841,12 +876,13 @@ def _save_locked(jobs, has_gicv4_1: bool, order: str, atomic: bool, single: bool
     return reports
 
 
-def _save_report(c: _Job, has_gicv4_1, order, reads, writes, vpt_reads, changed, pages, dt) -> SaveReport:
+def _save_report(c: _Job, has_gicv4_1: bool, order: str, reads: int, writes: int, vpt_reads: int, changed: int,
+                 pages: I64Array, dt: float) -> SaveReport:
     n = len(c.lpis)
     nv = c.n_vcpus if has_gicv4_1 else 0
     return SaveReport(
         lpis_total=n,
-        lpis_skipped=n - c.plan.n_entries,
+        lpis_skipped=n - c.planned.n_entries,
         guest_reads=reads,
         guest_writes=writes,
         vpt_reads=vpt_reads,
@@ -858,7 +894,7 @@ def _save_report(c: _Job, has_gicv4_1, order, reads, writes, vpt_reads, changed,
     )
 
 
-def _fault(c: _Job, row: int, write: bool, gpa: int, report, detail: str) -> GuestMemoryFault:
+def _fault(c: _Job, row: int, write: bool, gpa: int, report: SaveReport | SyncReport, detail: str) -> GuestMemoryFault:
     return GuestMemoryFault(
         gpa,
         write=write,
@@ -869,13 +905,13 @@ def _fault(c: _Job, row: int, write: bool, gpa: int, report, detail: str) -> Gue
     )
 
 
-def _sequential_save(c: _Job, has_gicv4_1: bool, order: str, t0: float):
+def _sequential_save(c: _Job, has_gicv4_1: bool, order: str, t0: float) -> tuple[SaveReport, _Fault | None]:
     """The literal walk (kernel-exact, stops at the first fault). Returns (report, fault)."""
     lp = c.lpis
     sstart, send, sptr, sro = c.mem.kernel_tables()[:4]
     use_walk = order == "intid"
     walk = _walk_intid(lp) if use_walk else np.zeros(1, np.int32)
-    n = max(c.plan.n_entries, 1)
+    n = max(c.planned.n_entries, 1)
     wr_addr = np.empty(n, np.uint64)
     wr_old = np.empty(n, np.uint8)
     with _guard([c]):
@@ -897,7 +933,7 @@ def _sequential_save(c: _Job, has_gicv4_1: bool, order: str, t0: float):
 
 def kernel_loop_save(
     mem: GuestMemory,
-    pendbaser,
+    pendbaser: npt.ArrayLike,
     lpis: LPITable,
     *,
     vpt: np.ndarray | None = None,
@@ -924,7 +960,7 @@ def kernel_loop_save(
 # ===================================================================== restore
 def sync_pending_status(
     mem: GuestMemory,
-    pendbaser,
+    pendbaser: npt.ArrayLike,
     lpis: LPITable,
     *,
     atomic: bool = True,
@@ -961,14 +997,15 @@ def sync_pending_status(
         return _restore_locked(mem, pendbaser, lpis, atomic, stop_on_error, t0)
 
 
-def _restore_locked(mem, pendbaser, lpis, atomic: bool, stop_on_error: bool, t0: float) -> SyncReport:
+def _restore_locked(mem: GuestMemory, pendbaser: npt.ArrayLike, lpis: LPITable, atomic: bool, stop_on_error: bool,
+                    t0: float) -> SyncReport:
     c = _job(mem, pendbaser, lpis, None, False, "insertion", kind="restore")
     n = len(lpis)
     f = c.first_fault(1, False)
     if f is None:
         ((cnt, pages),) = _run([c], restore=True)
         return SyncReport(
-            lpis_total=n, lpis_synced=c.plan.n_entries, guest_reads=c.plan.n_entries, guest_writes=int(cnt[0]),
+            lpis_total=n, lpis_synced=c.planned.n_entries, guest_reads=c.planned.n_entries, guest_writes=int(cnt[0]),
             lpi_errno=np.zeros(n, np.int32), dirty_pages=pages, elapsed_s=time.perf_counter() - t0,
         )
     if stop_on_error and atomic:
@@ -981,7 +1018,7 @@ def _restore_locked(mem, pendbaser, lpis, atomic: bool, stop_on_error: bool, t0:
     return rep
 
 
-def _sequential_restore(c: _Job, stop_on_error: bool, t0: float):
+def _sequential_restore(c: _Job, stop_on_error: bool, t0: float) -> tuple[SyncReport, _Fault | None]:
     lp = c.lpis
     sstart, send, sptr, sro = c.mem.kernel_tables()[:4]
     n = len(lp)
@@ -998,7 +1035,7 @@ def _sequential_restore(c: _Job, stop_on_error: bool, t0: float):
     return rep, (None if frow < 0 else (int(frow), bool(fw), int(fgpa)))
 
 
-def kernel_loop_restore(mem: GuestMemory, pendbaser, lpis: LPITable) -> SyncReport:
+def kernel_loop_restore(mem: GuestMemory, pendbaser: npt.ArrayLike, lpis: LPITable) -> SyncReport:
     """Baseline: the kernel's per-LPI restore sync, literally, compiled (row order, a read per
     LPI, a clearing write per set bit). Kernel-exact; raises ``GuestMemoryFault`` at the first
     fault. Used by the benchmarks; prefer :func:`sync_pending_status`."""
@@ -1015,7 +1052,7 @@ def kernel_loop_restore(mem: GuestMemory, pendbaser, lpis: LPITable) -> SyncRepo
 
 # ===================================================================== EnableLPIs scan
 def sync_pending_table(
-    mem: GuestMemory, pendbaser, lpis: LPITable, vcpu: int, *, atomic: bool = True
+    mem: GuestMemory, pendbaser: npt.ArrayLike, lpis: LPITable, vcpu: int, *, atomic: bool = True
 ) -> SyncReport:
     """The GICR_CTLR.EnableLPIs 0->1 scan of one vCPU's pending table.
 
@@ -1041,7 +1078,8 @@ def sync_pending_table(
         return _scan_locked(mem, pendbaser, lpis, vcpu, atomic, t0)
 
 
-def _scan_locked(mem, pendbaser, lpis, vcpu, atomic: bool, t0: float) -> SyncReport:
+def _scan_locked(mem: GuestMemory, pendbaser: npt.ArrayLike, lpis: LPITable, vcpu: IntLike, atomic: bool,
+                 t0: float) -> SyncReport:
     c = _Job(mem, pendbaser, lpis, None, False, None)
     if not 0 <= int(vcpu) < c.n_vcpus:
         raise ValueError(f"vcpu = {vcpu} is not a vCPU of this VM (0 <= vcpu < {c.n_vcpus})")

@@ -255,7 +255,7 @@ def _prefetch_codegen(rw: int) -> Callable[..., Any]:
         ptr = builder.inttoptr(args[0], ir.PointerType(ir.IntType(8)))
         i32 = ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")  # type: ignore[no-untyped-call]  # cgutils is untyped
         # (address, rw, locality 3 = keep in all cache levels, data cache)
         builder.call(fn, [ptr, ir.Constant(i32, rw), ir.Constant(i32, 3), ir.Constant(i32, 1)])
         return context.get_dummy_value()

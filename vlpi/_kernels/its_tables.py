@@ -55,8 +55,7 @@ def _view_u16(addr: IntLike, n: IntLike) -> U16Array:
 # ------------------------------------------------------------------------- guest memory
 @jit(inline="always")
 def _slot_of(sstart: U64Array, send: U64Array, addr: IntLike) -> int:
-    # TEMPORARY ignore: _find_slot is untyped until the engine rewrite lands
-    return _find_slot(sstart, send, sstart.shape[0], addr)  # type: ignore[no-any-return]
+    return _find_slot(sstart, send, sstart.shape[0], addr)
 
 
 @jit(inline="always")

@@ -24,7 +24,10 @@ Kernels reach the arrays of many VMs through a uint64 "VM table" of raw addresse
 
 from __future__ import annotations
 
+from typing import Any, TypeAlias
+
 import numpy as np
+import numpy.typing as npt
 from numba import prange
 
 from vlpi._kernels._jit import (
@@ -40,6 +43,7 @@ from vlpi._kernels._jit import (
     view_u32,
     view_u64,
 )
+from vlpi._typing import BoolLike, I32Array, I64Array, IntLike, U8Array, U32Array, U64Array
 
 # ------------------------------------------------------------------ VM table columns
 P_INTID = 0
@@ -68,10 +72,22 @@ NCOL = 21
 
 NO_ADDR = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 
+# Typing: numba gives a Python int and an int64 one type; mypy does not. Kernel locals that mix them
+# (a counter started at 0 that int64 values are added to) carry ``# type: ignore[assignment]``.
+# One VM-table row as views (_views): intid, latch, lbits, hbits, vpt, vpt_bytes, use_vpt, n_vcpus, base, runs,
+# perm_x, n_slots, slot starts, slot ends, slot data addresses.
+_Views: TypeAlias = tuple[
+    U32Array, U8Array, U64Array, U64Array, U8Array, np.int64, np.int64, np.int64, U64Array, I64Array, I32Array,
+    np.int64, U64Array, U64Array, U64Array,
+]
+# (writes, vpt_reads, bytes_changed, prev, grp_old, last, wrote) of _lpis
+_LpisResult: TypeAlias = tuple[int, int, int, np.uint64, np.int64, np.int64, np.int64]
+
 
 # ------------------------------------------------------------------ plan building
 @jit
-def build_runs(perm, v_s, addr_s, intid, max_run, min_strided):
+def build_runs(perm: npt.NDArray[np.signedinteger[Any]], v_s: I32Array, addr_s: U64Array, intid: U32Array,
+               max_run: IntLike, min_strided: IntLike) -> tuple[I64Array, I32Array]:
     """Compress a sorted plan (row index ``perm`` and target ``v_s`` per entry, nondecreasing
     ``addr_s``) into runs ``[v, first, stride, length, intid_stride]`` plus explicit indices.
 
@@ -147,7 +163,7 @@ def build_runs(perm, v_s, addr_s, intid, max_run, min_strided):
 
 # ------------------------------------------------------------------ helpers
 @jit(inline="always")
-def _find_slot(sstart, send, nslots, addr):
+def _find_slot(sstart: U64Array, send: U64Array, nslots: IntLike, addr: IntLike) -> int:
     """Index of the slot containing ``addr`` or -1 (binary search over sorted starts)."""
     lo = np.int64(0)
     hi = np.int64(nslots)
@@ -159,12 +175,12 @@ def _find_slot(sstart, send, nslots, addr):
             hi = mid
     s = lo - 1
     if s >= 0 and addr < send[s]:
-        return s
+        return s  # type: ignore[return-value]  # an int64 (numba returns it as an int)
     return -1
 
 
 @jit(inline="always")
-def _views(row):
+def _views(row: U64Array) -> _Views:
     """The arrays of one VM-table row, as views (no copies). ``latch`` is the caller's byte array
     (restore writes it); saves read the packed snapshots ``lbits``/``hbits`` instead."""
     n = np.int64(row[N_LPIS])
@@ -177,7 +193,7 @@ def _views(row):
         view_u8(row[P_LATCH], n),
         view_u64(row[P_LBITS], nbw),
         view_u64(row[P_HBITS], nbw),
-        view_u8(row[P_VPT], max(nv * vb, 1)),
+        view_u8(row[P_VPT], max(nv * vb, 1)),  # type: ignore[arg-type]  # max of int64s: an int64
         vb,
         np.int64(row[USE_VPT]),
         nv,
@@ -192,14 +208,14 @@ def _views(row):
 
 
 @jit(inline="always")
-def _bit(words, i):
+def _bit(words: U64Array, i: IntLike) -> np.int64:
     """Bit ``i`` of a packed array, as int64 0/1."""
     return np.int64((words[i >> 6] >> np.uint64(i & 63)) & np.uint64(1))
 
 
 # ------------------------------------------------------------------ flag snapshots
 @jit(inline="always")
-def _pack_row(row):
+def _pack_row(row: U64Array) -> None:
     n = np.int64(row[N_LPIS])
     nbw = np.int64(row[N_BITW])
     _pack(view_u8(row[P_LATCH], n), view_u64(row[P_LBITS], nbw), n)
@@ -210,7 +226,7 @@ def _pack_row(row):
 
 
 @pjit
-def pack_flags(vmt):
+def pack_flags(vmt: U64Array) -> None:
     """Pack every job's ``pending_latch`` (and ``hw`` where the VPT is used) into its bit arrays:
     the call's snapshot. Any nonzero flag byte is True; later writes to the caller's arrays do
     not reach the kernels of this call (what was checked is what is used)."""
@@ -219,13 +235,13 @@ def pack_flags(vmt):
 
 
 @jit
-def pack_flags_serial(vmt):
+def pack_flags_serial(vmt: U64Array) -> None:
     for j in range(vmt.shape[0]):
         _pack_row(vmt[j])
 
 
 @jit(inline="always")
-def _pack(src, out, n):
+def _pack(src: U8Array, out: U64Array, n: IntLike) -> None:
     full = n >> 6
     for w in range(full):
         acc = np.uint64(0)
@@ -242,7 +258,8 @@ def _pack(src, out, n):
 
 # ------------------------------------------------------------------ fast save
 @pjit
-def merge_units(vmt, units, out_pages, out_cnt, scratch, restore, pack):
+def merge_units(vmt: U64Array, units: I64Array, out_pages: U64Array, out_cnt: I64Array, scratch: U8Array,
+                restore: BoolLike, pack: BoolLike) -> None:
     """Save (or restore) for plans with runs that straddle memslots: each guest byte is merged in
     a register and written back once. ``units[u] = (vm, run_lo, run_hi, page_offset)``;
     ``out_cnt[u] = (guest_writes, vpt_reads, bytes_changed, n_pages)``. Every address is known to
@@ -265,7 +282,8 @@ _WB = 256  # write-back queue length (entries)
 
 
 @jit(inline="always")
-def _drain(arr, lo, qa, qv, nq, out_pages, pg0, npages, last_page):
+def _drain(arr: U8Array, lo: IntLike, qa: U64Array, qv: U8Array, nq: int, out_pages: U64Array, pg0: IntLike,
+           npages: int, last_page: np.uint64) -> tuple[int, np.uint64]:
     """Write queued bytes (all in the current slot) and log their pages. No data-dependent
     branches except the page change, which is rare."""
     for q in range(nq):
@@ -280,7 +298,8 @@ def _drain(arr, lo, qa, qv, nq, out_pages, pg0, npages, last_page):
 
 
 @jit
-def merge_unit(vmt, units, u, out_pages, out_cnt, restore):
+def merge_unit(vmt: U64Array, units: I64Array, u: IntLike, out_pages: U64Array, out_cnt: I64Array,
+               restore: BoolLike) -> None:
     if restore:
         _merge_unit(vmt, units, u, out_pages, out_cnt, True)
     else:
@@ -288,7 +307,8 @@ def merge_unit(vmt, units, u, out_pages, out_cnt, restore):
 
 
 @jit(inline="always")
-def _merge_unit(vmt, units, u, out_pages, out_cnt, restore):
+def _merge_unit(vmt: U64Array, units: I64Array, u: IntLike, out_pages: U64Array, out_cnt: I64Array,
+                restore: BoolLike) -> None:
     # Branch-free merge: with about half the bits changing, "does this bit change?" and
     # "does this byte change?" are coin flips; as branches they are mispredicted half the time.
     # The bit update is arithmetic, and changed bytes are appended to a queue (index advanced by
@@ -332,7 +352,7 @@ def _merge_unit(vmt, units, u, out_pages, out_cnt, restore):
                 # close the previous byte: queue it if any of its bits was written
                 qa[nq] = cur
                 qv[nq] = val
-                nq += wrote
+                nq += wrote  # type: ignore[assignment]  # int and int64: one type in numba
                 changed += val != old
                 if not (lo <= addr and addr < hi):
                     npages, last_page = _drain(arr, lo, qa, qv, nq, out_pages, pg0, npages, last_page)
@@ -347,7 +367,7 @@ def _merge_unit(vmt, units, u, out_pages, out_cnt, restore):
                 cur = addr
                 old = np.int64(arr[addr - lo])
                 val = old
-                wrote = 0
+                wrote = 0  # type: ignore[assignment]  # int and int64: one type in numba
             bit = iid & 7
             if restore:
                 diff = (val >> bit) & 1
@@ -358,13 +378,13 @@ def _merge_unit(vmt, units, u, out_pages, out_cnt, restore):
                 lt = _bit(lbits, i)
                 want = lt ^ ((lt ^ vbit) & h)
                 diff = ((val >> bit) & 1) ^ want
-                vpt_reads += h
+                vpt_reads += h  # type: ignore[assignment]  # int and int64: one type in numba
             val ^= diff << bit
-            writes += diff
+            writes += diff  # type: ignore[assignment]  # int and int64: one type in numba
             wrote |= diff
     qa[nq] = cur
     qv[nq] = val
-    nq += wrote
+    nq += wrote  # type: ignore[assignment]  # int and int64: one type in numba
     changed += val != old
     npages, last_page = _drain(arr, lo, qa, qv, nq, out_pages, pg0, npages, last_page)
     out_cnt[u, 0] = writes
@@ -375,7 +395,8 @@ def _merge_unit(vmt, units, u, out_pages, out_cnt, restore):
 
 # ------------------------------------------------------------------ fault scans
 @jit
-def first_fault(vmrow, run_lo, run_hi, mode, walk_key_is_intid, sro):
+def first_fault(vmrow: U64Array, run_lo: IntLike, run_hi: IntLike, mode: IntLike, walk_key_is_intid: BoolLike,
+                sro: U8Array) -> tuple[int, int, IntLike]:
     """Earliest faulting access of one VM's plan, in walk order, without changing anything.
 
     mode 0 (save): a read faults for every entry at an unmapped address; a write faults for an
@@ -434,7 +455,9 @@ def first_fault(vmrow, run_lo, run_hi, mode, walk_key_is_intid, sro):
 
 # ------------------------------------------------------------------ EnableLPIs scan
 @jit
-def scan_table(intid, target, latch, b, vcpu, sstart, send, sptr, limit_intid, apply):
+def scan_table(intid: U32Array, target: npt.NDArray[np.signedinteger[Any]], latch: U8Array, b: IntLike, vcpu: IntLike,
+               sstart: U64Array, send: U64Array, sptr: U64Array, limit_intid: IntLike,
+               apply: BoolLike) -> tuple[int, int]:
     """EnableLPIs 0->1 scan of one vCPU's table (row order; result does not depend on order).
 
     First finds the smallest INTID whose byte ``b + intid//8`` is unmapped (every LPI's byte is
@@ -468,7 +491,7 @@ def scan_table(intid, target, latch, b, vcpu, sstart, send, sptr, limit_intid, a
 
 
 @jit
-def count_distinct_bytes(intid, limit_intid):
+def count_distinct_bytes(intid: U32Array, limit_intid: IntLike) -> int:
     """Number of distinct ``intid // 8`` among INTIDs <= limit_intid (reads of the EnableLPIs
     scan, whose byte cache is keyed on the byte offset and walks INTID order)."""
     n = intid.shape[0]
@@ -511,7 +534,8 @@ def count_distinct_bytes(intid, limit_intid):
 # clean; the word path uses a masked store for the same reason (and never writes a read-only slot
 # whose bits need no change).
 @pjit
-def run_units(vmt, units, out_pages, out_cnt, scratch, restore, pack):
+def run_units(vmt: U64Array, units: I64Array, out_pages: U64Array, out_cnt: I64Array, scratch: U8Array,
+              restore: BoolLike, pack: BoolLike) -> None:
     """Save (or restore) by runs. Every run lies in one memslot and no access faults (checked by
     the caller). ``out_cnt[u] = (writes, vpt_reads, bytes_changed, n_pages)``. ``pack``: take the
     flag snapshots of every row first (as :func:`pack_flags`): one parallel call instead of two."""
@@ -526,7 +550,8 @@ def run_units(vmt, units, out_pages, out_cnt, scratch, restore, pack):
 
 
 @jit
-def run_unit(vmt, units, u, out_pages, out_cnt, scratch, restore):
+def run_unit(vmt: U64Array, units: I64Array, u: IntLike, out_pages: U64Array, out_cnt: I64Array, scratch: U8Array,
+             restore: BoolLike) -> None:
     j = units[u, 0]
     if restore:  # restore reports no bytes_changed
         _run_unit(vmt, units, u, out_pages, out_cnt, scratch, True, False)
@@ -537,7 +562,8 @@ def run_unit(vmt, units, u, out_pages, out_cnt, scratch, restore):
 
 
 @jit(inline="always")
-def _run_unit(vmt, units, u, out_pages, out_cnt, scratch, restore, track_bytes):
+def _run_unit(vmt: U64Array, units: I64Array, u: IntLike, out_pages: U64Array, out_cnt: I64Array, scratch: U8Array,
+              restore: BoolLike, track_bytes: BoolLike) -> None:
     # ``restore`` and ``track_bytes`` are constants at each call site, so each variant compiles
     # without the branches it does not need. Without shared bytes (``track_bytes`` False), bytes
     # changed = writes: measured 0.45 ns/LPI saved on host-4096 (one thread, 5.6 -> 5.2).
@@ -594,7 +620,7 @@ def _run_unit(vmt, units, u, out_pages, out_cnt, scratch, restore, track_bytes):
             wrote |= wr
             ga = hbase + np.uint64((iid0 + istr) >> 3)  # host byte of LPI 1
             va = vbase + np.uint64(vrow + ((iid0 + istr) >> 3)) if use_vpt else ga
-            w, vr, wr = _word_run(ga, va, iid0 & 7, istr >> 3, first + stride, stride, length - 2, latch,
+            w, vr, wr = _word_run(ga, va, iid0 & 7, istr >> 3, first + stride, stride, length - 2, latch,  # type: ignore[assignment]  # int/int64
                                   lbase, lbits, hbits, use_vpt, restore, sp)
             writes += w
             vpt_reads += vr
@@ -635,7 +661,7 @@ def _run_unit(vmt, units, u, out_pages, out_cnt, scratch, restore, track_bytes):
                 vpt_reads += vr
                 changed += ch
                 wrote |= wr
-                w, vr, ch, wr = _dense_words(w1, (kt - kh) >> 6, first + kh, vlo, use_vpt, lbase, latch, lbits,
+                w, vr, ch, wr = _dense_words(w1, (kt - kh) >> 6, first + kh, vlo, use_vpt, lbase, latch, lbits,  # type: ignore[assignment]  # int/int64
                                              hbits, restore)
                 writes += w
                 vpt_reads += vr
@@ -682,10 +708,10 @@ def _run_unit(vmt, units, u, out_pages, out_cnt, scratch, restore, track_bytes):
                     lt = _bit(lbits, i)
                     want = lt ^ ((lt ^ vbit) & h)
                     diff = ((old >> bit) & 1) ^ want
-                    vpt_reads += h
+                    vpt_reads += h  # type: ignore[assignment]  # int and int64: one type in numba
                 last = old ^ (diff << bit)
                 view_u8(sp + (ha - sp) * np.uint64(diff), 1)[0] = last
-                writes += diff
+                writes += diff  # type: ignore[assignment]  # int and int64: one type in numba
                 wrote |= diff
                 ha += bstep
                 va += vstep
@@ -718,7 +744,8 @@ def _run_unit(vmt, units, u, out_pages, out_cnt, scratch, restore, track_bytes):
 
 
 @jit(inline="always")
-def _prefetch_run(runs, q, intid, base, sstart, send, sptr, nslots, vbase, vb, with_vpt):
+def _prefetch_run(runs: I64Array, q: int, intid: U32Array, base: U64Array, sstart: U64Array, send: U64Array,
+                  sptr: U64Array, nslots: IntLike, vbase: IntLike, vb: IntLike, with_vpt: IntLike | BoolLike) -> None:
     """Ask for the cache lines of run ``q`` (an arithmetic run: guest table, and VPT for a save)
     while the current run is processed. Each run starts a new 4 KiB page, where the hardware
     prefetcher would otherwise wait for a few misses before streaming; at host scale these
@@ -737,19 +764,21 @@ def _prefetch_run(runs, q, intid, base, sstart, send, sptr, nslots, vbase, vb, w
     h = (sptr[s] + (a0 - sstart[s])) & ~np.uint64(63)
     end = sptr[s] + (a0 - sstart[s]) + span
     while h <= end:
-        prefetch_w(h)
+        prefetch_w(h)  # type: ignore[call-arg]  # an intrinsic: typed as numba calls it
         h += np.uint64(64)
     if with_vpt:
         h = (vbase + np.uint64(v * vb + (iid0 >> 3))) & ~np.uint64(63)
         end = vbase + np.uint64(v * vb + (iid0 >> 3)) + span
         while h <= end:
-            prefetch_r(h)
+            prefetch_r(h)  # type: ignore[call-arg]  # an intrinsic: typed as numba calls it
             h += np.uint64(64)
 
 
 @jit(inline="always")
-def _lpis(k_lo, k_hi, first, stride, iid0, istr, b, hbase, vrow, permx, intid, latch, lbits, hbits, vpt, vlim,
-          sp, prev, grp_old, last, restore, track_bytes):
+def _lpis(k_lo: IntLike, k_hi: IntLike, first: IntLike, stride: IntLike, iid0: IntLike, istr: IntLike, b: IntLike,
+          hbase: IntLike, vrow: IntLike, permx: I32Array, intid: U32Array, latch: U8Array, lbits: U64Array,
+          hbits: U64Array, vpt: U8Array, vlim: IntLike, sp: IntLike, prev: np.uint64, grp_old: np.int64,
+          last: np.int64, restore: BoolLike, track_bytes: BoolLike) -> _LpisResult:
     """LPIs ``k_lo..k_hi`` of a run, one at a time, in plan order: read-modify-write of the guest
     byte in place (re-read after its own store, so LPIs sharing a byte need no merge state).
     Returns (writes, vpt_reads, bytes_changed, prev, grp_old, last, wrote); the byte-group state
@@ -789,16 +818,18 @@ def _lpis(k_lo, k_hi, first, stride, iid0, istr, b, hbase, vrow, permx, intid, l
             lt = _bit(lbits, i)
             want = lt ^ ((lt ^ vbit) & h)
             diff = ((old >> bit) & 1) ^ want
-            vpt_reads += h
+            vpt_reads += h  # type: ignore[assignment]  # int and int64: one type in numba
         last = old ^ (diff << bit)
         view_u8(sp + (ha - sp) * np.uint64(diff), 1)[0] = last
-        writes += diff
+        writes += diff  # type: ignore[assignment]  # int and int64: one type in numba
         wrote |= diff
     return writes, vpt_reads, changed, prev, grp_old, last, wrote
 
 
 @jit(inline="always")
-def _word_run(ga, va, bit, bstep, i1, stride, m, latch, lbase, lbits, hbits, use_vpt, restore, sp):
+def _word_run(ga: IntLike, va: IntLike, bit: IntLike, bstep: IntLike, i1: IntLike, stride: IntLike, m: IntLike,
+              latch: U8Array, lbase: IntLike, lbits: U64Array, hbits: U64Array, use_vpt: IntLike, restore: BoolLike,
+              sp: IntLike) -> tuple[IntLike, IntLike, IntLike]:
     """``m`` LPIs of a run whose guest bytes ``ga + k*bstep`` (``bstep`` a multiple of 8) hold each
     LPI alone in its 64-bit word, at the same bit; ``va`` is the first VPT byte (or ``ga`` when
     the VPT is not read); ``i1`` the first row, ``stride`` the row step. Every word between the
@@ -891,16 +922,17 @@ def _word_run(ga, va, bit, bstep, i1, stride, m, latch, lbase, lbits, hbits, use
 
 
 @jit(inline="always")
-def _window(words, p, sh):
+def _window(words: U64Array, p: IntLike, sh: IntLike) -> IntLike:
     """64 bits of a packed array starting at bit ``p`` (``sh == p & 63``, constant per run)."""
     q = p >> np.uint64(6)
     if sh == 0:
-        return words[q]
-    return (words[q] >> sh) | (words[q + np.uint64(1)] << (np.uint64(64) - sh))
+        return words[q]  # type: ignore[no-any-return]  # numpy types an element read as Any
+    return (words[q] >> sh) | (words[q + np.uint64(1)] << (np.uint64(64) - sh))  # type: ignore[no-any-return]  # as above
 
 
 @jit(inline="always")
-def _dense_words(w1, nw, i1, vlo, use_vpt, lbase, latch, lbits, hbits, restore):
+def _dense_words(w1: IntLike, nw: IntLike, i1: IntLike, vlo: IntLike, use_vpt: IntLike, lbase: IntLike, latch: U8Array,
+                 lbits: U64Array, hbits: U64Array, restore: BoolLike) -> tuple[IntLike, IntLike, IntLike, IntLike]:
     """``nw`` whole guest words (host word index ``w1`` on) whose 64 bits belong to consecutive
     rows ``i1, i1 + 1, ...`` (one LPI per bit). ``vlo`` is the host bit address of the first
     row's VPT bit. Returns (writes, vpt_reads, bytes_changed, wrote)."""
@@ -916,7 +948,7 @@ def _dense_words(w1, nw, i1, vlo, use_vpt, lbase, latch, lbits, hbits, restore):
                 lat[w * 64 + b] = np.uint8((old >> np.uint64(b)) & np.uint64(1))
             if old:
                 g[w] = 0
-            writes += popcount64(old)
+            writes += popcount64(old)  # type: ignore[call-arg]  # an intrinsic: typed as numba calls it
             changed += nonzero_bytes64(old)
         return np.int64(writes), 0, np.int64(changed), np.int64(writes != 0)
     sh = np.uint64(i1 & 63)
@@ -936,7 +968,7 @@ def _dense_words(w1, nw, i1, vlo, use_vpt, lbase, latch, lbits, hbits, restore):
         diff = old ^ want
         if diff:
             g[w] = want
-        writes += popcount64(diff)
+        writes += popcount64(diff)  # type: ignore[call-arg]  # an intrinsic: typed as numba calls it
         vreads += popcount64(hh)
         changed += nonzero_bytes64(diff)
     return np.int64(writes), np.int64(vreads), np.int64(changed), np.int64(writes != 0)
@@ -946,7 +978,8 @@ def _dense_words(w1, nw, i1, vlo, use_vpt, lbase, latch, lbits, hbits, restore):
 # For small batches: waking the thread pool costs more than the work (see _config: measured
 # 0.38 ms serial vs 7.4-15 ms parallel for 4 VMs x 8192 LPIs on a busy 2-core machine).
 @jit
-def run_units_serial(vmt, units, out_pages, out_cnt, scratch, restore, pack):
+def run_units_serial(vmt: U64Array, units: I64Array, out_pages: U64Array, out_cnt: I64Array, scratch: U8Array,
+                     restore: BoolLike, pack: BoolLike) -> None:
     if pack:
         for j in range(vmt.shape[0]):
             _pack_row(vmt[j])
@@ -955,7 +988,8 @@ def run_units_serial(vmt, units, out_pages, out_cnt, scratch, restore, pack):
 
 
 @jit
-def merge_units_serial(vmt, units, out_pages, out_cnt, scratch, restore, pack):
+def merge_units_serial(vmt: U64Array, units: I64Array, out_pages: U64Array, out_cnt: I64Array, scratch: U8Array,
+                       restore: BoolLike, pack: BoolLike) -> None:
     if pack:
         for j in range(vmt.shape[0]):
             _pack_row(vmt[j])
@@ -964,7 +998,8 @@ def merge_units_serial(vmt, units, out_pages, out_cnt, scratch, restore, pack):
 
 
 @jit
-def collect(units, out_cnt, out_pages, n_jobs):
+def collect(units: I64Array, out_cnt: I64Array, out_pages: U64Array,
+            n_jobs: IntLike) -> tuple[I64Array, I64Array, I64Array]:
     """Per-job counts and deduplicated dirty pages from the per-unit outputs (units are grouped
     by job and in address order, so a job's repeated page is always the previous one).
     Returns (counts [n_jobs, 4], pages, offsets [n_jobs + 1])."""
