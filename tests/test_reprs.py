@@ -182,8 +182,39 @@ def test_a_lost_record_prints_with_its_field_names_and_reason_by_name(objects):
     rec = objects["LostRecord"]
     assert isinstance(rec, LostRecord)
     assert repr(rec) == ("LostRecord(seq=0, source=MSI, reason=VPE_UNMAPPED, device_id=1, event_id=3, "
-                         "intid=8195, vcpu=1)")
+                         f"intid=8195, vcpu=1, time_s={rec.time_s:.6f})")
     assert rec["reason"] == LostReason.VPE_UNMAPPED and rec.intid == 8195 and rec.vcpu == 1
+
+
+def test_records_are_timed_in_the_order_they_happened():
+    """``time_s``: seconds after the log was created, on the monotonic clock, when recorded."""
+    import time
+
+    log = LostInterruptLog()
+    t0 = time.monotonic()
+    log.record(LostSource.MSI, LostReason.VPE_UNMAPPED, 1, 2, 8192, 0)
+    time.sleep(0.02)
+    log.record(LostSource.DISCARD, LostReason.FREED_PENDING, 1, [3, 4], [8193, 8194], 1)
+    t = log.records["time_s"]
+    assert t.dtype == np.float64 and t.shape == (3,)
+    assert 0 <= t[0] <= time.monotonic() - t0 + 0.01  # the log was created just before t0
+    assert t[1] == t[2] and t[1] - t[0] >= 0.02  # one batch, one time; later than the first
+    assert f"time_s={t[0]:.6f}" in repr(log.records[0])
+    assert str(log.records).splitlines()[1].split()[-1] == f"{t[0]:.6f}"
+
+
+def test_format_1_snapshots_read_with_unknown_record_times():
+    """Records written before they were timed (snapshot format 1) read back with time_s NaN."""
+    from vlpi.vgic import LOST_DTYPE_V1, with_time
+
+    old = np.zeros(2, LOST_DTYPE_V1)
+    old["intid"] = [8192, 8193]
+    new = with_time(old)
+    assert new.dtype == LOST_DTYPE and np.isnan(new["time_s"]).all()
+    assert new["intid"].tolist() == [8192, 8193]
+    assert "time_s=nan" in repr(LostRecords(new)[0])
+    with pytest.raises(TypeError, match="LOST_DTYPE"):
+        with_time(np.zeros(1, np.int64))
 
 
 def test_lost_records_print_as_a_table(objects):
@@ -191,7 +222,8 @@ def test_lost_records_print_as_a_table(objects):
     assert isinstance(recs, LostRecords) and recs.dtype == LOST_DTYPE
     lines = str(recs).splitlines()
     assert lines[0].split() == list(LOST_DTYPE.names)
-    assert lines[1].split() == ["0", "MSI", "VPE_UNMAPPED", "1", "3", "8195", "1"]
+    assert lines[1].split()[:-1] == ["0", "MSI", "VPE_UNMAPPED", "1", "3", "8195", "1"]
+    assert lines[1].split()[-1] == f"{recs[0].time_s:.6f}"
     assert repr(recs).splitlines()[0] == "LostRecords(1 record)"
     assert str(LostRecords()) == "(no records)"
 

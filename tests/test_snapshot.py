@@ -131,6 +131,30 @@ def test_newer_or_bad_version_is_refused(saved):
     _refused(S.to_bytes(snap, _version=0), "corrupt")
 
 
+def test_format_1_files_still_read_with_untimed_records(saved):
+    """A file of format 1 (lost-interrupt records without ``time_s``) reads back, the records
+    timed NaN; the same records in format 2 keep their times."""
+    from vlpi.vgic import LOST_DTYPE_V1, LostReason, LostSource
+
+    snap, _ = saved
+    imgs = []
+    for im in snap.vms:
+        arrays = dict(im.arrays)
+        lost = np.zeros(3, LOST_DTYPE_V1)
+        lost["intid"] = [8192, 8193, 8194]
+        lost["seq"] = [0, 1, 2]
+        lost["reason"], lost["source"] = LostReason.VPE_UNMAPPED, LostSource.MSI
+        arrays["lost"] = lost
+        imgs.append(S.VMImage(im.meta, arrays))
+    back = S.from_bytes(S.to_bytes(S.Snapshot(imgs, snap.meta), _version=1))
+    for im in back.vms:
+        assert im.lost["intid"].tolist() == [8192, 8193, 8194]
+        assert np.isnan(im.lost["time_s"]).all()
+    again = S.from_bytes(S.to_bytes(back))
+    assert all(np.isnan(im.lost["time_s"]).all() for im in again.vms)
+    assert S.FORMAT_VERSION == 2
+
+
 def test_foreign_files_are_refused(saved, tmp_path):
     _refused(b"hello world, not a snapshot at all" * 10, "foreign")
     _refused(np.random.default_rng(0).bytes(5000), "foreign")

@@ -344,7 +344,8 @@ class HostMigrationReport:
             "lost_by_reason": {LostReason(int(r)).name: int(c) for r, c in
                                zip(*np.unique(lost["reason"], return_counts=True), strict=True)},
             "lost": [{"intid": int(r["intid"]), "vcpu": int(r["vcpu"]), "device_id": int(r["device_id"]),
-                      "event_id": int(r["event_id"]), "reason": LostReason(int(r["reason"])).name}
+                      "event_id": int(r["event_id"]), "reason": LostReason(int(r["reason"])).name,
+                      "time_s": float(r["time_s"])}
                      for r in lost[:1000]],
             "window_vlpi_s": self.window_vlpi_s,
             "window_kernel_s": self.window_kernel_s,

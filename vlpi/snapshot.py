@@ -45,7 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vlpi._repr import fields_repr
-from vlpi.vgic import LOST_DTYPE, LostRecords
+from vlpi.vgic import LOST_DTYPE, LOST_DTYPE_V1, LostRecords, with_time
 
 if TYPE_CHECKING:
     from vlpi.memory import GuestMemory
@@ -71,7 +71,7 @@ __all__ = [
 ]
 
 FORMAT = "vlpi-snapshot"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: lost-interrupt records carry time_s (format-1 files are still read)
 MANIFEST = "vlpi-snapshot.json"
 PAGE_SIZES = (4096, 16384, 65536)
 _RAM_PAGE = 4096  # granule of the stored RAM pages (KVM's smallest page)
@@ -484,6 +484,10 @@ def from_bytes(data: bytes, path: str | os.PathLike[str] | None = None) -> Snaps
         raise
     except (ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise SnapshotError("corrupt", f"unreadable array ({e})", path) from None
+    if ver == 1:  # records written before they were timed: time_s unknown (NaN)
+        for k, a in arrays.items():
+            if k.endswith("/lost") and a.dtype == LOST_DTYPE_V1:
+                arrays[k] = with_time(a)
     images: list[VMImage] = []
     for i, meta in enumerate(vms):
         pre = f"vm{i}/"

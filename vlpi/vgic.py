@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import errno as _errno
+import time
 from typing import Any, cast
 
 import numpy as np
@@ -44,6 +45,8 @@ __all__ = [
     "LostSource",
     "LostInterruptLog",
     "LOST_DTYPE",
+    "LOST_DTYPE_V1",
+    "with_time",
     "LOST_PRINT_ROWS",
     "LostRecord",
     "LostRecords",
@@ -105,11 +108,35 @@ class LostSource(enum.IntEnum):
 
 LOST_DTYPE = np.dtype(
     [("seq", "<i8"), ("source", "u1"), ("reason", "u1"), ("device_id", "<i8"), ("event_id", "<i8"),
+     ("intid", "<u4"), ("vcpu", "<i4"), ("time_s", "<f8")]
+)
+#: the record layout before ``time_s`` (snapshot format 1); :func:`with_time` converts it
+LOST_DTYPE_V1 = np.dtype(
+    [("seq", "<i8"), ("source", "u1"), ("reason", "u1"), ("device_id", "<i8"), ("event_id", "<i8"),
      ("intid", "<u4"), ("vcpu", "<i4")]
 )
 
+
+def with_time(records: np.ndarray) -> np.ndarray:
+    """Records of :data:`LOST_DTYPE_V1` (written before records were timed) as :data:`LOST_DTYPE`,
+    ``time_s`` NaN (unknown); records already of :data:`LOST_DTYPE` are returned unchanged."""
+    if records.dtype == LOST_DTYPE:
+        return records
+    if records.dtype != LOST_DTYPE_V1:
+        raise TypeError(f"lost-interrupt records must have dtype LOST_DTYPE, got {records.dtype}")
+    out = np.zeros(records.shape, LOST_DTYPE)
+    for name in LOST_DTYPE_V1.names or ():
+        out[name] = records[name]
+    out["time_s"] = np.nan
+    return out
+
 #: how many rows of lost-interrupt records ``repr``/``str`` show before eliding the middle
 LOST_PRINT_ROWS = 20
+
+
+def _fmt_time(t: float) -> str:
+    """A record's ``time_s`` as printed: microsecond resolution, ``nan`` when unknown."""
+    return "nan" if t != t else f"{t:.6f}"
 
 
 def _enum_name(enum_type: type[enum.IntEnum], value: int) -> str:
@@ -132,6 +159,8 @@ class LostRecord(np.record):  # type: ignore[misc]  # numpy stubs mark np.record
                 parts.append(f"reason={_enum_name(LostReason, int(v))}")
             elif name == "source":
                 parts.append(f"source={_enum_name(LostSource, int(v))}")
+            elif name == "time_s":
+                parts.append(f"time_s={_fmt_time(float(v))}")
             else:
                 parts.append(f"{name}={v}")
         return f"LostRecord({', '.join(parts)})"
@@ -142,9 +171,12 @@ class LostRecord(np.record):  # type: ignore[misc]  # numpy stubs mark np.record
 class LostRecords(np.ndarray):
     """Lost-interrupt records: a numpy structured array (:data:`LOST_DTYPE`) that prints as a table.
 
-    Fields: ``seq`` (when: the record's position in the VM's log, the order the losses happened
-    in), ``source`` (:class:`LostSource`), ``reason`` (:class:`LostReason`), ``device_id``,
-    ``event_id`` (-1 if not applicable), ``intid`` (0 if unknown), ``vcpu`` (-1 if none). Field
+    Fields: ``seq`` (the record's position in the VM's log, the order the losses happened in),
+    ``source`` (:class:`LostSource`), ``reason`` (:class:`LostReason`), ``device_id``,
+    ``event_id`` (-1 if not applicable), ``intid`` (0 if unknown), ``vcpu`` (-1 if none),
+    ``time_s`` (when it was recorded: seconds after the log was created, which is when the VM's
+    vgic was built, on the host's monotonic clock; NaN in records read from snapshots written
+    before records were timed). Field
     access (``recs["reason"]``) gives a plain numpy array of integers; a row (``recs[0]``) is a
     :class:`LostRecord`; :meth:`to_dataframe` converts to a pandas DataFrame (pandas is optional).
     ``repr``/``str`` show up to :data:`LOST_PRINT_ROWS` rows, reason and source by name.
@@ -183,6 +215,9 @@ class LostRecords(np.ndarray):
             r = flat[i]
             line = []
             for name in names:
+                if name == "time_s":
+                    line.append(_fmt_time(float(r[name])))
+                    continue
                 v = int(r[name])
                 if name == "reason":
                     line.append(_enum_name(LostReason, v))
@@ -237,13 +272,15 @@ class LostInterruptLog:
 
     Each record: ``seq`` (position in the log), ``source`` (:class:`LostSource`), ``reason``
     (:class:`LostReason`), ``device_id``, ``event_id`` (-1 if not applicable), ``intid`` (0 if
-    unknown), ``vcpu`` (-1 if none). :attr:`records` and :meth:`select` return them as
-    :class:`LostRecords` (a structured array that prints as a table, reasons by name).
+    unknown), ``vcpu`` (-1 if none), ``time_s`` (seconds after the log was created, on the host's
+    monotonic clock, when the loss was recorded). :attr:`records` and :meth:`select` return them
+    as :class:`LostRecords` (a structured array that prints as a table, reasons by name).
     """
 
     def __init__(self) -> None:
         self._a = np.zeros(64, dtype=LOST_DTYPE)
         self._n = 0
+        self._t0 = time.monotonic()
 
     def record(
         self,
@@ -265,6 +302,7 @@ class LostInterruptLog:
             self._a = b
         r = self._a[self._n : self._n + m]
         r["seq"] = np.arange(self._n, self._n + m)
+        r["time_s"] = time.monotonic() - self._t0
         r["source"] = int(source)
         r["reason"], r["device_id"], r["event_id"], r["intid"], r["vcpu"] = (np.broadcast_to(c, (m,)) for c in cols)
         self._n += m
