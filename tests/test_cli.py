@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -107,3 +108,18 @@ def test_scenario_argument_errors():
         build_vm(2, 14, gic="v2")
     with pytest.raises(ValueError, match="do not fit"):
         build_vm(2, 14, lpis_per_vcpu=5000)
+
+
+def test_a_reader_that_goes_away_is_not_an_error_trace():
+    """``vlpi inspect --json STREAM | head``: when stdout's reader has gone, vlpi stops quietly
+    (exit status 1, nothing on stderr) instead of printing a BrokenPipeError traceback."""
+    stream = os.path.join(os.path.dirname(__file__), "data", "qemu", "stream.bin.gz")
+    r, w = os.pipe()
+    os.close(r)  # no reader at all: the first write fails with EPIPE
+    try:
+        p = subprocess.run([sys.executable, "-m", "vlpi", "inspect", "--json", stream], stdout=w,
+                           stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(w)
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr

@@ -424,6 +424,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         print(f"vlpi {a.cmd}: error: out of host memory (fewer --vms, --vcpus or --id-bits)", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (``vlpi inspect --json F | head``): stop quietly, as other Unix tools
+        # do; point stdout at /dev/null so the interpreter's final flush does not fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     return 2
 
 
