@@ -178,6 +178,10 @@ def test_fault_is_picklable_with_its_fields():
     f = pickle.loads(pickle.dumps(e))
     assert (f.gpa, f.write, f.intid, f.vcpu, f.report, f.errno) == (0x1234, True, 8200, 3, {"x": 1}, 14)
     assert "INTID 8200" in str(e) and "vCPU 3" in str(e) and "0x1234" in str(e)
+    assert str(f) == str(e) and f.detail == "d"  # the message survives whole
+    e.job, e.reports = 2, ["r0", "r1"]  # as save_pending_tables_many sets them
+    g = pickle.loads(pickle.dumps(e))
+    assert (g.job, g.reports) == (2, ["r0", "r1"])
 
 
 def test_add_slot_data_list_names_data():

@@ -25,12 +25,16 @@ class GuestMemoryFault(OSError):
     report : SaveReport, SyncReport or None
         What was done up to the fault. With ``atomic=True`` nothing was written and the
         report's write counts are 0; with ``atomic=False`` it is the kernel's partial result.
+    detail : str
+        What was going on, as appended to the message (e.g. "atomic save: nothing was written").
     job : int or None
         :func:`~vlpi.save_pending_tables_many` only: the index of the faulting VM in ``jobs``;
         None for other calls.
     reports : list of SaveReport
         :func:`~vlpi.save_pending_tables_many` only: the reports of the VMs saved before the
         faulting one (empty with ``atomic=True``, since nothing was saved); empty for other calls.
+
+    A fault pickles whole (message and every attribute above), so it can cross a process boundary.
     """
 
     def __init__(
@@ -57,16 +61,30 @@ class GuestMemoryFault(OSError):
         self.intid = None if intid is None else int(intid)
         self.vcpu = None if vcpu is None else int(vcpu)
         self.report = report
+        self.detail = detail
         self.job: int | None = None  # set by save_pending_tables_many
         self.reports: list[Any] = []  # set by save_pending_tables_many
 
-    # keep picklable despite keyword-only construction
+    # keep picklable despite keyword-only construction (a fault crosses process boundaries whole:
+    # message, partial report, and for save_pending_tables_many the job index and earlier reports)
     def __reduce__(self) -> tuple[Callable[..., GuestMemoryFault], tuple[Any, ...]]:
         return (
             _rebuild_fault,
-            (self.gpa, self.write, self.intid, self.vcpu, self.report),
+            (self.gpa, self.write, self.intid, self.vcpu, self.report, self.detail, self.job, self.reports),
         )
 
 
-def _rebuild_fault(gpa: int, write: bool, intid: int | None, vcpu: int | None, report: Any) -> GuestMemoryFault:
-    return GuestMemoryFault(gpa, write=write, intid=intid, vcpu=vcpu, report=report)
+def _rebuild_fault(
+    gpa: int,
+    write: bool,
+    intid: int | None,
+    vcpu: int | None,
+    report: Any,
+    detail: str = "",
+    job: int | None = None,
+    reports: list[Any] | None = None,
+) -> GuestMemoryFault:
+    e = GuestMemoryFault(gpa, write=write, intid=intid, vcpu=vcpu, report=report, detail=detail)
+    e.job = job
+    e.reports = list(reports or [])
+    return e
