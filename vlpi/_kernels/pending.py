@@ -604,88 +604,42 @@ def _run_unit(vmt: U64Array, units: I64Array, u: IntLike, out_pages: U64Array, o
         # VPT words between them (hw LPIs' VPT bytes were validated; this guards the rest)
         vlast = vrow + ((iid0 + (length - 1) * istr) >> 3)
         vpt_ok = restore or use_vpt == 0 or (vrow + (iid0 >> 3) >= 0 and vlast <= vlim)
+        # Which LPIs of the run merge a word at a time: [kh, kt) in ``mode`` 1 (one LPI per word)
+        # or 2 (64 LPIs per word); the LPIs before and after go through the per-LPI path.
+        mode = 0
+        kh = length
+        kt = length
+        w1 = np.uint64(0)  # mode 2: first whole word, and the host bit address of its VPT bit
+        vlo = np.uint64(0)
         if stride != 0 and istr > 0 and (istr & 63) == 0 and length >= 3 and vpt_ok:
             # ---- one LPI per 64-bit word, the same bit in each (round-robin targets over a
             # multiple of 64 vCPUs, e.g. host-4096): the wanted bits are merged a word at a time,
             # LPIs across SIMD lanes. The first and last LPI go through the per-LPI path: their
             # words may hold bytes of neighbouring runs (another thread's) or lie past the slot;
             # the words in between hold no byte of any other LPI and lie inside the run.
-            w, vr, ch, prev, grp_old, last, wr = _lpis(
-                0, 1, first, stride, iid0, istr, b, hbase, vrow, permx, intid, latch, lbits, hbits, vpt,
-                vlim, sp, prev, grp_old, last, restore, track_bytes,
-            )
-            writes += w
-            vpt_reads += vr
-            changed += ch
-            wrote |= wr
-            ga = hbase + np.uint64((iid0 + istr) >> 3)  # host byte of LPI 1
-            va = vbase + np.uint64(vrow + ((iid0 + istr) >> 3)) if use_vpt else ga
-            w, vr, wr = _word_run(ga, va, iid0 & 7, istr >> 3, first + stride, stride, length - 2, latch,  # type: ignore[assignment]  # int/int64
-                                  lbase, lbits, hbits, use_vpt, restore, sp)
-            writes += w
-            vpt_reads += vr
-            wrote |= wr
-            if track_bytes:
-                changed += w  # one LPI per byte, bytes shared with no other run
-            w, vr, ch, prev, grp_old, last, wr = _lpis(
-                length - 1, length, first, stride, iid0, istr, b, hbase, vrow, permx, intid, latch, lbits,
-                hbits, vpt, vlim, sp, prev, grp_old, last, restore, track_bytes,
-            )
-            writes += w
-            vpt_reads += vr
-            changed += ch
-            wrote |= wr
+            mode = 1
+            kh = 1
+            kt = length - 1
         elif stride == 1 and istr == 1 and length >= 192 and vpt_ok:
             # ---- consecutive rows own consecutive INTIDs (a dense table, blocked targets): 64
-            # LPIs per guest word. LPIs in the partial words at either end take the per-LPI path.
-            # Whole words strictly after the first LPI's byte and before the last LPI's byte: they
-            # hold bits of this run only (the end LPIs' bytes may be shared with a neighbouring
-            # run through overlapping tables, so those go through the per-LPI path).
+            # LPIs per guest word. Whole words strictly after the first LPI's byte and before the
+            # last LPI's byte hold bits of this run only (the end LPIs' bytes may be shared with a
+            # neighbouring run through overlapping tables, so those go through the per-LPI path).
             gb0 = (hbase + np.uint64(iid0 >> 3)) * np.uint64(8) + np.uint64(iid0 & 7)  # host bit address
             w1 = (gb0 + np.uint64(64)) >> np.uint64(6)  # first whole word
             w2 = (gb0 + np.uint64(length - 1)) >> np.uint64(6)  # end of the whole words
-            kh = np.int64((w1 << np.uint64(6)) - gb0)  # LPIs before the first whole word
-            kt = np.int64((w2 << np.uint64(6)) - gb0)  # LPIs before the tail
-            vlo = (vbase + np.uint64(vrow + (iid0 >> 3))) * np.uint64(8) + np.uint64((iid0 & 7) + kh)
+            dh = np.int64((w1 << np.uint64(6)) - gb0)  # LPIs before the first whole word
+            dt = np.int64((w2 << np.uint64(6)) - gb0)  # LPIs before the tail
+            vlo = (vbase + np.uint64(vrow + (iid0 >> 3))) * np.uint64(8) + np.uint64((iid0 & 7) + dh)
             # the words the VPT windows read must lie in the VPT array
-            vwin_ok = (not use_vpt) or restore or (
+            if (not use_vpt) or restore or (
                 (vlo >> np.uint64(6)) >= (vbase + np.uint64(7)) >> np.uint64(3)
-                and ((vlo + np.uint64(kt - kh - 1)) >> np.uint64(6)) + np.uint64(1) <= vend >> np.uint64(3)
-            )
-            if vwin_ok:
-                w, vr, ch, prev, grp_old, last, wr = _lpis(
-                    0, kh, first, stride, iid0, istr, b, hbase, vrow, permx, intid, latch, lbits, hbits, vpt,
-                    vlim, sp, prev, grp_old, last, restore, track_bytes,
-                )
-                writes += w
-                vpt_reads += vr
-                changed += ch
-                wrote |= wr
-                w, vr, ch, wr = _dense_words(w1, (kt - kh) >> 6, first + kh, vlo, use_vpt, lbase, latch, lbits,  # type: ignore[assignment]  # int/int64
-                                             hbits, restore)
-                writes += w
-                vpt_reads += vr
-                wrote |= wr
-                if track_bytes:
-                    changed += ch  # whole bytes of this run only
-                w, vr, ch, prev, grp_old, last, wr = _lpis(
-                    kt, length, first, stride, iid0, istr, b, hbase, vrow, permx, intid, latch, lbits, hbits, vpt,
-                    vlim, sp, prev, grp_old, last, restore, track_bytes,
-                )
-                writes += w
-                vpt_reads += vr
-                changed += ch
-                wrote |= wr
-            else:
-                w, vr, ch, prev, grp_old, last, wr = _lpis(
-                    0, length, first, stride, iid0, istr, b, hbase, vrow, permx, intid, latch, lbits, hbits, vpt,
-                    vlim, sp, prev, grp_old, last, restore, track_bytes,
-                )
-                writes += w
-                vpt_reads += vr
-                changed += ch
-                wrote |= wr
-        elif not track_bytes and stride != 0 and istr > 0 and (istr & 7) == 0 and vpt_ok:
+                and ((vlo + np.uint64(dt - dh - 1)) >> np.uint64(6)) + np.uint64(1) <= vend >> np.uint64(3)
+            ):
+                mode = 2
+                kh = dh
+                kt = dt
+        if mode == 0 and not track_bytes and stride != 0 and istr > 0 and (istr & 7) == 0 and vpt_ok:
             # Arithmetic run with a whole-byte INTID stride below 8 bytes: the bit is the same for
             # every LPI, and the guest byte, VPT byte and LPI rows advance by fixed steps, so every
             # address is a running pointer. The VPT pointer only moves when the VPT is read.
@@ -719,7 +673,30 @@ def _run_unit(vmt: U64Array, units: I64Array, u: IntLike, out_pages: U64Array, o
                 i += stride
         else:
             w, vr, ch, prev, grp_old, last, wr = _lpis(
-                0, length, first, stride, iid0, istr, b, hbase, vrow, permx, intid, latch, lbits, hbits, vpt,
+                0, kh, first, stride, iid0, istr, b, hbase, vrow, permx, intid, latch, lbits, hbits, vpt,
+                vlim, sp, prev, grp_old, last, restore, track_bytes,
+            )
+            writes += w
+            vpt_reads += vr
+            changed += ch
+            wrote |= wr
+            if mode == 1:
+                ga = hbase + np.uint64((iid0 + istr) >> 3)  # host byte of LPI 1
+                va = vbase + np.uint64(vrow + ((iid0 + istr) >> 3)) if use_vpt else ga
+                w, vr, wr = _word_run(ga, va, iid0 & 7, istr >> 3, first + stride, stride, length - 2, latch,  # type: ignore[assignment]  # int/int64
+                                      lbase, lbits, hbits, use_vpt, restore, sp)
+                ch = w  # one LPI per byte, bytes shared with no other run
+            elif mode == 2:
+                w, vr, ch, wr = _dense_words(w1, (kt - kh) >> 6, first + kh, vlo, use_vpt, lbase, latch, lbits,  # type: ignore[assignment]  # int/int64
+                                             hbits, restore)  # ch: whole bytes of this run only
+            if mode != 0:
+                writes += w
+                vpt_reads += vr
+                wrote |= wr
+                if track_bytes:
+                    changed += ch
+            w, vr, ch, prev, grp_old, last, wr = _lpis(
+                kt, length, first, stride, iid0, istr, b, hbase, vrow, permx, intid, latch, lbits, hbits, vpt,
                 vlim, sp, prev, grp_old, last, restore, track_bytes,
             )
             writes += w
