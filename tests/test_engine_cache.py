@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import reference as ref
+from test_engine_layouts import clone_memory
 
 import vlpi
 from vlpi.scenarios import build_vm
@@ -17,16 +18,9 @@ from vlpi.scenarios import build_vm
 pytestmark = pytest.mark.engine
 
 
-def _clone(mem: vlpi.GuestMemory) -> vlpi.GuestMemory:
-    m = vlpi.GuestMemory()
-    for s in mem.slots:
-        m.add_slot(s.gpa, s.size, readonly=s.readonly, data=s.data.copy())
-    return m
-
-
 def _check_save(vm, *, has_gicv4_1=True, order="intid"):
     """Save with the engine (caches warm) and compare with the reference on a copy."""
-    mem2 = _clone(vm.mem)
+    mem2 = clone_memory(vm.mem)
     lp = vm.lpis
     expect = ref.ref_save(
         mem2, vm.pendbaser, lp.intid, lp.target_vcpu, lp.pending_latch.copy(), lp.hw.copy(),
@@ -135,7 +129,7 @@ def test_save_many_with_changing_job_lists():
         sel = [vms[jobs.index(j)] for j in sub]
         for v in sel:
             v.randomize(np.random.default_rng(len(sub)))
-        clones = [(_clone(v.mem), v) for v in sel]
+        clones = [(clone_memory(v.mem), v) for v in sel]
         expect = [
             ref.ref_save(m, v.pendbaser, v.lpis.intid, v.lpis.target_vcpu, v.lpis.pending_latch.copy(),
                          v.lpis.hw.copy(), v.vpt, True, "intid")
@@ -149,7 +143,7 @@ def test_save_many_with_changing_job_lists():
 
 def test_restore_after_save_uses_current_state(vm):
     _check_save(vm)
-    mem2 = _clone(vm.mem)
+    mem2 = clone_memory(vm.mem)
     lat2 = vm.lpis.pending_latch.copy()
     e = ref.ref_sync_pending_status(mem2, vm.pendbaser, vm.lpis.intid, vm.lpis.target_vcpu, lat2, True)
     r = vlpi.sync_pending_status(vm.mem, vm.pendbaser, vm.lpis)

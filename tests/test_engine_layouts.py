@@ -45,7 +45,8 @@ def _layout(kind: str, n_vcpus: int = 64, id_bits: int = 16, seed: int = 0):
     return mem, pend, intid, target, latch & ~hw, hw, vpt
 
 
-def _clone(mem):
+def clone_memory(mem):
+    """A copy of ``mem`` with fresh slot arrays (for running the reference beside the engine)."""
     m = vlpi.GuestMemory()
     for s in mem.slots:
         m.add_slot(s.gpa, s.size, readonly=s.readonly, data=s.data.copy())
@@ -60,7 +61,7 @@ KINDS = ["ascending_rows", "descending_rows", "one_vcpu", "aliased_tables", "nar
 def test_save_then_restore_match_the_reference(kind, order):
     mem, pend, intid, target, latch, hw, vpt = _layout(kind)
     lpis = vlpi.LPITable(intid, target, latch.copy(), hw.copy())
-    mref = _clone(mem)
+    mref = clone_memory(mem)
     want = ref.ref_save(mref, pend, intid, target, latch.copy(), hw.copy(), vpt, True, order)
     got = vlpi.save_pending_tables(mem, pend, lpis, vpt=vpt, has_gicv4_1=True, order=order)
     assert np.array_equal(mem.slots[0].data, mref.slots[0].data)

@@ -17,6 +17,7 @@ import textwrap
 import numpy as np
 import pytest
 import reference as ref
+from test_engine_layouts import clone_memory
 from test_hostile_engine import run_isolated
 
 import vlpi
@@ -83,13 +84,6 @@ def _layout(kind: str, seed: int = 0, slot_offset: int = 0, vpt_offset: int = 0)
     return mem, pend, intid, target, latch & ~hw, hw, vpt
 
 
-def _clone(mem):
-    m = vlpi.GuestMemory()
-    for s in mem.slots:
-        m.add_slot(s.gpa, s.size, readonly=s.readonly, data=s.data.copy())
-    return m
-
-
 KINDS = ["rr64", "rr128", "rr64_row_stride_3", "dense", "blocked", "dense_narrow_vpt"]
 
 
@@ -101,7 +95,7 @@ def test_word_paths_match_the_reference(kind, offsets, gic41):
     if not gic41:
         latch = np.random.default_rng(1).random(intid.size) < 0.5  # hw LPIs save their latch
     lpis = vlpi.LPITable(intid, target, latch.copy(), hw.copy())
-    mref = _clone(mem)
+    mref = clone_memory(mem)
     vpt_arg = vpt if gic41 else None
     for order in ("intid", "insertion"):
         want = ref.ref_save(mref, pend, intid, target, latch.copy(), hw.copy(), vpt_arg, gic41, order)
@@ -195,7 +189,7 @@ def test_one_table_saved_with_and_without_gicv4_1_in_turn():
     mem, pend, intid, target, latch, hw, vpt = _layout("rr64")
     latch = np.random.default_rng(3).random(intid.size) < 0.5
     lpis = vlpi.LPITable(intid, target, latch.copy(), hw.copy())
-    mref = _clone(mem)
+    mref = clone_memory(mem)
     for gic41 in (True, False, True, False):
         v = vpt if gic41 else None
         want = ref.ref_save(mref, pend, intid, target, latch.copy(), hw.copy(), v, gic41, "intid")
