@@ -374,11 +374,16 @@ def c_kernel_loop_save(
         vpt_reads=int(out.vpt_reads), bytes_changed=int(out.bytes_changed), vpes_unmapped=vpes,
         vpes_remapped=vpes, dirty_pages=pages, elapsed_s=time.perf_counter() - t0,
     )
+    _raise_if_faulted(out, intid, target, rep)
+    return rep
+
+
+def _raise_if_faulted(out, intid: np.ndarray, target: np.ndarray, rep) -> None:
+    """The kernel-exact fault of a C walk that stopped (``out.fault_row >= 0``), carrying ``rep``."""
     if out.fault_row >= 0:
         row = int(out.fault_row)
         raise GuestMemoryFault(int(out.fault_gpa), write=bool(out.fault_is_write), intid=int(intid[row]),
                                vcpu=int(target[row]), report=rep, detail="plain C kernel loop")
-    return rep
 
 
 # ------------------------------------------------------------------------- restore
@@ -409,10 +414,7 @@ def c_kernel_loop_restore(mem: GuestMemory, pendbaser, lpis: LPITable):
         lpis_total=n, lpis_synced=int(out.synced), guest_reads=int(out.reads), guest_writes=int(out.writes),
         lpi_errno=errno_, dirty_pages=pages, elapsed_s=time.perf_counter() - t0,
     )
-    if out.fault_row >= 0:
-        row = int(out.fault_row)
-        raise GuestMemoryFault(int(out.fault_gpa), write=bool(out.fault_is_write), intid=int(intid[row]),
-                               vcpu=int(target[row]), report=rep, detail="plain C kernel loop")
+    _raise_if_faulted(out, intid, target, rep)
     return rep
 
 
