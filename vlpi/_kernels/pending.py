@@ -270,7 +270,7 @@ def merge_units(vmt: U64Array, units: I64Array, out_pages: U64Array, out_cnt: I6
     row first (as :func:`pack_flags`), in the same call."""
     if pack:
         if vmt.shape[0] == 1:  # one VM: packed by this thread (a parallel region of one row
-            _pack_row(vmt[0])  # would cost a second fork/join: ~30 us measured on vm-512)
+            pack_flags_serial(vmt)  # would cost a second fork/join: ~30 us measured on vm-512)
         else:
             for j in prange(vmt.shape[0]):
                 _pack_row(vmt[j])
@@ -541,7 +541,7 @@ def run_units(vmt: U64Array, units: I64Array, out_pages: U64Array, out_cnt: I64A
     flag snapshots of every row first (as :func:`pack_flags`): one parallel call instead of two."""
     if pack:
         if vmt.shape[0] == 1:  # one VM: packed by this thread (a parallel region of one row
-            _pack_row(vmt[0])  # would cost a second fork/join: ~30 us measured on vm-512)
+            pack_flags_serial(vmt)  # would cost a second fork/join: ~30 us measured on vm-512)
         else:
             for j in prange(vmt.shape[0]):
                 _pack_row(vmt[j])
@@ -958,8 +958,7 @@ def _dense_words(w1: IntLike, nw: IntLike, i1: IntLike, vlo: IntLike, use_vpt: I
 def run_units_serial(vmt: U64Array, units: I64Array, out_pages: U64Array, out_cnt: I64Array, scratch: U8Array,
                      restore: BoolLike, pack: BoolLike) -> None:
     if pack:
-        for j in range(vmt.shape[0]):
-            _pack_row(vmt[j])
+        pack_flags_serial(vmt)
     for u in range(units.shape[0]):
         run_unit(vmt, units, u, out_pages, out_cnt, scratch, restore)
 
@@ -968,8 +967,7 @@ def run_units_serial(vmt: U64Array, units: I64Array, out_pages: U64Array, out_cn
 def merge_units_serial(vmt: U64Array, units: I64Array, out_pages: U64Array, out_cnt: I64Array, scratch: U8Array,
                        restore: BoolLike, pack: BoolLike) -> None:
     if pack:
-        for j in range(vmt.shape[0]):
-            _pack_row(vmt[j])
+        pack_flags_serial(vmt)
     for u in range(units.shape[0]):
         merge_unit(vmt, units, u, out_pages, out_cnt, restore)
 
