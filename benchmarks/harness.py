@@ -51,12 +51,18 @@ PYTHON_MAX_LPIS = 120_000
 _SCENARIOS: dict = {}
 
 
-def get_host(tier: str) -> scenarios.HostScenario:
-    """host-4096 at ``tier`` size (built once per session, then re-randomised per round)."""
-    key = ("host-4096", tier)
+def get_host(tier: str, packed: bool = False) -> scenarios.HostScenario:
+    """host-4096 at ``tier`` size (built once per session, then re-randomised per round); with
+    ``packed``, the same host with packed LPI tables (flags as bits)."""
+    key = ("host-4096", tier, packed)
     if key not in _SCENARIOS:
-        _SCENARIOS[key] = scenarios.build_host(**SIZES["host-4096"][tier], gic="v4.1", seed=0)
+        _SCENARIOS[key] = scenarios.build_host(**SIZES["host-4096"][tier], gic="v4.1", seed=0, packed=packed)
     return _SCENARIOS[key]
+
+
+def packed_impl(impl: str) -> bool:
+    """Implementations named ``*_packed`` run the engine on packed LPI tables."""
+    return impl.endswith("_packed")
 
 
 def get_vm(name: str, tier: str) -> scenarios.HostScenario:
@@ -114,11 +120,13 @@ SCAN_IMPLS: dict[str, Callable] = {"engine": _engine_scan, **bl.SCAN_BASELINES}
 
 SAVE_IMPLS: dict[str, Callable] = {
     "engine_many": _engine_many,
+    "engine_many_packed": _engine_many,  # the same call, on packed tables (packed_impl)
     "engine": _per_vm(_engine_save),
     **{name: _per_vm(f) for name, f in bl.SAVE_BASELINES.items()},
 }
 RESTORE_IMPLS: dict[str, Callable] = {
     "engine": _restore_per_vm(_engine_restore),
+    "engine_packed": _restore_per_vm(_engine_restore),  # on packed tables (packed_impl)
     **{name: _restore_per_vm(f) for name, f in bl.RESTORE_BASELINES.items()},
 }
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Memory per LPI of the engine: resident state and peak transient allocation of one call.
 
-For each scenario (host-4096, vm-512, sparse, dense; CI-sized unless ``--big``):
+For each scenario (host-4096, vm-512, sparse, dense; CI-sized unless ``--big``), with byte LPI
+tables (the default: ``pending_latch``/``hw`` one byte each, used in place) and with packed ones
+(``LPITable(..., packed=True)``: flags as bits; rows labelled ``packed``):
 
 * **resident B/LPI** -- what stays allocated per LPI between calls: the LPITable's four arrays
   (``lpis.nbytes``) plus the plans the engine caches on it (``lpis.cache_nbytes``), after one save,
@@ -48,13 +50,18 @@ class MemRow:
         return self.table_b_per_lpi + self.cache_b_per_lpi
 
 
-def _build(name: str, tier: str) -> scenarios.HostScenario:
+def _build(name: str, tier: str, packed: bool = False) -> scenarios.HostScenario:
     if name == "host-4096":
-        return scenarios.build_host(**SIZES[name][tier], gic="v4.1", seed=0)
+        return scenarios.build_host(**SIZES[name][tier], gic="v4.1", seed=0, packed=packed)
     import numpy as np
 
     rng = np.random.default_rng(0)
-    return scenarios.HostScenario([scenarios.build_vm(**SIZES[name][tier], gic="v4.1", seed=rng)], "v4.1", 0, rng)
+    vm = scenarios.build_vm(**SIZES[name][tier], gic="v4.1", seed=rng, packed=packed)
+    return scenarios.HostScenario([vm], "v4.1", 0, rng)
+
+
+def label(name: str, packed: bool) -> str:
+    return f"{name} packed" if packed else name
 
 
 def _peak_extra(fn: Callable[[], object]) -> int:
@@ -78,16 +85,16 @@ def _ops(scen: scenarios.HostScenario) -> dict[str, Callable[[], object]]:
     return ops
 
 
-def measure(name: str, tier: str = "ci") -> list[MemRow]:
+def measure(name: str, tier: str = "ci", packed: bool = False) -> list[MemRow]:
     """Rows (one per operation) for one scenario. Builds the scenario (fresh LPITables) itself."""
     rows = []
     # warm the numba kernels on a throwaway scenario first, so compilation is not measured
-    warm = _build(name, "ci")
+    warm = _build(name, "ci", packed)
     for f in _ops(warm).values():
         f()
     del warm
-    for op in _ops(_build(name, "ci")):
-        scen = _build(name, tier)  # fresh LPITables: no cached plan yet
+    for op in _ops(_build(name, "ci", packed)):
+        scen = _build(name, tier, packed)  # fresh LPITables: no cached plan yet
         f = _ops(scen)[op]
         n = scen.n_lpis
         was_tracing = tracemalloc.is_tracing()
@@ -104,7 +111,7 @@ def measure(name: str, tier: str = "ci") -> list[MemRow]:
         lp = [j[2] for j in scen.jobs]
         rows.append(
             MemRow(
-                scenario=name,
+                scenario=label(name, packed),
                 op=op,
                 n_lpis=n,
                 table_b_per_lpi=sum(x.nbytes for x in lp) / n,
@@ -116,9 +123,9 @@ def measure(name: str, tier: str = "ci") -> list[MemRow]:
     return rows
 
 
-def resident_after_all(name: str, tier: str = "ci") -> tuple[int, float, float]:
+def resident_after_all(name: str, tier: str = "ci", packed: bool = False) -> tuple[int, float, float]:
     """(n_lpis, table B/LPI, cache B/LPI) after save, restore and scan have all run once."""
-    scen = _build(name, tier)
+    scen = _build(name, tier, packed)
     for f in _ops(scen).values():
         f()
     lp = [j[2] for j in scen.jobs]
@@ -154,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[MemRow] = []
     resident = {}
     for name in names:
-        rows += measure(name, tier)
-        resident[name] = resident_after_all(name, tier)
+        for packed in (False, True):
+            rows += measure(name, tier, packed)
+            resident[label(name, packed)] = resident_after_all(name, tier, packed)
     sys.stdout.write(render(rows, resident, tier))
     return 0
 

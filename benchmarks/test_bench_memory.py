@@ -25,6 +25,18 @@ def test_memory_report_smoke(scenario):
     assert f"| {scenario} | save |" in text
 
 
+@pytest.mark.parametrize("scenario", ["host-4096", "sparse"])
+def test_memory_report_packed_tables(scenario):
+    """Packed tables hold the flags as bits: intid 4 + target 1 + 2 bits per LPI (plus pad words),
+    and the engine keeps no flag snapshot for them (its cache is smaller than for byte tables)."""
+    rows = mr.measure(scenario, "ci", packed=True)
+    assert all(r.scenario == f"{scenario} packed" for r in rows)
+    n, t, c = mr.resident_after_all(scenario, "ci", packed=True)
+    assert 5.25 <= t < 5.35  # ceil(n / 64) + 2 words per flag and VM: a little over 0.25 B/LPI
+    _, _, c_bytes = mr.resident_after_all(scenario, "ci")
+    assert c < c_bytes  # no per-table flag snapshot
+
+
 def test_tracemalloc_sees_numpy_allocations():
     """The transient measure is meaningful: a 1 MiB NumPy temporary shows up in the peak."""
     import tracemalloc

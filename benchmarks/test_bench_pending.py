@@ -2,12 +2,14 @@
 
 Groups (one per scenario, op and tier, so engine and baselines line up in the table):
 
-* ``save host-4096``  -- host evacuation: ``save_pending_tables_many`` over every VM (``engine_many``),
-  the engine one VM at a time (``engine``), and per-VM baselines (kernel loop compiled by numba,
+* ``save host-4096``  -- host evacuation: ``save_pending_tables_many`` over every VM (``engine_many``;
+  ``engine_many_packed`` on packed LPI tables, flags held as bits), the engine one VM at a time
+  (``engine``), and per-VM baselines (kernel loop compiled by numba,
   the kernel loop in plain C, NumPy, bitarray, pure Python). Every round starts from identical,
   freshly randomised tables (about half the bits change).
 * ``resave host-4096`` -- the same save again with nothing changed (reads only).
-* ``restore host-4096`` -- ``sync_pending_status`` per VM from freshly randomised tables.
+* ``restore host-4096`` -- ``sync_pending_status`` per VM from freshly randomised tables (``engine``;
+  ``engine_packed`` on packed tables).
 * ``save``/``restore`` of ``vm-512`` (one VM, 512 vCPUs), ``sparse`` (IDbits 20, 1024 LPIs per
   vCPU) and ``dense`` (one vCPU owning every INTID).
 """
@@ -22,6 +24,7 @@ from harness import (
     TIERS,
     get_host,
     get_vm,
+    packed_impl,
     require_available,
     run_bench,
 )
@@ -29,8 +32,8 @@ from harness import (
 RANDOMIZE_SEED = 12345  # every round of every implementation sees the same tables
 
 
-def _scenario(name: str, tier: str):
-    return get_host(tier) if name == "host-4096" else get_vm(name, tier)
+def _scenario(name: str, tier: str, impl: str = ""):
+    return get_host(tier, packed_impl(impl)) if name == "host-4096" else get_vm(name, tier)
 
 
 def _jobs_for(impl: str, scen):
@@ -52,16 +55,19 @@ def _n(jobs) -> int:
     return sum(len(j[2]) for j in jobs)
 
 
-SAVE_HOST = ["engine_many", "engine", "kernel_loop", "c_kernel_loop", "numpy", "bitarray", "python"]
+SAVE_HOST = [
+    "engine_many", "engine_many_packed", "engine", "kernel_loop", "c_kernel_loop", "numpy", "bitarray", "python",
+]
 SAVE_VM = ["engine", "kernel_loop", "c_kernel_loop", "numpy", "bitarray", "python"]
 RESTORE = ["engine", "kernel_loop", "c_kernel_loop", "numpy", "python"]
+RESTORE_HOST = ["engine", "engine_packed", "kernel_loop", "c_kernel_loop", "numpy", "python"]
 
 
 @pytest.mark.parametrize("tier", TIERS)
 @pytest.mark.parametrize("impl", SAVE_HOST)
 def test_save_host(benchmark, impl, tier):
     require_available(impl)
-    scen = _scenario("host-4096", tier)
+    scen = _scenario("host-4096", tier, impl)
     jobs, note = _jobs_for(impl, scen)
     f = SAVE_IMPLS[impl]
     reps = run_bench(
@@ -83,7 +89,7 @@ def test_save_host(benchmark, impl, tier):
 @pytest.mark.parametrize("impl", SAVE_HOST)
 def test_resave_host_nothing_changed(benchmark, impl, tier):
     require_available(impl)
-    scen = _scenario("host-4096", tier)
+    scen = _scenario("host-4096", tier, impl)
     jobs, note = _jobs_for(impl, scen)
     f = SAVE_IMPLS[impl]
 
@@ -107,10 +113,10 @@ def test_resave_host_nothing_changed(benchmark, impl, tier):
 
 
 @pytest.mark.parametrize("tier", TIERS)
-@pytest.mark.parametrize("impl", RESTORE)
+@pytest.mark.parametrize("impl", RESTORE_HOST)
 def test_restore_host(benchmark, impl, tier):
     require_available(impl)
-    scen = _scenario("host-4096", tier)
+    scen = _scenario("host-4096", tier, impl)
     jobs, note = _jobs_for(impl, scen)
     f = RESTORE_IMPLS[impl]
     reps = run_bench(

@@ -81,6 +81,8 @@ class Scenario:
     notes: dict = field(default_factory=dict)
     #: dtype of the pending_latch/hw arrays handed to LPITable (bool or uint8; both used in place)
     flag_dtype: type = bool
+    #: build a packed LPITable (flags held as bits)
+    packed: bool = False
 
     @property
     def n_vcpus(self) -> int:
@@ -125,6 +127,7 @@ class Scenario:
             self.target_vcpu.copy(),
             self.pending_latch.astype(self.flag_dtype),
             self.hw.astype(self.flag_dtype),
+            packed=self.packed,
         )
 
     def build(self):

@@ -130,6 +130,7 @@ def _roofline_doc():
     doc = _doc()
     doc["benchmarks"] = [
         _bench("save host-4096 [big]", "engine_many", 0.004, 1_000_000),
+        _bench("save host-4096 [big]", "engine_many_packed", 0.003, 1_000_000),
         _bench("save host-4096 [big]", "engine", 0.006, 1_000_000),
         _bench("save host-4096 [big]", "c_kernel_loop", 0.024, 1_000_000),
         probe("stream_read", 1, 0.010, 200e6),  # 20 GB/s
@@ -148,8 +149,12 @@ def test_roofline_summary_ratios(bt):
     roof = touch["read_only_bytes"] / 40e9 + touch["written_bytes"] / 20e9
     assert sm["roofline_s"] == pytest.approx(roof)
     assert sm["roofline_ratio"] == pytest.approx(0.004 / roof)
+    assert sm["packed"]["engine_s"] == 0.003 and sm["packed"]["c_ratio"] == pytest.approx(8.0)
+    assert sm["packed"]["roofline_ratio"] == pytest.approx(0.003 / roof)
     text = bt.render([doc], summary_only=True)
-    assert "6.00× faster" in text and f"{0.004 / roof:.2f}× the roofline time" in text
+    assert f"| engine_many | 4.00 ms | 4 | 6.00× | {0.004 / roof:.2f}× |" in text
+    assert f"| engine_many_packed | 3.00 ms | 3 | 8.00× | {0.003 / roof:.2f}× |" in text
+    assert f"| c_kernel_loop | 24.00 ms | 24 | 1.00× | {0.024 / roof:.2f}× |" in text
     assert "**save host-4096 [big]**" not in text  # summary only: no per-group tables
     full = bt.render([doc])
     assert "**save host-4096 [big]**" in full

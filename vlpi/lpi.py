@@ -8,24 +8,33 @@ Resident state is compact: ``intid`` uint32, ``target_vcpu`` in the narrowest si
 holds the largest target (int8 up to 126 vCPUs, then int16, then int32), ``pending_latch`` and
 ``hw`` one byte each: 7 bytes per LPI for VMs of up to 126 vCPUs, 8 up to 32766.
 
+A *packed* table (``LPITable(..., packed=True)``) holds ``pending_latch`` and ``hw`` as bits
+instead, a quarter of a byte per LPI for both (5.25 bytes per LPI up to 126 vCPUs), and the
+engine reads and writes those bits directly: a save has no flag bytes to read. The price is the
+in-place view: in a packed table ``pending_latch`` and ``hw`` are read-only bool *copies*; change
+them with their setters or :meth:`LPITable.set_flags`.
+
 ``intid`` and ``target_vcpu`` are immutable: they are backed by ``bytes`` objects, so their
 ``writeable`` flag cannot be turned back on. The engine caches derived orderings keyed on them
 (and on the PENDBASERs it is called with); targets change only through
 :meth:`LPITable.set_targets`, which replaces the array and invalidates those caches.
-``pending_latch`` and ``hw`` are ordinary writable arrays; restore updates ``pending_latch`` in
-place. Any nonzero flag byte means True, everywhere (numpy's own reading of a ``bool`` byte).
+In a byte table (the default) ``pending_latch`` and ``hw`` are ordinary writable arrays; restore
+updates ``pending_latch`` in place. Any nonzero flag byte means True, everywhere (numpy's own
+reading of a ``bool`` byte).
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from vlpi._typing import BoolArray, U8Array, U32Array
+from vlpi._typing import BoolArray, U8Array, U32Array, U64Array
 
 __all__ = ["LPITable", "LPI_MIN_INTID", "LPI_INTID_LIMIT"]
 
@@ -34,6 +43,29 @@ LPI_INTID_LIMIT = 1 << 24
 _TARGET_MAX = np.iinfo(np.int32).max
 
 _ScalarT = TypeVar("_ScalarT", bound=np.generic)
+
+# Packed flags: bit i of word i // 64 (little-endian words, so byte i // 8, bit i % 8 of the
+# words' bytes: numpy's bitorder="little") is row i.
+assert sys.byteorder == "little", "packed LPI flags assume a little-endian host"
+
+
+def flag_word_count(n: int) -> int:
+    """Words of one packed flag array of ``n`` rows: one bit per row, plus a zero pad word (the
+    engine reads 64-bit windows that may start in the last word)."""
+    return (n >> 6) + 2
+
+
+def _pack_into(out: U64Array, flags: npt.NDArray[Any]) -> None:
+    """Write ``flags`` (bool or 0/1 bytes, one per row) into the packed words ``out``; pad bits 0."""
+    b = np.packbits(flags.view(np.uint8) != 0, bitorder="little")
+    raw = out.view(np.uint8)
+    raw[: b.size] = b
+    raw[b.size :] = 0
+
+
+def _unpack(words: U64Array, n: int) -> U8Array:
+    """Rows ``0..n-1`` of packed words as a fresh uint8 0/1 array."""
+    return np.unpackbits(words.view(np.uint8), count=n, bitorder="little")
 
 
 def _target_dtype(max_target: int) -> np.dtype[np.signedinteger[Any]]:
@@ -107,6 +139,10 @@ class LPITable:
     hw : array-like of bool, optional
         True where the LPI is forwarded to the GIC as a VLPI (default all False). Used in place
         like ``pending_latch``.
+    packed : bool, optional
+        Hold ``pending_latch`` and ``hw`` as bits (2 bits per LPI instead of 2 bytes; saves read
+        them without a packing pass). The arrays passed are copied in; ``pending_latch`` and
+        ``hw`` then return read-only copies, and restore updates the table's bits. Default False.
 
     Raises
     ------
@@ -116,7 +152,9 @@ class LPITable:
     Notes
     -----
     What may change in place: the *contents* of ``pending_latch`` and ``hw`` (any nonzero byte
-    reads as True), or the arrays themselves through their setters (same length, validated).
+    reads as True), or the arrays themselves through their setters (same length, validated),
+    or rows through :meth:`set_flags`. In a packed table only the setters and :meth:`set_flags`
+    change flags (they take the table's lock, so an engine call sees all of a change or none).
     What may not: ``intid`` and ``target_vcpu`` are immutable (retarget with
     :meth:`set_targets`); the length of the table is fixed. Do not resize an array you handed
     over with ``ndarray.resize(refcheck=False)`` (numpy's own unchecked escape hatch).
@@ -133,7 +171,11 @@ class LPITable:
         target_vcpu: npt.ArrayLike,
         pending_latch: npt.ArrayLike | None = None,
         hw: npt.ArrayLike | None = None,
+        *,
+        packed: bool = False,
     ) -> None:
+        if not isinstance(packed, (bool, np.bool_)):
+            raise TypeError(f"packed must be a bool (True or False), got {type(packed).__name__} {packed!r}")
         ia = _int_array(intid, "intid")
         n = ia.shape[0]
         ta = _int_array(target_vcpu, "target_vcpu")
@@ -169,6 +211,14 @@ class LPITable:
         # validated: nothing below can fail
         self._intid = _frozen(intid_u32)
         self._target = _frozen(ta.astype(tdt))
+        self._packed = bool(packed)
+        self._words: U64Array | None = None  # packed: latch words, then hw words
+        if self._packed:
+            nbw = flag_word_count(n)
+            self._words = np.zeros(2 * nbw, np.uint64)
+            _pack_into(self._words[:nbw], latch)
+            _pack_into(self._words[nbw:], hwa)
+            latch = hwa = np.zeros(0, bool)  # the bits are the state
         self._pending_latch = latch
         self._hw = hwa
         self._lock = threading.RLock()
@@ -196,6 +246,32 @@ class LPITable:
         """Bumped whenever the targets change (read-only)."""
         return self._version
 
+    @property
+    def flag_words(self) -> U64Array | None:
+        """Packed table: its flag bits, ``pending_latch`` words then ``hw`` words
+        (:func:`flag_word_count` each; bit ``i % 64`` of word ``i // 64`` is row ``i``); None for a
+        byte table (engine interface: the engine reads and writes these words under :attr:`lock`)."""
+        return self._words
+
+    @contextlib.contextmanager
+    def flag_bytes(self, write_latch: bool = False) -> Iterator[tuple[U8Array, U8Array]]:
+        """``(pending_latch, hw)`` as uint8 arrays for kernels that take one byte per row
+        (engine interface). A byte table's own arrays; for a packed table, fresh copies, and with
+        ``write_latch`` the latch copy is packed back on exit, also when the block raises (a
+        kernel-exact partial restore keeps what it did). Holds the lock."""
+        with self._lock:
+            if self._words is None:
+                yield self._pending_latch.view(np.uint8), self._hw.view(np.uint8)
+                return
+            n = len(self)
+            nbw = flag_word_count(n)
+            latch = _unpack(self._words[:nbw], n)
+            try:
+                yield latch, _unpack(self._words[nbw:], n)
+            finally:
+                if write_latch:
+                    _pack_into(self._words[:nbw], latch)
+
     # ------------------------------------------------------------ accessors
     @property
     def intid(self) -> U32Array:
@@ -209,22 +285,110 @@ class LPITable:
         return self._target
 
     @property
+    def packed(self) -> bool:
+        """True when ``pending_latch`` and ``hw`` are held as bits (see the class notes)."""
+        return self._packed
+
+    def _flag_view(self, which: int) -> BoolArray | U8Array:
+        if self._words is None:
+            return self._pending_latch if which == 0 else self._hw
+        nbw = flag_word_count(len(self))
+        a = _unpack(self._words[which * nbw : (which + 1) * nbw], len(self)).view(np.bool_)
+        a.flags.writeable = False
+        return a
+
+    def _set_flag(self, which: int, value: npt.ArrayLike, name: str) -> None:
+        a = _flag_array(value, name, len(self))
+        with self._lock:
+            if self._words is None:
+                if which == 0:
+                    self._pending_latch = a
+                else:
+                    self._hw = a
+            else:
+                nbw = flag_word_count(len(self))
+                _pack_into(self._words[which * nbw : (which + 1) * nbw], a)
+
+    @property
     def pending_latch(self) -> BoolArray | U8Array:
-        """Writable bool/uint8 software pending state per LPI."""
-        return self._pending_latch
+        """Software pending state per LPI: the writable bool/uint8 array itself, or in a packed
+        table a read-only bool copy (assign the attribute, or use :meth:`set_flags`)."""
+        return self._flag_view(0)
 
     @pending_latch.setter
     def pending_latch(self, value: npt.ArrayLike) -> None:
-        self._pending_latch = _flag_array(value, "pending_latch", len(self))
+        self._set_flag(0, value, "pending_latch")
 
     @property
     def hw(self) -> BoolArray | U8Array:
-        """Writable bool/uint8: forwarded to the GIC as a VLPI."""
-        return self._hw
+        """Forwarded to the GIC as a VLPI, per LPI: the writable bool/uint8 array itself, or in a
+        packed table a read-only bool copy (as ``pending_latch``)."""
+        return self._flag_view(1)
 
     @hw.setter
     def hw(self, value: npt.ArrayLike) -> None:
-        self._hw = _flag_array(value, "hw", len(self))
+        self._set_flag(1, value, "hw")
+
+    def set_flags(
+        self,
+        index: npt.ArrayLike | slice,
+        *,
+        pending_latch: npt.ArrayLike | None = None,
+        hw: npt.ArrayLike | None = None,
+    ) -> None:
+        """Set ``pending_latch`` and/or ``hw`` of some rows, in a byte table or a packed one.
+
+        Parameters
+        ----------
+        index : array-like of int, bool mask, or slice
+            The rows.
+        pending_latch, hw : array-like of bool, optional
+            New values, broadcast to the rows (bool, or 0/1 integers).
+
+        Raises
+        ------
+        IndexError, TypeError, ValueError
+            Naming the argument and the first offending entry; nothing is changed.
+        """
+        n = len(self)
+        if isinstance(index, slice):
+            idx = np.arange(n)[index]
+        else:
+            idx = np.asarray(index)
+            if idx.dtype == np.bool_:
+                if idx.shape != (n,):
+                    raise ValueError(f"set_flags: mask has shape {idx.shape}, expected ({n},)")
+                idx = np.flatnonzero(idx)
+            idx = _int_array(np.atleast_1d(idx), "index").astype(np.int64)
+            bad = np.flatnonzero((idx < -n) | (idx >= n))
+            if bad.size:
+                raise IndexError(f"set_flags: index[{bad[0]}] = {idx[bad[0]]} out of range for {n} LPIs")
+        vals: list[tuple[int, npt.NDArray[np.bool_]]] = []
+        for which, (name, v) in enumerate((("pending_latch", pending_latch), ("hw", hw))):
+            if v is None:
+                continue
+            a = np.asarray(v)
+            if isinstance(v, (str, bytes)) or not (a.dtype == np.bool_ or np.issubdtype(a.dtype, np.integer)):
+                raise TypeError(f"set_flags: {name} must be bool or 0/1 integers, got {type(v).__name__}")
+            try:
+                a = np.broadcast_to(a, idx.shape)
+            except ValueError:
+                raise ValueError(f"set_flags: {name} has shape {a.shape}, not broadcastable to {idx.shape}") from None
+            if a.dtype != np.bool_:
+                bad = np.flatnonzero((a != 0) & (a != 1))
+                if bad.size:
+                    raise ValueError(f"set_flags: {name}[{bad[0]}] = {a[bad[0]]}: flags must be 0 or 1")
+            vals.append((which, a != 0))
+        with self._lock:
+            for which, a in vals:
+                if self._words is None:
+                    (self._pending_latch if which == 0 else self._hw)[index if isinstance(index, slice) else idx] = a
+                else:
+                    nbw = flag_word_count(n)
+                    w = self._words[which * nbw : (which + 1) * nbw]
+                    cur = _unpack(w, n)
+                    cur[idx] = a
+                    _pack_into(w, cur)
 
     @property
     def max_target(self) -> int:
@@ -246,8 +410,10 @@ class LPITable:
 
     @property
     def nbytes(self) -> int:
-        """Resident bytes of the four per-LPI arrays (caches excluded)."""
-        return self._intid.nbytes + self._target.nbytes + self._pending_latch.nbytes + self._hw.nbytes
+        """Resident bytes of the per-LPI state (caches excluded): ``intid``, ``target_vcpu`` and
+        the flags (bytes, or a packed table's bits)."""
+        flags = self._words.nbytes if self._words is not None else self._pending_latch.nbytes + self._hw.nbytes
+        return self._intid.nbytes + self._target.nbytes + flags
 
     @property
     def cache_nbytes(self) -> int:
@@ -286,8 +452,10 @@ class LPITable:
             self._version += 1
 
     def copy(self) -> LPITable:
-        """A deep copy (fresh pending_latch/hw arrays, no caches)."""
-        return LPITable(self._intid, self._target, self._pending_latch.copy(), self._hw.copy())
+        """A deep copy (fresh flag arrays, packed if this table is; no caches)."""
+        with self._lock:
+            return LPITable(self._intid, self._target, self._flag_view(0).copy(), self._flag_view(1).copy(),
+                            packed=self._packed)
 
     def __repr__(self) -> str:
         n = len(self)
@@ -297,6 +465,6 @@ class LPITable:
         return (
             f"LPITable({n} LPIs, INTID {int(self._intid.min())}..{self._max_intid}, "
             f"{tgt} targeted on vCPUs 0..{self._max_target}, "
-            f"{int(np.count_nonzero(self._pending_latch))} pending_latch, "
-            f"{int(np.count_nonzero(self._hw))} hw)"
+            f"{int(np.count_nonzero(self._flag_view(0)))} pending_latch, "
+            f"{int(np.count_nonzero(self._flag_view(1)))} hw{', packed' if self._packed else ''})"
         )

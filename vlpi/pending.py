@@ -62,7 +62,7 @@ from vlpi._kernels import kernel_loop as _kl
 from vlpi._kernels import pending as _k
 from vlpi._typing import BoolArray, BoolLike, I32Array, I64Array, IntLike, U8Array, U64Array
 from vlpi.errors import GuestMemoryFault
-from vlpi.lpi import LPITable
+from vlpi.lpi import LPITable, flag_word_count
 from vlpi.memory import PAGE_SHIFT, GuestMemory, KernelTables
 
 __all__ = [
@@ -427,8 +427,11 @@ def _guard(jobs: Iterable[_Job], *extra: npt.NDArray[Any]) -> contextlib.Abstrac
     for c in jobs:
         lp = c.lpis
         t = c.mem.kernel_tables()
-        arrays += [lp.intid, lp.target_vcpu, lp.pending_latch, lp.hw, c.base, c.vpt, *t[:4], *t[6]]
+        flags = [lp.pending_latch, lp.hw] if lp.flag_words is None else []  # else c.bits are its flags
+        arrays += [lp.intid, lp.target_vcpu, *flags, c.base, c.vpt, *t[:4], *t[6]]
         arrays.append(c.bits)
+        if c.hw_zero is not None:
+            arrays.append(c.hw_zero)
         if c.row is not None:
             arrays += [c.row, c.keep[0], c.keep[1], *c.keep[2][:4], *c.keep[2][6]]
         if c.plan is not None:
@@ -477,7 +480,7 @@ class _Job:
     __slots__ = (
         "mem", "lpis", "base", "vpt", "vb", "plan", "row", "n_vcpus", "use_vpt", "keep",
         "gen", "pb_obj", "pb_bytes", "vpt_obj", "vpt_shape", "has41", "latch_obj", "hw_obj", "recheck",
-        "bits", "nbw", "batches", "__weakref__",
+        "bits", "nbw", "hw_zero", "batches", "__weakref__",
     )
 
     def __init__(self, mem: GuestMemory, pendbaser: npt.ArrayLike, lpis: LPITable, vpt: np.ndarray | None,
@@ -495,15 +498,25 @@ class _Job:
         self.batches: dict[tuple[bool, bool], _Batch] = {}  # (flavour, restore) -> this job's own _Batch
         # a save's snapshot of pending_latch and hw as bit arrays (packed at the start of every
         # call; a pad word lets the kernels read 64-bit windows), shared by the table's save jobs
-        # (calls on one table hold its lock, so one snapshot at a time); restore reads no flags
-        self.nbw = (len(lpis) >> 6) + 2 if save else 1
-        if save:
+        # (calls on one table hold its lock, so one snapshot at a time); restore reads no flags.
+        # A packed table's own bits are in that format: its jobs use them (saves read them,
+        # restores write the latch bits), and a save that reads no VPT reads zero hw bits.
+        words = lpis.flag_words
+        self.hw_zero: U64Array | None = None
+        if words is not None:
+            self.nbw = flag_word_count(len(lpis))
+            self.bits = words
+            if save and not self.use_vpt:
+                self.hw_zero = np.zeros(self.nbw, np.uint64)
+        elif save:
+            self.nbw = flag_word_count(len(lpis))
             bits = lpis.plan_cache.get("flag_bits")
             if bits is None or bits.size != 2 * self.nbw:
                 bits = np.zeros(2 * self.nbw, np.uint64)
                 lpis.plan_cache["flag_bits"] = bits
             self.bits = bits
         else:
+            self.nbw = 1
             self.bits = np.zeros(2, np.uint64)
         # what the cached validation depends on
         self.gen = mem.generation
@@ -512,8 +525,9 @@ class _Job:
         self.vpt_obj = vpt
         self.vpt_shape = vpt.shape if isinstance(vpt, np.ndarray) else None
         self.has41 = bool(has_gicv4_1)
-        self.latch_obj = lpis.pending_latch
-        self.hw_obj = lpis.hw
+        # a byte table's flag arrays (replaced through its setters); a packed table's bits never are
+        self.latch_obj = lpis.pending_latch if words is None else None
+        self.hw_obj = lpis.hw if words is None else None
         # the VPT checks read hw contents, which may change between calls; a VPT that had to be
         # copied (not C-contiguous) must be copied again, or later changes to it would be missed
         self.recheck = bool(
@@ -531,8 +545,7 @@ class _Job:
             and mem.generation == self.gen
             and vpt is self.vpt_obj
             and has_gicv4_1 == self.has41
-            and lpis.pending_latch is self.latch_obj
-            and lpis.hw is self.hw_obj
+            and (self.latch_obj is None or (lpis.pending_latch is self.latch_obj and lpis.hw is self.hw_obj))
             and not self.recheck
             and (vpt is None or vpt.shape == self.vpt_shape)
             and pendbaser.tobytes() == self.pb_bytes
@@ -552,8 +565,10 @@ class _Job:
         lp = self.lpis
         tables = self.mem.kernel_tables()
         sstart, send, sptr = tables[:3]
-        latch = lp.pending_latch
-        hw = lp.hw
+        packed = self.latch_obj is None
+        # a packed table has no flag bytes: its bits are self.bits
+        latch: BoolArray | U8Array = self.bits.view(np.uint8) if packed else lp.pending_latch
+        hw: BoolArray | U8Array = self.bits.view(np.uint8) if packed else lp.hw
         # alive while the row is (tables hold the slot arrays)
         self.keep: tuple[BoolArray | U8Array, BoolArray | U8Array, KernelTables, _Plan] = (latch, hw, tables, p)
         row = np.empty(_k.NCOL, dtype=np.uint64)
@@ -576,8 +591,9 @@ class _Job:
         row[_k.USE_VPT] = 1 if self.use_vpt else 0
         row[_k.ONE_PER_BYTE] = 1 if p.one_per_byte else 0
         row[_k.P_LBITS] = _addr(self.bits)
-        row[_k.P_HBITS] = _addr(self.bits) + 8 * self.nbw
+        row[_k.P_HBITS] = _addr(self.bits) + 8 * self.nbw if self.hw_zero is None else _addr(self.hw_zero)
         row[_k.N_BITW] = self.nbw
+        row[_k.FLAGS_PACKED] = 1 if packed else 0
         self.row = row
         return row
 
@@ -914,9 +930,9 @@ def _sequential_save(c: _Job, has_gicv4_1: bool, order: str, t0: float) -> tuple
     n = max(c.planned.n_entries, 1)
     wr_addr = np.empty(n, np.uint64)
     wr_old = np.empty(n, np.uint8)
-    with _guard([c]):
+    with lp.flag_bytes() as (latch, hw), _guard([c], latch, hw):
         reads, writes, vreads, frow, fw, fgpa, nrec = _kl.walk_save(
-            walk, use_walk, lp.intid, lp.target_vcpu, lp.pending_latch.view(np.uint8), lp.hw.view(np.uint8),
+            walk, use_walk, lp.intid, lp.target_vcpu, latch, hw,
             c.base, c.vpt, c.vb, c.use_vpt, sstart, send, sptr, sro, wr_addr, wr_old,
         )
     changed, pages = _changed_bytes(c.mem, wr_addr[:nrec], wr_old[:nrec])
@@ -1025,9 +1041,9 @@ def _sequential_restore(c: _Job, stop_on_error: bool, t0: float) -> tuple[SyncRe
     err = np.zeros(n, np.int32)
     wr_addr = np.empty(max(n, 1), np.uint64)
     wr_old = np.empty(max(n, 1), np.uint8)
-    with _guard([c]):
+    with lp.flag_bytes(write_latch=True) as (latch, _), _guard([c], latch):
         reads, writes, synced, frow, fw, fgpa, nrec = _kl.walk_restore(
-            lp.intid, lp.target_vcpu, lp.pending_latch.view(np.uint8), c.base, sstart, send, sptr, sro,
+            lp.intid, lp.target_vcpu, latch, c.base, sstart, send, sptr, sro,
             bool(stop_on_error), err, wr_addr, wr_old,
         )
     _, pages = _changed_bytes(c.mem, wr_addr[:nrec], wr_old[:nrec])
@@ -1083,15 +1099,16 @@ def _scan_locked(mem: GuestMemory, pendbaser: npt.ArrayLike, lpis: LPITable, vcp
     c = _Job(mem, pendbaser, lpis, None, False, None)
     if not 0 <= int(vcpu) < c.n_vcpus:
         raise ValueError(f"vcpu = {vcpu} is not a vCPU of this VM (0 <= vcpu < {c.n_vcpus})")
-    with _guard([c]):
-        return _scan(c, mem, lpis, int(vcpu), atomic, t0)
+    with lpis.flag_bytes(write_latch=True) as (latch, _), _guard([c], latch):
+        return _scan(c, mem, lpis, latch, int(vcpu), atomic, t0)
 
 
-def _scan(c: _Job, mem: GuestMemory, lpis: LPITable, vcpu: int, atomic: bool, t0: float) -> SyncReport:
+def _scan(c: _Job, mem: GuestMemory, lpis: LPITable, latch: U8Array, vcpu: int, atomic: bool,
+          t0: float) -> SyncReport:
+    """The scan, assigning ``latch`` (the table's latch bytes, or a packed table's copy)."""
     n = len(lpis)
     b = np.uint64(c.base[vcpu])
     sstart, send, sptr = mem.kernel_tables()[:3]
-    latch = lpis.pending_latch.view(np.uint8)
     inf = np.int64(1) << 40
     covered = True
     if n:

@@ -63,7 +63,7 @@ class VMScenario:
         latch = rng.random(len(lp)) < 0.5
         if hw_clears_latch:
             latch &= ~lp.hw.astype(bool)
-        lp.pending_latch[:] = latch
+        lp.set_flags(slice(None), pending_latch=latch)  # in place, in a byte table or a packed one
         if self.vpt is not None:
             self.vpt[:] = rng.integers(0, 256, self.vpt.shape, dtype=np.uint8)
         t = self.tables()
@@ -113,6 +113,7 @@ def build_vm(
     gic: str = "v4.1",
     hw_fraction: float = 0.5,
     seed: int | np.random.Generator = 0,
+    packed: bool = False,
 ) -> VMScenario:
     """One VM with ``vcpus`` pending tables.
 
@@ -130,6 +131,8 @@ def build_vm(
     hw_fraction : float
         Fraction of LPIs forwarded (hw) on GICv4.x.
     seed : int or numpy.random.Generator
+    packed : bool
+        Build a packed LPITable (flags held as bits).
     """
     if gic not in GICS:
         raise ValueError(f"gic must be one of {GICS}, got {gic!r}")
@@ -156,7 +159,7 @@ def build_vm(
     mem.add_slot(TABLE_GPA, stride * vcpus)
     pendbaser = (TABLE_GPA + np.arange(vcpus, dtype=np.uint64) * np.uint64(stride)) | np.uint64(PENDBASER_ATTRS)
     hw = (rng.random(intid.size) < hw_fraction) if gic != "v3" else np.zeros(intid.size, bool)
-    lpis = LPITable(intid, target, np.zeros(intid.size, bool), hw)
+    lpis = LPITable(intid, target, np.zeros(intid.size, bool), hw, packed=packed)
     vpt = np.zeros((vcpus, table_bytes), np.uint8) if gic != "v3" else None
     vm = VMScenario(mem, pendbaser.astype(np.uint64), lpis, vpt, table_bytes, stride)
     vm.randomize(rng)
@@ -172,13 +175,16 @@ def build_host(
     hw_fraction: float = 0.5,
     lpis_per_vcpu: int | None = None,
     seed: int = 0,
+    packed: bool = False,
 ) -> HostScenario:
-    """``vms`` VMs built by :func:`build_vm` (defaults: host-4096)."""
+    """``vms`` VMs built by :func:`build_vm` (defaults: host-4096), with packed LPI tables if
+    ``packed``."""
     if vms < 1:
         raise ValueError(f"vms must be >= 1, got {vms}")
     rng = np.random.default_rng(seed)
     lst = [
-        build_vm(vcpus, id_bits, lpis_per_vcpu=lpis_per_vcpu, gic=gic, hw_fraction=hw_fraction, seed=rng)
+        build_vm(vcpus, id_bits, lpis_per_vcpu=lpis_per_vcpu, gic=gic, hw_fraction=hw_fraction, seed=rng,
+                 packed=packed)
         for _ in range(vms)
     ]
     return HostScenario(lst, gic, seed, rng)

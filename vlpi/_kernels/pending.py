@@ -16,7 +16,9 @@ Flags
 -----
 Saves never read ``pending_latch``/``hw`` bytes in the merge loops: each call first packs them into
 a bit snapshot (``pack_flags``, or the first loop of ``run_units``/``merge_units``), bit *i* of
-word *i* // 64 being row *i*. The word paths of the run kernel read those words directly.
+word *i* // 64 being row *i*. The word paths of the run kernel read those words directly. A
+packed LPITable holds its flags in that format already: its rows point at the table's own bits,
+there is nothing to pack, and a restore writes the latch bits (``_put_bit``) instead of bytes.
 
 Kernels reach the arrays of many VMs through a uint64 "VM table" of raw addresses (see
 ``_jit.view_*``); the Python side keeps every owning ndarray alive during the call.
@@ -67,8 +69,10 @@ ONE_PER_BYTE = 17
 P_LBITS = 18  # the call's snapshot of pending_latch, packed: bit i of word i // 64 is row i (+1 pad word)
 P_HBITS = 19  # the same for hw (all zero unless the VPT is used: the kernels then read no VPT)
 N_BITW = 20  # words of each packed array (pad word included)
+FLAGS_PACKED = 21  # 1: a packed LPITable; P_LBITS/P_HBITS are its own bits (restore writes the latch bits),
+# P_LATCH/P_HW are unused, and there is nothing to pack
 RUNW = 5  # run columns: vCPU, first (row, or perm_x offset), row stride (0: explicit), length, INTID stride
-NCOL = 21
+NCOL = 22
 
 NO_ADDR = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 
@@ -182,7 +186,8 @@ def _find_slot(sstart: U64Array, send: U64Array, nslots: IntLike, addr: IntLike)
 @jit(inline="always")
 def _views(row: U64Array) -> _Views:
     """The arrays of one VM-table row, as views (no copies). ``latch`` is the caller's byte array
-    (restore writes it); saves read the packed snapshots ``lbits``/``hbits`` instead."""
+    (restore writes it; empty for a packed table); saves read the packed snapshots
+    ``lbits``/``hbits`` instead."""
     n = np.int64(row[N_LPIS])
     nv = np.int64(row[N_VCPUS])
     vb = np.int64(row[VPT_BYTES])
@@ -190,7 +195,7 @@ def _views(row: U64Array) -> _Views:
     nbw = np.int64(row[N_BITW])
     return (
         view_u32(row[P_INTID], n),
-        view_u8(row[P_LATCH], n),
+        view_u8(row[P_LATCH], 0 if row[FLAGS_PACKED] else n),  # a packed table has no latch bytes
         view_u64(row[P_LBITS], nbw),
         view_u64(row[P_HBITS], nbw),
         view_u8(row[P_VPT], max(nv * vb, 1)),  # type: ignore[arg-type]  # max of int64s: an int64
@@ -213,9 +218,20 @@ def _bit(words: U64Array, i: IntLike) -> np.int64:
     return np.int64((words[i >> 6] >> np.uint64(i & 63)) & np.uint64(1))
 
 
+@jit(inline="always")
+def _put_bit(words: U64Array, i: IntLike, v: IntLike) -> None:
+    """Set bit ``i`` of a packed array to ``v`` (0/1): a restore's latch write in a packed table.
+    Restores run one thread per VM, so no other thread writes these words."""
+    q = i >> 6
+    s = np.uint64(i & 63)
+    words[q] = (words[q] & ~(np.uint64(1) << s)) | (np.uint64(v) << s)
+
+
 # ------------------------------------------------------------------ flag snapshots
 @jit(inline="always")
 def _pack_row(row: U64Array) -> None:
+    if row[FLAGS_PACKED]:  # the table's own bits (and a zero hw array where the VPT is unused)
+        return
     n = np.int64(row[N_LPIS])
     nbw = np.int64(row[N_BITW])
     _pack(view_u8(row[P_LATCH], n), view_u64(row[P_LBITS], nbw), n)
@@ -317,6 +333,7 @@ def _merge_unit(vmt: U64Array, units: I64Array, u: IntLike, out_pages: U64Array,
     # same condition (consumed bits only go 1 -> 0), so ``wrote`` serves both.
     j = units[u, 0]
     intid, latch, lbits, hbits, vpt, vb, use_vpt, nv, base, runs, permx, nslots, sstart, send, sptr = _views(vmt[j])
+    packed = vmt[j, FLAGS_PACKED] != 0
     pg0 = units[u, 3]
 
     qa = np.empty(_WB + 1, np.uint64)
@@ -371,7 +388,10 @@ def _merge_unit(vmt: U64Array, units: I64Array, u: IntLike, out_pages: U64Array,
             bit = iid & 7
             if restore:
                 diff = (val >> bit) & 1
-                latch[i] = diff
+                if packed:
+                    _put_bit(lbits, i, diff)
+                else:
+                    latch[i] = diff
             else:
                 h = _bit(hbits, i)  # zero unless the VPT is used
                 vbit = (np.int64(vpt[min((vrow + (iid >> 3)) * h, vpt.shape[0] - 1)]) >> bit) & 1
@@ -554,19 +574,23 @@ def run_unit(vmt: U64Array, units: I64Array, u: IntLike, out_pages: U64Array, ou
              restore: BoolLike) -> None:
     j = units[u, 0]
     if restore:  # restore reports no bytes_changed
-        _run_unit(vmt, units, u, out_pages, out_cnt, scratch, True, False)
+        if vmt[j, FLAGS_PACKED]:
+            _run_unit(vmt, units, u, out_pages, out_cnt, scratch, True, False, True)
+        else:
+            _run_unit(vmt, units, u, out_pages, out_cnt, scratch, True, False, False)
     elif vmt[j, ONE_PER_BYTE]:
-        _run_unit(vmt, units, u, out_pages, out_cnt, scratch, False, False)
+        _run_unit(vmt, units, u, out_pages, out_cnt, scratch, False, False, False)
     else:
-        _run_unit(vmt, units, u, out_pages, out_cnt, scratch, False, True)
+        _run_unit(vmt, units, u, out_pages, out_cnt, scratch, False, True, False)
 
 
 @jit(inline="always")
 def _run_unit(vmt: U64Array, units: I64Array, u: IntLike, out_pages: U64Array, out_cnt: I64Array, scratch: U8Array,
-              restore: BoolLike, track_bytes: BoolLike) -> None:
-    # ``restore`` and ``track_bytes`` are constants at each call site, so each variant compiles
-    # without the branches it does not need. Without shared bytes (``track_bytes`` False), bytes
-    # changed = writes: measured 0.45 ns/LPI saved on host-4096 (one thread, 5.6 -> 5.2).
+              restore: BoolLike, track_bytes: BoolLike, packed: BoolLike) -> None:
+    # ``restore``, ``track_bytes`` and ``packed`` (a restore writes latch bits, not bytes) are
+    # constants at each call site, so each variant compiles without the branches it does not need.
+    # Without shared bytes (``track_bytes`` False), bytes changed = writes: measured 0.45 ns/LPI
+    # saved on host-4096 (one thread, 5.6 -> 5.2).
     j = units[u, 0]
     intid, latch, lbits, hbits, vpt, vb, use_vpt, nv, base, runs, permx, nslots, sstart, send, sptr = _views(vmt[j])
     vlim = vpt.shape[0] - 1
@@ -655,7 +679,10 @@ def _run_unit(vmt: U64Array, units: I64Array, u: IntLike, out_pages: U64Array, o
                 old = np.int64(view_u8(ha, 1)[0])
                 if restore:
                     diff = (old >> bit) & 1
-                    view_u8(lp, 1)[0] = diff
+                    if packed:
+                        _put_bit(lbits, i, diff)
+                    else:
+                        view_u8(lp, 1)[0] = diff
                 else:
                     h = _bit(hbits, i)
                     vbit = (np.int64(view_u8(va, 1)[0]) >> bit) & 1
@@ -674,7 +701,7 @@ def _run_unit(vmt: U64Array, units: I64Array, u: IntLike, out_pages: U64Array, o
         else:
             w, vr, ch, prev, grp_old, last, wr = _lpis(
                 0, kh, first, stride, iid0, istr, b, hbase, vrow, permx, intid, latch, lbits, hbits, vpt,
-                vlim, sp, prev, grp_old, last, restore, track_bytes,
+                vlim, sp, prev, grp_old, last, restore, track_bytes, packed,
             )
             writes += w
             vpt_reads += vr
@@ -684,11 +711,11 @@ def _run_unit(vmt: U64Array, units: I64Array, u: IntLike, out_pages: U64Array, o
                 ga = hbase + np.uint64((iid0 + istr) >> 3)  # host byte of LPI 1
                 va = vbase + np.uint64(vrow + ((iid0 + istr) >> 3)) if use_vpt else ga
                 w, vr, wr = _word_run(ga, va, iid0 & 7, istr >> 3, first + stride, stride, length - 2, latch,  # type: ignore[assignment]  # int/int64
-                                      lbase, lbits, hbits, use_vpt, restore, sp)
+                                      lbase, lbits, hbits, use_vpt, restore, packed, sp)
                 ch = w  # one LPI per byte, bytes shared with no other run
             elif mode == 2:
                 w, vr, ch, wr = _dense_words(w1, (kt - kh) >> 6, first + kh, vlo, use_vpt, lbase, latch, lbits,  # type: ignore[assignment]  # int/int64
-                                             hbits, restore)  # ch: whole bytes of this run only
+                                             hbits, restore, packed)  # ch: whole bytes of this run only
             if mode != 0:
                 writes += w
                 vpt_reads += vr
@@ -697,7 +724,7 @@ def _run_unit(vmt: U64Array, units: I64Array, u: IntLike, out_pages: U64Array, o
                     changed += ch
             w, vr, ch, prev, grp_old, last, wr = _lpis(
                 kt, length, first, stride, iid0, istr, b, hbase, vrow, permx, intid, latch, lbits, hbits, vpt,
-                vlim, sp, prev, grp_old, last, restore, track_bytes,
+                vlim, sp, prev, grp_old, last, restore, track_bytes, packed,
             )
             writes += w
             vpt_reads += vr
@@ -755,7 +782,7 @@ def _prefetch_run(runs: I64Array, q: int, intid: U32Array, base: U64Array, sstar
 def _lpis(k_lo: IntLike, k_hi: IntLike, first: IntLike, stride: IntLike, iid0: IntLike, istr: IntLike, b: IntLike,
           hbase: IntLike, vrow: IntLike, permx: I32Array, intid: U32Array, latch: U8Array, lbits: U64Array,
           hbits: U64Array, vpt: U8Array, vlim: IntLike, sp: IntLike, prev: np.uint64, grp_old: np.int64,
-          last: np.int64, restore: BoolLike, track_bytes: BoolLike) -> _LpisResult:
+          last: np.int64, restore: BoolLike, track_bytes: BoolLike, packed: BoolLike) -> _LpisResult:
     """LPIs ``k_lo..k_hi`` of a run, one at a time, in plan order: read-modify-write of the guest
     byte in place (re-read after its own store, so LPIs sharing a byte need no merge state).
     Returns (writes, vpt_reads, bytes_changed, prev, grp_old, last, wrote); the byte-group state
@@ -786,7 +813,10 @@ def _lpis(k_lo: IntLike, k_hi: IntLike, first: IntLike, stride: IntLike, iid0: I
                 grp_old = old
         if restore:
             diff = (old >> bit) & 1
-            latch[i] = diff
+            if packed:
+                _put_bit(lbits, i, diff)
+            else:
+                latch[i] = diff
         else:
             # the VPT byte is loaded at an index that does not wait for the hw bit (clamped into
             # the array; validation guarantees hw LPIs are in range), then selected
@@ -806,7 +836,7 @@ def _lpis(k_lo: IntLike, k_hi: IntLike, first: IntLike, stride: IntLike, iid0: I
 @jit(inline="always")
 def _word_run(ga: IntLike, va: IntLike, bit: IntLike, bstep: IntLike, i1: IntLike, stride: IntLike, m: IntLike,
               latch: U8Array, lbase: IntLike, lbits: U64Array, hbits: U64Array, use_vpt: IntLike, restore: BoolLike,
-              sp: IntLike) -> tuple[IntLike, IntLike, IntLike]:
+              packed: BoolLike, sp: IntLike) -> tuple[IntLike, IntLike, IntLike]:
     """``m`` LPIs of a run whose guest bytes ``ga + k*bstep`` (``bstep`` a multiple of 8) hold each
     LPI alone in its 64-bit word, at the same bit; ``va`` is the first VPT byte (or ``ga`` when
     the VPT is not read); ``i1`` the first row, ``stride`` the row step. Every word between the
@@ -825,10 +855,22 @@ def _word_run(ga: IntLike, va: IntLike, bit: IntLike, bstep: IntLike, i1: IntLik
     vreads = np.uint64(0)
     wrote = np.uint64(0)
     if restore:
-        lp = lbase + np.uint64(i1)
         if ws == 1 and stride == 64:
             g = view_u64(gw0, m)
-            lat = view_u8(lp, (m - 1) * 64 + 1)
+            if packed:  # row i1 + 64k is bit ls of latch word (i1 >> 6) + k
+                q0 = i1 >> 6
+                lw = lbits[q0 : q0 + m]
+                ls = np.uint64(i1 & 63)
+                keep = ~(one << ls)
+                for k in range(m):
+                    old = g[k]
+                    ob = (old >> sg) & one
+                    lw[k] = (lw[k] & keep) | (ob << ls)
+                    if ob:
+                        g[k] = old & ~(one << sg)
+                    writes += ob
+                return np.int64(writes), 0, np.int64(writes != 0)
+            lat = view_u8(lbase + np.uint64(i1), (m - 1) * 64 + 1)
             for k in range(m):
                 old = g[k]
                 ob = (old >> sg) & one
@@ -837,15 +879,21 @@ def _word_run(ga: IntLike, va: IntLike, bit: IntLike, bstep: IntLike, i1: IntLik
                     g[k] = old & ~(one << sg)
                 writes += ob
             return np.int64(writes), 0, np.int64(writes != 0)
+        lp = lbase + np.uint64(i1)
         wa = gw0
+        i = i1
         for _k in range(m):
             old = view_u64(wa, 1)[0]
             ob = (old >> sg) & one
-            view_u8(lp, 1)[0] = np.uint8(ob)
+            if packed:
+                _put_bit(lbits, i, ob)
+            else:
+                view_u8(lp, 1)[0] = np.uint8(ob)
             view_u64(sp + (wa - sp) * ob, 1)[0] = old & ~(ob << sg)
             writes += ob
             wa += np.uint64(bstep)
             lp += np.uint64(stride)
+            i += stride
         return np.int64(writes), 0, np.int64(writes != 0)
     vw0 = va & ~np.uint64(7)
     if ws == 1 and stride == 64:
@@ -908,8 +956,23 @@ def _window(words: U64Array, p: IntLike, sh: IntLike) -> IntLike:
 
 
 @jit(inline="always")
+def _put_window(words: U64Array, p: IntLike, val: IntLike) -> None:
+    """Store ``val`` as the 64 bits of a packed array starting at bit ``p`` (the inverse of
+    :func:`_window`)."""
+    q = p >> np.uint64(6)
+    sh = p & np.uint64(63)
+    if sh == 0:
+        words[q] = val
+        return
+    low = (np.uint64(1) << sh) - np.uint64(1)  # bits below p in word q
+    words[q] = (words[q] & low) | (val << sh)
+    words[q + np.uint64(1)] = (words[q + np.uint64(1)] & ~low) | (val >> (np.uint64(64) - sh))
+
+
+@jit(inline="always")
 def _dense_words(w1: IntLike, nw: IntLike, i1: IntLike, vlo: IntLike, use_vpt: IntLike, lbase: IntLike, latch: U8Array,
-                 lbits: U64Array, hbits: U64Array, restore: BoolLike) -> tuple[IntLike, IntLike, IntLike, IntLike]:
+                 lbits: U64Array, hbits: U64Array, restore: BoolLike,
+                 packed: BoolLike) -> tuple[IntLike, IntLike, IntLike, IntLike]:
     """``nw`` whole guest words (host word index ``w1`` on) whose 64 bits belong to consecutive
     rows ``i1, i1 + 1, ...`` (one LPI per bit). ``vlo`` is the host bit address of the first
     row's VPT bit. Returns (writes, vpt_reads, bytes_changed, wrote)."""
@@ -918,11 +981,14 @@ def _dense_words(w1: IntLike, nw: IntLike, i1: IntLike, vlo: IntLike, use_vpt: I
     vreads = np.uint64(0)
     changed = np.uint64(0)
     if restore:
-        lat = view_u8(lbase + np.uint64(i1), nw * 64)
+        lat = view_u8(lbase + np.uint64(i1), 0 if packed else nw * 64)
         for w in range(nw):
             old = g[w]
-            for b in range(64):
-                lat[w * 64 + b] = np.uint8((old >> np.uint64(b)) & np.uint64(1))
+            if packed:  # rows i1 + 64w .. + 63: a 64-bit window of the latch bits
+                _put_window(lbits, np.uint64(i1 + w * 64), old)
+            else:
+                for b in range(64):
+                    lat[w * 64 + b] = np.uint8((old >> np.uint64(b)) & np.uint64(1))
             if old:
                 g[w] = 0
             writes += popcount64(old)  # type: ignore[call-arg]  # an intrinsic: typed as numba calls it
