@@ -154,7 +154,10 @@ def roofline_summaries(doc: dict, scenario: str = "host-4096") -> list[dict]:
     roofline time), ``read_bw``, ``rmw_bw``, ``copy_bw`` (bytes/s), ``threads`` and ``touch``
     (the byte counts the roofline benchmark recorded); ``packed``: the same three figures
     (``engine_s``, ``c_ratio``, ``roofline_ratio``) for ``engine_many_packed`` (packed LPI
-    tables), or None without that row."""
+    tables), or None without that row; ``interleaved``: per implementation of the
+    ``roofline-interleaved`` group (probes and save alternated round by round), its median save
+    time, median roofline time and median per-round ratio (``engine_s``, ``roofline_s``,
+    ``ratio``)."""
     by_group: dict[str, list[dict]] = {}
     for b in doc.get("benchmarks", []):
         if (b.get("stats") or {}).get("median") is not None:
@@ -181,6 +184,12 @@ def roofline_summaries(doc: dict, scenario: str = "host-4096") -> list[dict]:
         roof_s = None
         if touch and read_bw and rmw_bw:
             roof_s = touch["read_only_bytes"] / read_bw + touch["written_bytes"] / rmw_bw
+        inter = {}
+        for b in by_group.get(f"roofline-interleaved {scenario} [{tier}]", []):
+            x = b.get("extra_info") or {}
+            if x.get("ratio_median") is not None:
+                inter[_impl(b)] = {"engine_s": float(b["stats"]["median"]), "roofline_s": x["roofline_s_median"],
+                                   "ratio": x["ratio_median"]}
         p_s = med.get("engine_many_packed")
         packed = None if p_s is None else {
             "engine_s": p_s, "c_ratio": c_s / p_s if c_s and p_s > 0 else None,
@@ -191,7 +200,7 @@ def roofline_summaries(doc: dict, scenario: str = "host-4096") -> list[dict]:
             "c_ratio": c_s / e_s if c_s and e_s > 0 else None,
             "roofline_s": roof_s, "roofline_ratio": e_s / roof_s if roof_s else None,
             "read_bw": read_bw, "rmw_bw": rmw_bw, "copy_bw": copy_bw,
-            "threads": sorted(set(th_r) | set(th_w)), "touch": touch, "packed": packed,
+            "threads": sorted(set(th_r) | set(th_w)), "touch": touch, "packed": packed, "interleaved": inter,
         })
     return out
 
@@ -231,6 +240,12 @@ def _render_summary(sm: dict, scenario: str) -> list[str]:
             f"{sm['read_bw'] / 1e9:.1f} GB/s, in-place read-modify-write {sm['rmw_bw'] / 1e9:.1f} GB/s "
             f"(best over {th} threads){copy}."
         )
+    if sm.get("interleaved"):
+        out += ["", "Interleaved (each round: fresh tables, then the read and read-modify-write probes, then the save; "
+                "the ratio is the median over rounds of save time / that round's roofline time):", "",
+                "| | save median | roofline median | save / roofline (median of rounds) |", "|---|---:|---:|---:|"]
+        for name, x in sm["interleaved"].items():
+            out.append(f"| {name} | {_fmt_time(x['engine_s'])} | {_fmt_time(x['roofline_s'])} | {x['ratio']:.2f}× |")
     out.append("")
     return out
 

@@ -161,6 +161,19 @@ def test_roofline_summary_ratios(bt):
     assert "| stream_read x2 | 5.56 ms | 36.0 | 40.0 |" in full  # probes as bandwidths (median, best)
 
 
+def test_roofline_summary_interleaved_rows(bt):
+    doc, _ = _roofline_doc()
+    for impl, t, ratio in (("engine_many", 0.004, 2.5), ("engine_many_packed", 0.003, 1.9)):
+        b = _bench("roofline-interleaved host-4096 [big]", impl, t, 1_000_000)
+        b["extra_info"].update(ratio_median=ratio, roofline_s_median=0.0015)
+        doc["benchmarks"].append(b)
+    (sm,) = bt.roofline_summaries(doc)
+    assert sm["interleaved"]["engine_many_packed"] == {"engine_s": 0.003, "roofline_s": 0.0015, "ratio": 1.9}
+    text = bt.render([doc], summary_only=True)
+    assert "| engine_many_packed | 3.00 ms | 1.50 ms | 1.90× |" in text
+    assert "| engine_many | 4.00 ms | 1.50 ms | 2.50× |" in text
+
+
 def test_no_summary_without_a_host_save_group(bt):
     assert bt.roofline_summaries(_doc())[0]["roofline_s"] is None  # save group, no roofline group
     assert "roofline" not in bt.render([_doc()])  # nor a C row: no summary printed
