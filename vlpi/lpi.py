@@ -26,7 +26,6 @@ reading of a ``bool`` byte).
 from __future__ import annotations
 
 import contextlib
-import sys
 import threading
 from collections.abc import Hashable, Iterator
 from typing import Any, TypeVar
@@ -44,9 +43,8 @@ _TARGET_MAX = np.iinfo(np.int32).max
 
 _ScalarT = TypeVar("_ScalarT", bound=np.generic)
 
-# Packed flags: bit i of word i // 64 (little-endian words, so byte i // 8, bit i % 8 of the
-# words' bytes: numpy's bitorder="little") is row i.
-assert sys.byteorder == "little", "packed LPI flags assume a little-endian host"
+# Packed flags: bit i % 64 of word i // 64 is row i; as little-endian bytes, bit i % 8 of byte
+# i // 8 (numpy's bitorder="little"), which is how they are packed and unpacked here.
 
 
 def flag_word_count(n: int) -> int:
@@ -58,14 +56,14 @@ def flag_word_count(n: int) -> int:
 def _pack_into(out: U64Array, flags: npt.NDArray[Any]) -> None:
     """Write ``flags`` (bool or 0/1 bytes, one per row) into the packed words ``out``; pad bits 0."""
     b = np.packbits(flags.view(np.uint8) != 0, bitorder="little")
-    raw = out.view(np.uint8)
+    raw = np.zeros(out.size * 8, np.uint8)
     raw[: b.size] = b
-    raw[b.size :] = 0
+    out[:] = raw.view("<u8")  # a plain copy on a little-endian host
 
 
 def _unpack(words: U64Array, n: int) -> U8Array:
     """Rows ``0..n-1`` of packed words as a fresh uint8 0/1 array."""
-    return np.unpackbits(words.view(np.uint8), count=n, bitorder="little")
+    return np.unpackbits(words.astype("<u8", copy=False).view(np.uint8), count=n, bitorder="little")
 
 
 def _target_dtype(max_target: int) -> np.dtype[np.signedinteger[Any]]:
@@ -293,7 +291,8 @@ class LPITable:
         if self._words is None:
             return self._pending_latch if which == 0 else self._hw
         nbw = flag_word_count(len(self))
-        a = _unpack(self._words[which * nbw : (which + 1) * nbw], len(self)).view(np.bool_)
+        with self._lock:  # a whole state, never half of a set_flags
+            a = _unpack(self._words[which * nbw : (which + 1) * nbw], len(self)).view(np.bool_)
         a.flags.writeable = False
         return a
 

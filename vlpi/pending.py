@@ -682,14 +682,14 @@ _SERIAL_BELOW = 1 << 15  # LPIs per batch below which the kernels run on one thr
 _BATCHES: dict[tuple[bool, bool], _Batch] = {}  # (flavour, restore) -> the last _Batch
 
 
-def _run(jobs: list[_Job], restore: bool, pack: bool = False) -> list[tuple[I64Array, I64Array]]:
+def _run(jobs: list[_Job], restore: bool, pack: bool = False) -> list[tuple[list[int], I64Array]]:
     """Run jobs through the run kernel where every run lies in one memslot, and through the
     byte-merging kernel otherwise (a run straddling adjacent slots); one parallel pass each.
     ``pack``: the kernels take the save's flag snapshots first (not yet taken).
     Returns per job (counts, pages), counts = (writes, vpt_reads, bytes_changed, n_pages); the
     pages are logged in each job's memory."""
     flags = [jb.planned.runs_in_slots(jb.mem) for jb in jobs]
-    res: list[tuple[I64Array, I64Array]] = [None] * len(jobs)  # type: ignore[list-item]  # all set below
+    res: list[tuple[list[int], I64Array]] = [None] * len(jobs)  # type: ignore[list-item]  # all set below
     for run_kernel in (True, False):
         idx = [i for i, f in enumerate(flags) if f is run_kernel]
         if not idx:
@@ -707,10 +707,11 @@ def _run(jobs: list[_Job], restore: bool, pack: bool = False) -> list[tuple[I64A
                 batch = _Batch(sub, whole_vm=restore)
                 _BATCHES[key] = batch
         counts, pages = batch.run(_k.run_units if run_kernel else _k.merge_units, restore, sub, pack)
+        rows = counts.tolist()  # Python ints for the reports (one conversion, not one per field)
         for k, i in enumerate(idx):
             if len(pages[k]):
                 jobs[i].mem.mark_dirty(pages[k])
-            res[i] = (counts[k], pages[k])
+            res[i] = (rows[k], pages[k])
     return res
 
 
@@ -861,7 +862,7 @@ def _save_locked(jobs: Sequence[_JobArgs], has_gicv4_1: bool, order: str, atomic
         _snapshot_flags(ctx)
     bad: int | None = None
     fault: _Fault | None = None
-    for j, c in enumerate(ctx):  # the first VM whose walk would fault, if any
+    for j, c in enumerate(ctx if scan else ()):  # the first VM whose walk would fault, if any
         fault = c.first_fault(0, key_intid)
         if fault is not None:
             bad = j
@@ -879,7 +880,7 @@ def _save_locked(jobs: Sequence[_JobArgs], has_gicv4_1: bool, order: str, atomic
     results = _run(ok, restore=False, pack=not scan)
     dt = time.perf_counter() - t0
     reports = [
-        _save_report(c, has_gicv4_1, order, c.planned.reads[order], int(cnt[0]), int(cnt[1]), int(cnt[2]), pages, dt)
+        _save_report(c, has_gicv4_1, order, c.planned.reads[order], cnt[0], cnt[1], cnt[2], pages, dt)
         for c, (cnt, pages) in zip(ok, results, strict=True)
     ]
     if bad is not None:

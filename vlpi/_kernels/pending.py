@@ -911,8 +911,7 @@ def _word_run(ga: IntLike, va: IntLike, bit: IntLike, bstep: IntLike, i1: IntLik
                 if diff:
                     g[k] = old ^ (diff << sg)
                 writes += diff
-                wrote |= diff
-            return np.int64(writes), 0, np.int64(wrote)
+            return np.int64(writes), 0, np.int64(writes != 0)
         for k in range(m):
             lt = (lw[k] >> ls) & one
             hh = (hw[k] >> ls) & one
@@ -924,8 +923,7 @@ def _word_run(ga: IntLike, va: IntLike, bit: IntLike, bstep: IntLike, i1: IntLik
                 g[k] = old ^ (diff << sg)
             writes += diff
             vreads += hh
-            wrote |= diff
-        return np.int64(writes), np.int64(vreads), np.int64(wrote)
+        return np.int64(writes), np.int64(vreads), np.int64(writes != 0)  # (a third reduction costs ~5%)
     wa = gw0
     vwa = vw0
     i = i1
