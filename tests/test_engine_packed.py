@@ -223,7 +223,14 @@ def test_packed_table_holds_bits_and_reads_back_copies():
         t.pending_latch[1] = True
     assert "packed" in repr(t) and f"{int(hw.sum())} hw" in repr(t)
     c = t.copy()
-    assert c.packed and np.array_equal(c.pending_latch, t.pending_latch) and c.flag_words is not t.flag_words
+    assert c.packed and np.array_equal(c.pending_latch, t.pending_latch)
+    assert not np.shares_memory(c.flag_words, t.flag_words)
+    w = t.flag_words  # the engine's view of the bits: neither writable nor resizable by a caller
+    with pytest.raises(ValueError, match="read-only"):
+        w[0] = 1
+    with pytest.raises(ValueError):
+        w.resize(4, refcheck=False)
+    assert np.array_equal(t.pending_latch, latch ^ (np.arange(n) == 0))
     assert not vlpi.LPITable([8192], [0]).packed
 
 

@@ -247,9 +247,15 @@ class LPITable:
     @property
     def flag_words(self) -> U64Array | None:
         """Packed table: its flag bits, ``pending_latch`` words then ``hw`` words
-        (:func:`flag_word_count` each; bit ``i % 64`` of word ``i // 64`` is row ``i``); None for a
-        byte table (engine interface: the engine reads and writes these words under :attr:`lock`)."""
-        return self._words
+        (:func:`flag_word_count` each; bit ``i % 64`` of word ``i // 64`` is row ``i``), as a
+        read-only view; None for a byte table (engine interface: the engine reads these words, and a
+        restore writes the latch words through their address, under :attr:`lock`; the view cannot
+        be written or resized, so the bits change only through the table)."""
+        if self._words is None:
+            return None
+        v = self._words.view()
+        v.flags.writeable = False
+        return v
 
     @contextlib.contextmanager
     def flag_bytes(self, write_latch: bool = False) -> Iterator[tuple[U8Array, U8Array]]:
