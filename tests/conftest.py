@@ -4,7 +4,8 @@
   ``import oracle`` and ``import strategies``.
 * Hypothesis profiles: ``default`` (bounded, no deadline: first calls compile numba kernels) and
   ``thorough`` (``HYPOTHESIS_PROFILE=thorough``, 10x the examples).
-* Tests marked ``engine`` are skipped (not failed) while ``vlpi`` does not export the engine yet.
+* If ``vlpi`` does not export the engine, collection fails loudly (engine tests are never skipped).
+* Fixture ``tiny_units``: small scenarios through the engine's parallel kernels.
 """
 
 from __future__ import annotations
@@ -46,3 +47,16 @@ def pytest_collection_modifyitems(config, items):
     # The engine is part of the package: if its names are missing, fail loudly (never skip).
     if not engine_available():
         raise pytest.UsageError("vlpi does not export the engine: " + ", ".join(ENGINE_NAMES))
+
+
+@pytest.fixture
+def tiny_units(monkeypatch):
+    """Shrink the engine's run/unit sizes and disable its serial fallback, so that small
+    scenarios are split into many runs and work units processed by the parallel kernels
+    (normally only batches of > 2**17 LPIs are). Fails loudly if the knobs are renamed."""
+    import vlpi.pending as P
+
+    monkeypatch.setattr(P, "_MAX_RUN", 3)
+    monkeypatch.setattr(P, "_MIN_STRIDED", 2)
+    monkeypatch.setattr(P, "_UNIT", 8)
+    monkeypatch.setattr(P, "_SERIAL_BELOW", 0)

@@ -320,19 +320,6 @@ def test_save_many_hypothesis(scns, order, v41):
 
 
 # ------------------------------------------------------- parallel kernels, tiny work units
-@pytest.fixture
-def tiny_units(monkeypatch):
-    """Shrink the engine's run/unit sizes and disable its serial fallback, so that small
-    scenarios are split into many runs and work units processed by the parallel kernels
-    (normally only batches of > 2**17 LPIs are). Fails loudly if the knobs are renamed."""
-    import vlpi.pending as P
-
-    monkeypatch.setattr(P, "_MAX_RUN", 3)
-    monkeypatch.setattr(P, "_MIN_STRIDED", 2)
-    monkeypatch.setattr(P, "_UNIT", 8)
-    monkeypatch.setattr(P, "_SERIAL_BELOW", 0)
-
-
 def test_parallel_kernels_with_tiny_units(tiny_units):
     for seed in range(200):
         scn = gen_scenario(_rng(13, seed), max_lpis=120)

@@ -62,15 +62,26 @@ def test_save_then_restore_match_the_reference(kind, order):
     mem, pend, intid, target, latch, hw, vpt = _layout(kind)
     lpis = vlpi.LPITable(intid, target, latch.copy(), hw.copy())
     mref = clone_memory(mem)
-    want = ref.ref_save(mref, pend, intid, target, latch.copy(), hw.copy(), vpt, True, order)
-    got = vlpi.save_pending_tables(mem, pend, lpis, vpt=vpt, has_gicv4_1=True, order=order)
-    assert np.array_equal(mem.slots[0].data, mref.slots[0].data)
+    check_save(mem, mref, pend, intid, target, lpis, latch, hw, vpt, True, order)
+    check_restore(mem, mref, pend, intid, target, lpis)
+
+
+def check_save(mem, mref, pend, intid, target, lpis, latch, hw, vpt, gic41, order):
+    """One save by the engine (on ``mem``, ``lpis``) and by the reference (on ``mref``, from the
+    plain arrays ``latch``/``hw``): bytes of the first slot, counts and dirty pages agree."""
+    want = ref.ref_save(mref, pend, intid, target, latch.copy(), hw.copy(), vpt, gic41, order)
+    got = vlpi.save_pending_tables(mem, pend, lpis, vpt=vpt, has_gicv4_1=gic41, order=order)
+    assert np.array_equal(mem.slots[0].data, mref.slots[0].data), order
     assert (got.guest_reads, got.guest_writes, got.vpt_reads, got.bytes_changed) == (
         want.guest_reads, want.guest_writes, want.vpt_reads, want.bytes_changed
-    )
-    assert np.array_equal(got.dirty_pages, want.dirty_pages)
+    ), order
+    assert np.array_equal(got.dirty_pages, want.dirty_pages), order
 
-    lat_ref = lpis.pending_latch.copy()
+
+def check_restore(mem, mref, pend, intid, target, lpis):
+    """One restore by the engine and by the reference, from the table's current pending_latch:
+    bytes, pending_latch, counts and dirty pages agree."""
+    lat_ref = np.array(lpis.pending_latch, copy=True)
     want_r = ref.ref_sync_pending_status(mref, pend, intid, target, lat_ref, True)
     got_r = vlpi.sync_pending_status(mem, pend, lpis)
     assert np.array_equal(mem.slots[0].data, mref.slots[0].data)

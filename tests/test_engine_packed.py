@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from oracle import Scenario, assert_engine_matches, assert_save_many_matches
 from strategies import LARGE_SHAPES, gen_large_scenario, gen_scenario, scenarios
 from test_engine_layouts import clone_memory
-from test_engine_words import KINDS, _layout
+from test_engine_words import _layout
 
 import vlpi
 
@@ -90,39 +90,7 @@ def test_packed_large_tables(shape):
 
 
 # ------------------------------------------------------------------ the word paths
-@pytest.mark.parametrize("offsets", [(0, 0), (3, 5), (7, 1)], ids=["aligned", "odd3_5", "odd7_1"])
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("gic41", [True, False], ids=["v4.1", "v3"])
-def test_packed_word_paths_match_the_reference(kind, offsets, gic41):
-    """The layouts whose runs merge a word at a time: a packed save reads the table's bits in
-    those loops, and a packed restore writes latch bits from them (a lane of a word for rows 64
-    apart, a 64-bit window for consecutive rows), at every host alignment."""
-    mem, pend, intid, target, latch, hw, vpt = _layout(kind, slot_offset=offsets[0], vpt_offset=offsets[1])
-    if not gic41:
-        latch = np.random.default_rng(1).random(intid.size) < 0.5
-    lpis = vlpi.LPITable(intid, target, latch, hw, packed=True)
-    mref = clone_memory(mem)
-    vpt_arg = vpt if gic41 else None
-    for order in ("intid", "insertion"):
-        want = ref.ref_save(mref, pend, intid, target, latch.copy(), hw.copy(), vpt_arg, gic41, order)
-        got = vlpi.save_pending_tables(mem, pend, lpis, vpt=vpt_arg, has_gicv4_1=gic41, order=order)
-        assert np.array_equal(mem.slots[0].data, mref.slots[0].data), order
-        assert (got.guest_reads, got.guest_writes, got.vpt_reads, got.bytes_changed) == (
-            want.guest_reads, want.guest_writes, want.vpt_reads, want.bytes_changed
-        ), order
-        assert np.array_equal(got.dirty_pages, want.dirty_pages), order
-        latch = latch ^ (np.random.default_rng(2).random(intid.size) < 0.5)
-        lpis.pending_latch = latch  # a packed table changes through its setters
-    # restore into a latch that disagrees everywhere, so every written bit shows
-    lpis.pending_latch = ~latch
-    lat_ref = ~latch
-    want_r = ref.ref_sync_pending_status(mref, pend, intid, target, lat_ref, True)
-    got_r = vlpi.sync_pending_status(mem, pend, lpis)
-    assert np.array_equal(mem.slots[0].data, mref.slots[0].data)
-    assert np.array_equal(lpis.pending_latch, np.asarray(lat_ref, bool))
-    assert (got_r.guest_reads, got_r.guest_writes) == (want_r.guest_reads, want_r.guest_writes)
-    assert np.array_equal(got_r.dirty_pages, want_r.dirty_pages)
-    assert np.array_equal(lpis.hw, hw)  # a restore writes only latch bits
+# (every word-path layout, byte and packed: test_engine_words.test_word_paths_match_the_reference)
 
 
 def test_packed_restore_keeps_the_latch_of_untargeted_rows_and_the_pad_bits():
@@ -155,18 +123,6 @@ def test_save_many_mixes_packed_and_byte_tables():
                 scns.append(replace(s, packed=len(scns) % 2 == 0))
         for order, v41 in itertools.product(("intid", "insertion"), (False, True)):
             assert_save_many_matches(scns, order=order, atomic=True, has_gicv4_1=v41)
-
-
-@pytest.fixture
-def tiny_units(monkeypatch):
-    """Many runs and work units on small scenarios, through the parallel kernels (see
-    test_engine_differential.tiny_units)."""
-    import vlpi.pending as P
-
-    monkeypatch.setattr(P, "_MAX_RUN", 3)
-    monkeypatch.setattr(P, "_MIN_STRIDED", 2)
-    monkeypatch.setattr(P, "_UNIT", 8)
-    monkeypatch.setattr(P, "_SERIAL_BELOW", 0)
 
 
 def test_packed_parallel_kernels_with_tiny_units(tiny_units):
