@@ -92,6 +92,21 @@ def _int_array(x: npt.ArrayLike, name: str) -> npt.NDArray[np.integer[Any]]:
     return a
 
 
+def _rows(index: npt.ArrayLike, n: int, who: str, negative: bool) -> npt.NDArray[np.int64]:
+    """Row indices (int64) from integer indices or a bool mask of ``n`` rows; ``negative``: also
+    accept -n..-1 (counted from the end). Errors name ``who`` and the first offending entry."""
+    idx = np.asarray(index)
+    if idx.dtype == np.bool_:
+        if idx.shape != (n,):
+            raise ValueError(f"{who}: mask has shape {idx.shape}, expected ({n},)")
+        idx = np.flatnonzero(idx)
+    idx = _int_array(np.atleast_1d(idx), "index").astype(np.int64)
+    bad = np.flatnonzero((idx < (-n if negative else 0)) | (idx >= n))
+    if bad.size:
+        raise IndexError(f"{who}: index[{bad[0]}] = {idx[bad[0]]} out of range for {n} LPIs")
+    return idx
+
+
 def _flag_array(x: npt.ArrayLike | None, name: str, n: int) -> BoolArray | U8Array:
     """bool/uint8 flags; a contiguous writeable bool or 0/1 uint8 array is used in place.
 
@@ -356,18 +371,7 @@ class LPITable:
             Naming the argument and the first offending entry; nothing is changed.
         """
         n = len(self)
-        if isinstance(index, slice):
-            idx = np.arange(n)[index]
-        else:
-            idx = np.asarray(index)
-            if idx.dtype == np.bool_:
-                if idx.shape != (n,):
-                    raise ValueError(f"set_flags: mask has shape {idx.shape}, expected ({n},)")
-                idx = np.flatnonzero(idx)
-            idx = _int_array(np.atleast_1d(idx), "index").astype(np.int64)
-            bad = np.flatnonzero((idx < -n) | (idx >= n))
-            if bad.size:
-                raise IndexError(f"set_flags: index[{bad[0]}] = {idx[bad[0]]} out of range for {n} LPIs")
+        idx = np.arange(n)[index] if isinstance(index, slice) else _rows(index, n, "set_flags", negative=True)
         vals: list[tuple[int, npt.NDArray[np.bool_]]] = []
         for which, (name, v) in enumerate((("pending_latch", pending_latch), ("hw", hw))):
             if v is None:
@@ -432,15 +436,7 @@ class LPITable:
         """Retarget LPIs (MOVI, MOVALL, MAPC remap). ``index``: row indices (or a bool mask);
         ``vcpu``: new target(s), -1 for none. Invalidates cached orderings."""
         n = len(self)
-        idx = np.asarray(index)
-        if idx.dtype == np.bool_:
-            if idx.shape != (n,):
-                raise ValueError(f"set_targets: mask has shape {idx.shape}, expected ({n},)")
-            idx = np.flatnonzero(idx)
-        idx = _int_array(np.atleast_1d(idx), "index").astype(np.int64)
-        bad = np.flatnonzero((idx < 0) | (idx >= n))
-        if bad.size:
-            raise IndexError(f"set_targets: index[{bad[0]}] = {idx[bad[0]]} out of range for {n} LPIs")
+        idx = _rows(index, n, "set_targets", negative=False)
         v = np.broadcast_to(np.asarray(vcpu), idx.shape)
         if v.size and (v.dtype == np.bool_ or not np.issubdtype(v.dtype, np.integer)):
             raise TypeError(f"set_targets: vcpu must be integers, got dtype {v.dtype}")
