@@ -227,6 +227,26 @@ def _put_bit(words: U64Array, i: IntLike, v: IntLike) -> None:
     words[q] = (words[q] & ~(np.uint64(1) << s)) | (np.uint64(v) << s)
 
 
+@jit(inline="always")
+def _set_latch(latch: U8Array, lbits: U64Array, i: IntLike, v: IntLike, packed: BoolLike) -> None:
+    """A restore's assignment of row ``i``'s pending_latch: its byte, or a packed table's bit."""
+    if packed:
+        _put_bit(lbits, i, v)
+    else:
+        latch[i] = v
+
+
+@jit(inline="always")
+def _wanted(lbits: U64Array, hbits: U64Array, i: IntLike, vbyte: IntLike, bit: IntLike) -> tuple[np.int64, np.int64]:
+    """(wanted bit, hw) of row ``i`` in a save: its pending_latch, or where it is hw (the hw bits
+    are zero unless the VPT is used) bit ``bit`` of ``vbyte``, its VPT byte (loaded by the caller
+    whatever hw is, so the load need not wait for the hw bit)."""
+    h = _bit(hbits, i)
+    lt = _bit(lbits, i)
+    vbit = (np.int64(vbyte) >> bit) & 1
+    return lt ^ ((lt ^ vbit) & h), h
+
+
 # ------------------------------------------------------------------ flag snapshots
 @jit(inline="always")
 def _pack_row(row: U64Array) -> None:
@@ -388,15 +408,9 @@ def _merge_unit(vmt: U64Array, units: I64Array, u: IntLike, out_pages: U64Array,
             bit = iid & 7
             if restore:
                 diff = (val >> bit) & 1
-                if packed:
-                    _put_bit(lbits, i, diff)
-                else:
-                    latch[i] = diff
+                _set_latch(latch, lbits, i, diff, packed)
             else:
-                h = _bit(hbits, i)  # zero unless the VPT is used
-                vbit = (np.int64(vpt[min((vrow + (iid >> 3)) * h, vpt.shape[0] - 1)]) >> bit) & 1
-                lt = _bit(lbits, i)
-                want = lt ^ ((lt ^ vbit) & h)
+                want, h = _wanted(lbits, hbits, i, vpt[min(vrow + (iid >> 3), vpt.shape[0] - 1)], bit)
                 diff = ((val >> bit) & 1) ^ want
                 vpt_reads += h  # type: ignore[assignment]  # int and int64: one type in numba
             val ^= diff << bit
@@ -459,9 +473,7 @@ def first_fault(vmrow: U64Array, run_lo: IntLike, run_hi: IntLike, mode: IntLike
             bit = iid & 7
             stored = (view_u8(sptr[s], send[s] - sstart[s])[addr - sstart[s]] >> bit) & 1
             if mode == 0:
-                want = np.uint8(_bit(lbits, i))
-                if _bit(hbits, i):
-                    want = (vpt[min(v * vb + (iid >> 3), vpt.shape[0] - 1)] >> bit) & 1
+                want, _h = _wanted(lbits, hbits, i, vpt[min(v * vb + (iid >> 3), vpt.shape[0] - 1)], bit)
                 fault = want != stored
             else:
                 fault = stored == 1
@@ -672,22 +684,14 @@ def _run_unit(vmt: U64Array, units: I64Array, u: IntLike, out_pages: U64Array, o
             ha = hbase + np.uint64(iid0 >> 3)
             va = vbase + np.uint64(min(vrow + (iid0 >> 3), vlim))
             vstep = bstep * np.uint64(use_vpt)
-            lp = lbase + np.uint64(first)
-            rstep = np.uint64(stride)
             i = first
             for _k in range(length):
                 old = np.int64(view_u8(ha, 1)[0])
                 if restore:
                     diff = (old >> bit) & 1
-                    if packed:
-                        _put_bit(lbits, i, diff)
-                    else:
-                        view_u8(lp, 1)[0] = diff
+                    _set_latch(latch, lbits, i, diff, packed)
                 else:
-                    h = _bit(hbits, i)
-                    vbit = (np.int64(view_u8(va, 1)[0]) >> bit) & 1
-                    lt = _bit(lbits, i)
-                    want = lt ^ ((lt ^ vbit) & h)
+                    want, h = _wanted(lbits, hbits, i, view_u8(va, 1)[0], bit)
                     diff = ((old >> bit) & 1) ^ want
                     vpt_reads += h  # type: ignore[assignment]  # int and int64: one type in numba
                 last = old ^ (diff << bit)
@@ -696,7 +700,6 @@ def _run_unit(vmt: U64Array, units: I64Array, u: IntLike, out_pages: U64Array, o
                 wrote |= diff
                 ha += bstep
                 va += vstep
-                lp += rstep
                 i += stride
         else:
             w, vr, ch, prev, grp_old, last, wr = _lpis(
@@ -813,17 +816,11 @@ def _lpis(k_lo: IntLike, k_hi: IntLike, first: IntLike, stride: IntLike, iid0: I
                 grp_old = old
         if restore:
             diff = (old >> bit) & 1
-            if packed:
-                _put_bit(lbits, i, diff)
-            else:
-                latch[i] = diff
+            _set_latch(latch, lbits, i, diff, packed)
         else:
-            # the VPT byte is loaded at an index that does not wait for the hw bit (clamped into
-            # the array; validation guarantees hw LPIs are in range), then selected
-            h = _bit(hbits, i)
-            vbit = (np.int64(vpt[min(vrow + byte, vlim)]) >> bit) & 1
-            lt = _bit(lbits, i)
-            want = lt ^ ((lt ^ vbit) & h)
+            # the VPT byte's index is clamped into the array (validation guarantees hw LPIs are
+            # in range); the byte is selected only where the LPI is hw
+            want, h = _wanted(lbits, hbits, i, vpt[min(vrow + byte, vlim)], bit)  # type: ignore[arg-type]  # one element: numpy's stubs type the mixed-int index as possibly an array
             diff = ((old >> bit) & 1) ^ want
             vpt_reads += h  # type: ignore[assignment]  # int and int64: one type in numba
         last = old ^ (diff << bit)
@@ -879,20 +876,15 @@ def _word_run(ga: IntLike, va: IntLike, bit: IntLike, bstep: IntLike, i1: IntLik
                     g[k] = old & ~(one << sg)
                 writes += ob
             return np.int64(writes), 0, np.int64(writes != 0)
-        lp = lbase + np.uint64(i1)
         wa = gw0
         i = i1
         for _k in range(m):
             old = view_u64(wa, 1)[0]
             ob = (old >> sg) & one
-            if packed:
-                _put_bit(lbits, i, ob)
-            else:
-                view_u8(lp, 1)[0] = np.uint8(ob)
+            _set_latch(latch, lbits, i, ob, packed)
             view_u64(sp + (wa - sp) * ob, 1)[0] = old & ~(ob << sg)
             writes += ob
             wa += np.uint64(bstep)
-            lp += np.uint64(stride)
             i += stride
         return np.int64(writes), 0, np.int64(writes != 0)
     vw0 = va & ~np.uint64(7)
