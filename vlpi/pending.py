@@ -427,7 +427,7 @@ def _guard(jobs: Iterable[_Job], *extra: npt.NDArray[Any]) -> contextlib.Abstrac
     for c in jobs:
         lp = c.lpis
         t = c.mem.kernel_tables()
-        flags = [lp.pending_latch, lp.hw] if lp.flag_words is None else []  # else c.bits are its flags
+        flags = [] if lp.packed else [lp.pending_latch, lp.hw]  # a packed table's flags are c.bits
         arrays += [lp.intid, lp.target_vcpu, *flags, c.base, c.vpt, *t[:4], *t[6]]
         arrays.append(c.bits)
         if c.hw_zero is not None:
