@@ -18,6 +18,15 @@ from vlpi.scenarios import build_vm
 pytestmark = pytest.mark.engine
 
 
+def _save(vm, **kw):
+    """One save of ``vm``, through the call its fixture chose: ``save_pending_tables``, or
+    ``save_pending_tables_many`` with a two-VM host (the many-VM call caches its job list too)."""
+    if vm.call == "one":
+        return vlpi.save_pending_tables(vm.mem, vm.pendbaser, vm.lpis, vpt=vm.vpt, **kw)
+    other = vm.other
+    return vlpi.save_pending_tables_many([(vm.mem, vm.pendbaser, vm.lpis, vm.vpt), other.job], **kw)[0]
+
+
 def _check_save(vm, *, has_gicv4_1=True, order="intid"):
     """Save with the engine (caches warm) and compare with the reference on a copy."""
     mem2 = clone_memory(vm.mem)
@@ -26,7 +35,7 @@ def _check_save(vm, *, has_gicv4_1=True, order="intid"):
         mem2, vm.pendbaser, lp.intid, lp.target_vcpu, lp.pending_latch.copy(), lp.hw.copy(),
         vm.vpt, has_gicv4_1, order,
     )
-    rep = vlpi.save_pending_tables(vm.mem, vm.pendbaser, lp, vpt=vm.vpt, has_gicv4_1=has_gicv4_1, order=order)
+    rep = _save(vm, has_gicv4_1=has_gicv4_1, order=order)
     for a, b in zip(vm.mem.slots, mem2.slots, strict=True):
         assert np.array_equal(a.data, b.data), "guest bytes differ from the reference"
     assert (rep.guest_reads, rep.guest_writes, rep.vpt_reads, rep.bytes_changed) == (
@@ -36,10 +45,13 @@ def _check_save(vm, *, has_gicv4_1=True, order="intid"):
     return rep
 
 
-@pytest.fixture
-def vm():
+@pytest.fixture(params=["one", "many"])
+def vm(request):
     v = build_vm(vcpus=4, id_bits=14, gic="v4.1", seed=7)
-    vlpi.save_pending_tables(v.mem, v.pendbaser, v.lpis, vpt=v.vpt, has_gicv4_1=True)  # warm caches
+    v.call = request.param
+    v.other = build_vm(vcpus=2, id_bits=14, gic="v4.1", seed=8)  # the second VM of a "many" call
+    for _ in range(2):  # warm every cache (the many-VM call caches its job list on its first call)
+        _save(v, has_gicv4_1=True)
     v.randomize(np.random.default_rng(1))
     return v
 
@@ -96,20 +108,23 @@ def test_narrow_vpt_rechecks_hw_every_call(vm):
     lp = vm.lpis
     high = int(np.argmax(lp.intid))
     lp.hw[:] = False
-    vpt = np.zeros((vm.pendbaser.size, int(lp.intid[high]) >> 3), np.uint8)  # too narrow for `high`
-    vlpi.save_pending_tables(vm.mem, vm.pendbaser, lp, vpt=vpt, has_gicv4_1=True)
+    vm.vpt = np.zeros((vm.pendbaser.size, int(lp.intid[high]) >> 3), np.uint8)  # too narrow for `high`
+    _save(vm, has_gicv4_1=True)
+    _save(vm, has_gicv4_1=True)
     lp.hw[high] = True
     with pytest.raises(ValueError, match=rf"vpt is too narrow: lpis.hw\[{high}\]"):
-        vlpi.save_pending_tables(vm.mem, vm.pendbaser, lp, vpt=vpt, has_gicv4_1=True)
+        _save(vm, has_gicv4_1=True)
 
 
 def test_missing_vpt_rechecks_hw_every_call(vm):
     lp = vm.lpis
     lp.hw[:] = False
-    vlpi.save_pending_tables(vm.mem, vm.pendbaser, lp, vpt=None, has_gicv4_1=True)
+    vm.vpt = None
+    _save(vm, has_gicv4_1=True)
+    _save(vm, has_gicv4_1=True)
     lp.hw[5] = True
     with pytest.raises(ValueError, match=r"vpt is required .* lpis.hw\[5\]"):
-        vlpi.save_pending_tables(vm.mem, vm.pendbaser, lp, vpt=None, has_gicv4_1=True)
+        _save(vm, has_gicv4_1=True)
 
 
 def test_order_and_gic_flags_switch(vm):

@@ -89,8 +89,11 @@ _UNIT = 32768  # target entries per parallel work unit
 _JobArgs: TypeAlias = tuple[GuestMemory, npt.ArrayLike, LPITable, np.ndarray | None]
 # (row index, is_write, gpa) of a faulting access
 _Fault: TypeAlias = tuple[int, bool, int]
-# The unit kernels: (vmt, units, out_pages, out_cnt, scratch, restore, pack).
-_UnitsKernel: TypeAlias = Callable[[U64Array, I64Array, U64Array, I64Array, U8Array, BoolLike, BoolLike], None]
+# The unit kernels: (vmt, units, out_pages, out_cnt, scratch, restore, pack) -> collect()'s
+# (counts [n_jobs, 4], pages, offsets [n_jobs + 1]).
+_UnitsKernel: TypeAlias = Callable[
+    [U64Array, I64Array, U64Array, I64Array, U8Array, BoolLike, BoolLike], tuple[I64Array, I64Array, I64Array]
+]
 
 
 # ===================================================================== reports
@@ -480,7 +483,7 @@ class _Job:
     __slots__ = (
         "mem", "lpis", "base", "vpt", "vb", "plan", "row", "n_vcpus", "use_vpt", "keep",
         "gen", "pb_obj", "pb_bytes", "vpt_obj", "vpt_shape", "has41", "latch_obj", "hw_obj", "recheck",
-        "bits", "nbw", "hw_zero", "batches", "__weakref__",
+        "bits", "nbw", "hw_zero", "batches", "ver", "nofault", "inslots", "n", "skipped", "__weakref__",
     )
 
     def __init__(self, mem: GuestMemory, pendbaser: npt.ArrayLike, lpis: LPITable, vpt: np.ndarray | None,
@@ -489,12 +492,19 @@ class _Job:
         _check_lpis(lpis, where)
         self.mem = mem
         self.lpis = lpis
+        self.ver = lpis.version
         self.base = _bases(pendbaser, lpis, where)
         self.n_vcpus = int(self.base.shape[0])
         self.vpt, self.vb = _check_vpt(vpt, lpis, self.n_vcpus, has_gicv4_1, where)
         self.use_vpt = bool(has_gicv4_1 and self.vb > 0)
         self.plan = _plan(lpis, self.base, tie) if tie is not None else None
+        self.n = len(lpis)  # LPIs, and those without a target (for the reports)
+        self.skipped = self.n - self.plan.n_entries if self.plan is not None else 0
         self.row: U64Array | None = None
+        # no access of the plan can fault / every run lies in one memslot (computed on first use;
+        # a job is only used while its memory's generation is the one it was made for)
+        self.nofault: bool | None = None
+        self.inslots: bool | None = None
         self.batches: dict[tuple[bool, bool], _Batch] = {}  # (flavour, restore) -> this job's own _Batch
         # a save's snapshot of pending_latch and hw as bit arrays (packed at the start of every
         # call; a pad word lets the kernels read 64-bit windows), shared by the table's save jobs
@@ -551,6 +561,33 @@ class _Job:
             and pendbaser.tobytes() == self.pb_bytes
         )
 
+    def same_call(self, job: object, has_gicv4_1: bool) -> bool:
+        """True when ``job`` (a caller's ``(mem, pendbaser, lpis, vpt)``) is the arguments this
+        job was made for, unchanged: the many-VM save's check of its cached jobs."""
+        return (
+            type(job) is tuple
+            and len(job) == 4
+            and job[0] is self.mem
+            and job[2] is self.lpis
+            and job[3] is self.vpt_obj
+            and self.lpis.version == self.ver
+            and self.still_valid(job[0], job[1], job[2], job[3], has_gicv4_1)
+        )
+
+    def no_fault(self) -> bool:
+        """No access of the plan can fault in this job's memory (cached on the job)."""
+        v = self.nofault
+        if v is None:
+            v = self.nofault = self.planned.covered(self.mem)
+        return v
+
+    def in_slots(self) -> bool:
+        """Every run of the plan lies in one memslot of this job's memory (cached on the job)."""
+        v = self.inslots
+        if v is None:
+            v = self.inslots = self.planned.runs_in_slots(self.mem)
+        return v
+
     @property
     def planned(self) -> _Plan:
         """The plan (every job made with a walk order has one: saves and restores)."""
@@ -600,7 +637,7 @@ class _Job:
     def first_fault(self, mode: int, key_is_intid: bool) -> _Fault | None:
         """(row, is_write, gpa) of the first faulting access, or None. Cheap when covered."""
         plan = self.planned
-        if plan.covered(self.mem):
+        if self.no_fault():
             return None
         ro = self.mem.kernel_tables()[3]
         row = self.make_row()
@@ -609,6 +646,12 @@ class _Job:
         if i < 0:
             return None
         return int(i), bool(w), int(gpa)
+
+
+def _job_of(lpis: LPITable, has_gicv4_1: bool, tie: str, kind: str = "save") -> _Job:
+    """The cached job of ``lpis`` (made by :func:`_job` in this call)."""
+    j: _Job = lpis.plan_cache[("job", kind, tie, has_gicv4_1)]
+    return j
 
 
 def _job(mem: GuestMemory, pendbaser: npt.ArrayLike, lpis: LPITable, vpt: np.ndarray | None, has_gicv4_1: bool,
@@ -649,6 +692,10 @@ class _Batch:
         self.pages_cap = max(poff, 1)
         self.n = len(jobs)
         self.serial = self.units.shape[0] < 2 or sum(j.planned.n_entries for j in jobs) < _SERIAL_BELOW
+        # the kernels' outputs: pages, counts per unit, scratch bytes (64 per unit) for stores
+        # that change nothing
+        nu = self.units.shape[0]
+        self.buffers = (np.empty(self.pages_cap, np.uint64), np.zeros((nu, 4), np.int64), np.zeros(nu * 64, np.uint8))
 
     def matches(self, jobs: list[_Job]) -> bool:
         return len(jobs) == len(self.refs) and all(r() is j for r, j in zip(self.refs, jobs, strict=True))
@@ -657,23 +704,25 @@ class _Batch:
         self, kernel: _UnitsKernel, restore: bool, jobs: list[_Job], pack: bool = False
     ) -> tuple[I64Array, list[I64Array]]:
         """Run the kernel (first taking the jobs' flag snapshots if ``pack``); returns
-        (counts [n, 4], list of per-job page arrays)."""
+        (counts [n, 4], list of per-job page arrays). The kernel's output buffers are the
+        batch's own: every call using a batch holds the locks of all its jobs, so no two calls
+        use them at once (the returned arrays are fresh)."""
         units = self.units
-        out_pages = np.empty(self.pages_cap, dtype=np.uint64)
-        out_cnt = np.zeros((units.shape[0], 4), dtype=np.int64)
+        out_pages, out_cnt, scratch = self.buffers
         if units.shape[0]:
             # small batches and single units run serially: waking the thread pool costs more
             # than it saves, and badly so when the machine is oversubscribed
             kern = _SERIAL[kernel] if self.serial else kernel
-            scratch = np.zeros(units.shape[0] * 64, np.uint8)
             if _jit.RAW_CHECK:
                 with _guard(jobs, scratch, self.vmt):
-                    kern(self.vmt, units, out_pages, out_cnt, scratch, restore, pack)
-            else:
-                kern(self.vmt, units, out_pages, out_cnt, scratch, restore, pack)
-        counts, pages, off = _k.collect(units, out_cnt, out_pages, self.n)
+                    counts, pages, off = kern(self.vmt, units, out_pages, out_cnt, scratch, restore, pack)
+            else:  # the kernel ends with collect() of its outputs (one call, not two)
+                counts, pages, off = kern(self.vmt, units, out_pages, out_cnt, scratch, restore, pack)
+        else:
+            counts, pages, off = _k.collect(units, out_cnt, out_pages, self.n)
         pages.flags.writeable = False  # shared by the reports and the memories' dirty logs
-        return counts, [pages[off[i] : off[i + 1]] if off[i + 1] > off[i] else _NO_PAGES for i in range(self.n)]
+        o = off.tolist()
+        return counts, [pages[o[i] : o[i + 1]] if o[i + 1] > o[i] else _NO_PAGES for i in range(self.n)]
 
 
 _SERIAL: dict[_UnitsKernel, _UnitsKernel] = {_k.run_units: _k.run_units_serial, _k.merge_units: _k.merge_units_serial}
@@ -688,7 +737,7 @@ def _run(jobs: list[_Job], restore: bool, pack: bool = False) -> list[tuple[list
     ``pack``: the kernels take the save's flag snapshots first (not yet taken).
     Returns per job (counts, pages), counts = (writes, vpt_reads, bytes_changed, n_pages); the
     pages are logged in each job's memory."""
-    flags = [jb.planned.runs_in_slots(jb.mem) for jb in jobs]
+    flags = [jb.in_slots() for jb in jobs]
     res: list[tuple[list[int], I64Array]] = [None] * len(jobs)  # type: ignore[list-item]  # all set below
     for run_kernel in (True, False):
         idx = [i for i, f in enumerate(flags) if f is run_kernel]
@@ -832,9 +881,19 @@ def save_pending_tables_many(
     has_gicv4_1 = _check_flag(has_gicv4_1, "has_gicv4_1")
     atomic = _check_flag(atomic, "atomic")
     _check_order(order)
-    if isinstance(jobs, (str, bytes)) or not isinstance(jobs, Sequence):
+    if type(jobs) is not list and (isinstance(jobs, (str, bytes)) or not isinstance(jobs, Sequence)):
         raise TypeError(f"jobs must be a sequence of (mem, pendbaser, lpis, vpt) tuples, got {type(jobs).__name__}")
     jobs = list(jobs)  # one snapshot: the caller's list may change in another thread
+    key = (has_gicv4_1, order)
+    last = _LAST_MANY.get(key)
+    if last is not None and len(jobs) == len(last.refs):
+        # A host saved again: take the last call's locks (in the global order), then check that
+        # every job is the same objects, still valid. Then those objects passed this function's
+        # checks (types, one memory per VM) and these are their locks; otherwise start over.
+        with last.locked:
+            ctx = last.jobs(jobs, has_gicv4_1)
+            if ctx is not None:
+                return _save_locked(jobs, has_gicv4_1, order, atomic, False, t0, ctx)
     seen: dict[int, int] = {}
     for j, job in enumerate(jobs):
         if not isinstance(job, (tuple, list)) or len(job) != 4:
@@ -845,19 +904,53 @@ def save_pending_tables_many(
         other = seen.setdefault(id(job[0]), j)
         if other != j:
             raise ValueError(f"jobs[{j}] shares its GuestMemory with jobs[{other}]; one GuestMemory per VM")
-    with _Locked([job[0] for job in jobs], [job[2] for job in jobs]):
-        return _save_locked(jobs, has_gicv4_1, order, atomic, False, t0)
+    locked = _Locked([job[0] for job in jobs], [job[2] for job in jobs])
+    with locked:
+        reports = _save_locked(jobs, has_gicv4_1, order, atomic, False, t0)
+        _LAST_MANY[key] = _Many(jobs, has_gicv4_1, order, locked)
+    return reports
+
+
+class _Many:
+    """The last many-VM save's call (per flavour): its jobs (weakly: the LPI tables own them) and
+    its sorted locks. A host saved again with the same objects skips the argument type checks,
+    the lock sort and the per-VM cache lookups; every job is still checked (``_Job.same_call``),
+    under the locks, before it is used."""
+
+    __slots__ = ("refs", "locked")
+
+    def __init__(self, jobs: Sequence[_JobArgs], has_gicv4_1: bool, order: str, locked: _Locked) -> None:
+        self.refs = [weakref.ref(_job_of(job[2], has_gicv4_1, order)) for job in jobs]
+        self.locked = locked
+
+    def jobs(self, jobs: Sequence[object], has_gicv4_1: bool) -> list[_Job] | None:
+        """The cached jobs when ``jobs`` are the same objects and every job is still valid for
+        them (call holding ``locked``)."""
+        if len(jobs) != len(self.refs):
+            return None
+        out = []
+        for job, r in zip(jobs, self.refs, strict=True):
+            c = r()
+            if c is None or not c.same_call(job, has_gicv4_1):
+                return None
+            out.append(c)
+        return out
+
+
+_LAST_MANY: dict[tuple[bool, str], _Many] = {}  # (has_gicv4_1, order) -> the last many-VM save
 
 
 def _save_locked(jobs: Sequence[_JobArgs], has_gicv4_1: bool, order: str, atomic: bool, single: bool,
-                 t0: float) -> list[SaveReport]:
-    ctx: list[_Job] = []
-    for j, (mem, pb, lp, vpt) in enumerate(jobs):
-        ctx.append(_job(mem, pb, lp, vpt, has_gicv4_1, order, "" if single else f"jobs[{j}]: "))
+                 t0: float, ctx: list[_Job] | None = None) -> list[SaveReport]:
+    if ctx is None:
+        ctx = [
+            _job(mem, pb, lp, vpt, has_gicv4_1, order, "" if single else f"jobs[{j}]: ")
+            for j, (mem, pb, lp, vpt) in enumerate(jobs)
+        ]
     key_intid = order == "intid"
     # The fault scan reads the flag snapshots; where no access can fault (the usual case) there
     # is no scan, and the run kernel takes the snapshots itself, in the same parallel call.
-    scan = any(not c.planned.covered(c.mem) for c in ctx)
+    scan = any(not c.no_fault() for c in ctx)
     if scan:
         _snapshot_flags(ctx)
     bad: int | None = None
@@ -877,7 +970,8 @@ def _save_locked(jobs: Sequence[_JobArgs], has_gicv4_1: bool, order: str, atomic
         exc.reports = []
         raise exc
     ok = ctx if bad is None else ctx[:bad]
-    results = _run(ok, restore=False, pack=not scan)
+    # (a packed table's flags are bits already: the kernels read them in place)
+    results = _run(ok, restore=False, pack=not scan and any(c.latch_obj is not None for c in ok))
     dt = time.perf_counter() - t0
     reports = [
         _save_report(c, has_gicv4_1, order, c.planned.reads[order], cnt[0], cnt[1], cnt[2], pages, dt)
@@ -895,20 +989,10 @@ def _save_locked(jobs: Sequence[_JobArgs], has_gicv4_1: bool, order: str, atomic
 
 def _save_report(c: _Job, has_gicv4_1: bool, order: str, reads: int, writes: int, vpt_reads: int, changed: int,
                  pages: I64Array, dt: float) -> SaveReport:
-    n = len(c.lpis)
     nv = c.n_vcpus if has_gicv4_1 else 0
-    return SaveReport(
-        lpis_total=n,
-        lpis_skipped=n - c.planned.n_entries,
-        guest_reads=reads,
-        guest_writes=writes,
-        vpt_reads=vpt_reads,
-        bytes_changed=changed,
-        vpes_unmapped=nv,
-        vpes_remapped=nv,
-        dirty_pages=pages,
-        elapsed_s=dt,
-    )
+    # (lpis_total, lpis_skipped, guest_reads, guest_writes, vpt_reads, bytes_changed,
+    #  vpes_unmapped, vpes_remapped, dirty_pages, elapsed_s)
+    return SaveReport(c.n, c.skipped, reads, writes, vpt_reads, changed, nv, nv, pages, dt)
 
 
 def _fault(c: _Job, row: int, write: bool, gpa: int, report: SaveReport | SyncReport, detail: str) -> GuestMemoryFault:

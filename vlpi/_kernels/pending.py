@@ -84,6 +84,8 @@ _Views: TypeAlias = tuple[
     U32Array, U8Array, U64Array, U64Array, U8Array, np.int64, np.int64, np.int64, U64Array, I64Array, I32Array,
     np.int64, U64Array, U64Array, U64Array,
 ]
+# (counts [n_jobs, 4], pages, offsets [n_jobs + 1]) of collect, returned by the unit kernels
+_Collected: TypeAlias = tuple[I64Array, I64Array, I64Array]
 # (writes, vpt_reads, bytes_changed, prev, grp_old, last, wrote) of _lpis
 _LpisResult: TypeAlias = tuple[int, int, int, np.uint64, np.int64, np.int64, np.int64]
 
@@ -295,7 +297,7 @@ def _pack(src: U8Array, out: U64Array, n: IntLike) -> None:
 # ------------------------------------------------------------------ fast save
 @pjit
 def merge_units(vmt: U64Array, units: I64Array, out_pages: U64Array, out_cnt: I64Array, scratch: U8Array,
-                restore: BoolLike, pack: BoolLike) -> None:
+                restore: BoolLike, pack: BoolLike) -> _Collected:
     """Save (or restore) for plans with runs that straddle memslots: each guest byte is merged in
     a register and written back once. ``units[u] = (vm, run_lo, run_hi, page_offset)``;
     ``out_cnt[u] = (guest_writes, vpt_reads, bytes_changed, n_pages)``. Every address is known to
@@ -303,7 +305,7 @@ def merge_units(vmt: U64Array, units: I64Array, out_pages: U64Array, out_cnt: I6
     share a guest byte. ``scratch`` is unused (same signature as :func:`run_units`). For restore,
     the entries of one (byte, bit) are in row order, so the first LPI in row order consumes a
     shared bit, as the kernel's sequential sync does. ``pack``: take the flag snapshots of every
-    row first (as :func:`pack_flags`), in the same call."""
+    row first (as :func:`pack_flags`), in the same call. Returns :func:`collect` of the outputs."""
     if pack:
         if vmt.shape[0] == 1:  # one VM: packed by this thread (a parallel region of one row
             pack_flags_serial(vmt)  # would cost a second fork/join: ~30 us measured on vm-512)
@@ -312,6 +314,7 @@ def merge_units(vmt: U64Array, units: I64Array, out_pages: U64Array, out_cnt: I6
                 _pack_row(vmt[j])
     for u in prange(units.shape[0]):
         merge_unit(vmt, units, u, out_pages, out_cnt, restore)
+    return collect(units, out_cnt, out_pages, vmt.shape[0])
 
 
 _WB = 256  # write-back queue length (entries)
@@ -567,10 +570,11 @@ def count_distinct_bytes(intid: U32Array, limit_intid: IntLike) -> int:
 # whose bits need no change).
 @pjit
 def run_units(vmt: U64Array, units: I64Array, out_pages: U64Array, out_cnt: I64Array, scratch: U8Array,
-              restore: BoolLike, pack: BoolLike) -> None:
+              restore: BoolLike, pack: BoolLike) -> _Collected:
     """Save (or restore) by runs. Every run lies in one memslot and no access faults (checked by
     the caller). ``out_cnt[u] = (writes, vpt_reads, bytes_changed, n_pages)``. ``pack``: take the
-    flag snapshots of every row first (as :func:`pack_flags`): one parallel call instead of two."""
+    flag snapshots of every row first (as :func:`pack_flags`): one parallel call instead of two.
+    Returns :func:`collect` of the outputs (the caller's next step, without a second call)."""
     if pack:
         if vmt.shape[0] == 1:  # one VM: packed by this thread (a parallel region of one row
             pack_flags_serial(vmt)  # would cost a second fork/join: ~30 us measured on vm-512)
@@ -579,6 +583,7 @@ def run_units(vmt: U64Array, units: I64Array, out_pages: U64Array, out_cnt: I64A
                 _pack_row(vmt[j])
     for u in prange(units.shape[0]):  # prange's index is unsigned: pass an int64 so run_unit is
         run_unit(vmt, units, np.int64(u), out_pages, out_cnt, scratch, restore)  # compiled once
+    return collect(units, out_cnt, out_pages, vmt.shape[0])
 
 
 @jit
@@ -1012,20 +1017,22 @@ def _dense_words(w1: IntLike, nw: IntLike, i1: IntLike, vlo: IntLike, use_vpt: I
 # 0.38 ms serial vs 7.4-15 ms parallel for 4 VMs x 8192 LPIs on a busy 2-core machine).
 @jit
 def run_units_serial(vmt: U64Array, units: I64Array, out_pages: U64Array, out_cnt: I64Array, scratch: U8Array,
-                     restore: BoolLike, pack: BoolLike) -> None:
+                     restore: BoolLike, pack: BoolLike) -> _Collected:
     if pack:
         pack_flags_serial(vmt)
     for u in range(units.shape[0]):
         run_unit(vmt, units, u, out_pages, out_cnt, scratch, restore)
+    return collect(units, out_cnt, out_pages, vmt.shape[0])
 
 
 @jit
 def merge_units_serial(vmt: U64Array, units: I64Array, out_pages: U64Array, out_cnt: I64Array, scratch: U8Array,
-                       restore: BoolLike, pack: BoolLike) -> None:
+                       restore: BoolLike, pack: BoolLike) -> _Collected:
     if pack:
         pack_flags_serial(vmt)
     for u in range(units.shape[0]):
         merge_unit(vmt, units, u, out_pages, out_cnt, restore)
+    return collect(units, out_cnt, out_pages, vmt.shape[0])
 
 
 @jit
