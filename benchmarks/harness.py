@@ -159,11 +159,12 @@ class Rounds:
     ci: int = 10
     big: int = 3
 
-    def get(self, tier: str, impl: str) -> int:
+    def get(self, tier: str, impl: str, big: int | None = None) -> int:
+        """Rounds of ``impl`` at ``tier``; ``big`` overrides the big tier's count for one group."""
         env = os.environ.get("VLPI_BENCH_ROUNDS")
         if env:
             return max(1, int(env))
-        n = self.ci if tier == "ci" else self.big
+        n = self.ci if tier == "ci" else (big or self.big)
         return max(1, n // 5) if impl == "python" else n
 
 
