@@ -483,12 +483,14 @@ def test_zero_length_lpitable_works_everywhere():
 
 
 # ---------------------------------------------------------------- concurrency
-def _swap_race(swaps: int) -> tuple[int, int, int]:
+def _swap_race(swaps: int, many: bool = False) -> tuple[int, int, int]:
     """One thread saves into slot T (the pending tables) while another removes T and an
     unrelated, same-size slot U and adds fresh ones. Old T arrays are dropped at once, so their
     memory is freed and likely reused for the next U: a save still using a stale T pointer would
-    write into U (or fault the process). Returns (bytes changed in any U array, bytes changed
-    outside the tables of the last T, saves done)."""
+    write into U (or fault the process). ``many``: the saves are ``save_pending_tables_many``
+    calls with the same job list (which caches it across calls). Returns (bytes changed in any U
+    array, bytes changed outside the tables of the last T plus LPI bits of a last save missing
+    from it, saves done)."""
     nv, size = 4, 0x40000
     gpa_t, gpa_u = 0x100000, 0x400000
     n = 1 << 16  # a save long enough (~0.1 ms) for a swap to land in the middle of it
@@ -500,6 +502,7 @@ def _swap_race(swaps: int) -> tuple[int, int, int]:
     table = np.zeros(size, bool)  # bytes of T that LPIs map
     for v in range(nv):
         table[v * 0x10000 + 1024 : v * 0x10000 + 1024 + n // 8] = True
+    jobs = [(mem, pb, lp, None)]
     stop = threading.Event()
     saving = threading.Event()  # set by the saver just before each save: the swapper then swaps
     saves = [0]
@@ -513,7 +516,10 @@ def _swap_race(swaps: int) -> tuple[int, int, int]:
                 lp.pending_latch[:] = rng.random(n) < 0.5
                 saving.set()
                 try:
-                    vlpi.save_pending_tables(mem, pb, lp)
+                    if many:
+                        vlpi.save_pending_tables_many(jobs)
+                    else:
+                        vlpi.save_pending_tables(mem, pb, lp)
                     saves[0] += 1
                 except GuestMemoryFault:
                     pass  # T was absent at this moment: atomic, nothing written
@@ -540,23 +546,31 @@ def _swap_race(swaps: int) -> tuple[int, int, int]:
     assert not errors, errors
     bad_u += sum(int(np.count_nonzero(a != 0xA5)) for a in u_arrays)
     bad_t = int(np.count_nonzero(mem.slots[0].data[~table]))
+    # one more save must land in the current T: every LPI's bit there is its pending_latch
+    vlpi.save_pending_tables_many(jobs) if many else vlpi.save_pending_tables(mem, pb, lp)
+    t = next(s for s in mem.slots if s.gpa == gpa_t).data
+    iid = lp.intid.astype(np.int64)
+    off = (pb[lp.target_vcpu].astype(np.int64) - gpa_t) + (iid >> 3)
+    bad_t += int(np.count_nonzero(((t[off] >> (iid & 7)) & 1).astype(bool) != lp.pending_latch))
     return bad_u, bad_t, saves[0]
 
 
-def _swap_race_isolated(swaps: int) -> None:
+def _swap_race_isolated(swaps: int, many: bool = False) -> None:
     """Run :func:`_swap_race` in its own process (a stale pointer may crash it)."""
-    r = run_isolated(f"from test_hostile_engine import _swap_race\nprint('RESULT', *_swap_race({swaps}))\n")
+    r = run_isolated(f"from test_hostile_engine import _swap_race\nprint('RESULT', *_swap_race({swaps}, {many}))\n")
     assert r.returncode == 0, f"exit {r.returncode} (negative: killed by a signal)\n{r.stderr[-3000:]}"
     bad_u, bad_t, saves = map(int, r.stdout.split("RESULT", 1)[1].split()[:3])
-    print(f"{swaps} slot swaps, {saves} saves: {bad_u} bytes changed in the unrelated slot, {bad_t} outside the tables")
+    print(f"{swaps} slot swaps, {saves} saves: {bad_u} bytes changed in the unrelated slot, "
+          f"{bad_t} outside the tables or missing from them")
     assert (bad_u, bad_t) == (0, 0)
     assert saves > 0
 
 
-def test_slot_swaps_during_saves_never_write_outside_the_slot():
+@pytest.mark.parametrize("many", [False, True], ids=["one", "many"])
+def test_slot_swaps_during_saves_never_write_outside_the_slot(many):
     # under VLPI_RAW_CHECK every kernel access calls into Python: a few swaps only
     default = "20" if os.environ.get("VLPI_RAW_CHECK", "0") not in ("", "0") else "300"
-    _swap_race_isolated(int(os.environ.get("VLPI_SLOT_SWAPS", default)))
+    _swap_race_isolated(int(os.environ.get("VLPI_SLOT_SWAPS", default)), many)
 
 
 @pytest.mark.slow
