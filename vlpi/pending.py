@@ -567,9 +567,7 @@ class _Job:
         return (
             type(job) is tuple
             and len(job) == 4
-            and job[0] is self.mem
-            and job[2] is self.lpis
-            and job[3] is self.vpt_obj
+            and job[2] is self.lpis  # (still_valid checks the rest: it is called on this table's jobs)
             and self.lpis.version == self.ver
             and self.still_valid(job[0], job[1], job[2], job[3], has_gicv4_1)
         )
