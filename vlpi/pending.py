@@ -200,7 +200,7 @@ class _Plan:
 
     __slots__ = (
         "runs", "perm_x", "run_lo", "run_hi", "units", "pages_cap", "n_entries", "has_bit_alias",
-        "reads", "_cov", "one_per_byte", "addr_min", "addr_max", "_slots", "__weakref__",
+        "reads", "one_per_byte", "addr_min", "addr_max", "__weakref__",
     )
 
     def __init__(self, lpis: LPITable, base: U64Array, tie: str) -> None:
@@ -241,9 +241,6 @@ class _Plan:
         self.one_per_byte = bool(n < 2 or np.all(addr_s[1:] != addr_s[:-1]))
         self.addr_min = int(addr_s[0]) if n else 0
         self.addr_max = int(addr_s[-1]) if n else 0
-        # (memory, its generation, result) of the last covered() / runs_in_slots()
-        self._cov: tuple[weakref.ReferenceType[GuestMemory], int, bool] | None = None
-        self._slots: tuple[weakref.ReferenceType[GuestMemory], int, bool] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -253,31 +250,20 @@ class _Plan:
 
     def covered(self, mem: GuestMemory) -> bool:
         """True when every address of the plan lies in a writable extent of ``mem`` (then no
-        access can fault). Cached per memory generation."""
-        c = self._cov
-        if c is not None and c[0]() is mem and c[1] == mem.generation:
-            return c[2]
-        ok = bool(mem.covered(self.run_lo, self.run_hi, True).all()) if self.n_entries else True
-        self._cov = (weakref.ref(mem), mem.generation, ok)
-        return ok
+        access can fault). Its jobs cache the answer (``_Job.no_fault``)."""
+        return bool(mem.covered(self.run_lo, self.run_hi, True).all()) if self.n_entries else True
 
     def runs_in_slots(self, mem: GuestMemory) -> bool:
         """True when every run's addresses lie in a single memslot (the run kernel reaches a
-        run's table through one pointer). Cached per memory generation."""
-        c = self._slots
-        if c is not None and c[0]() is mem and c[1] == mem.generation:
-            return c[2]
-        ok = True
-        if self.n_entries:
-            starts, ends = mem.kernel_tables()[:2]
-            if starts.size == 0:
-                ok = False
-            else:
-                lo = np.searchsorted(starts, self.run_lo, side="right") - 1
-                hi = np.searchsorted(starts, self.run_hi, side="right") - 1
-                ok = bool(np.all((lo == hi) & (lo >= 0) & (self.run_hi < ends[np.maximum(hi, 0)])))
-        self._slots = (weakref.ref(mem), mem.generation, ok)
-        return ok
+        run's table through one pointer). Its jobs cache the answer (``_Job.in_slots``)."""
+        if not self.n_entries:
+            return True
+        starts, ends = mem.kernel_tables()[:2]
+        if starts.size == 0:
+            return False
+        lo = np.searchsorted(starts, self.run_lo, side="right") - 1
+        hi = np.searchsorted(starts, self.run_hi, side="right") - 1
+        return bool(np.all((lo == hi) & (lo >= 0) & (self.run_hi < ends[np.maximum(hi, 0)])))
 
 
 def _count_changes(a: U64Array) -> int:
@@ -646,12 +632,6 @@ class _Job:
         return int(i), bool(w), int(gpa)
 
 
-def _job_of(lpis: LPITable, has_gicv4_1: bool, tie: str, kind: str = "save") -> _Job:
-    """The cached job of ``lpis`` (made by :func:`_job` in this call)."""
-    j: _Job = lpis.plan_cache[("job", kind, tie, has_gicv4_1)]
-    return j
-
-
 def _job(mem: GuestMemory, pendbaser: npt.ArrayLike, lpis: LPITable, vpt: np.ndarray | None, has_gicv4_1: bool,
          tie: str, where: str = "", kind: str = "save") -> _Job:
     """The validated job for these arguments: the cached one when nothing it depends on changed."""
@@ -842,7 +822,7 @@ def save_pending_tables(
     _check_mem(mem, "")
     _check_lpis(lpis, "")
     with mem.lock, lpis.lock:  # the global order of _Locked: memory, then table
-        return _save_locked([(mem, pendbaser, lpis, vpt)], has_gicv4_1, order, atomic, True, t0)[0]
+        return _save_locked([_job(mem, pendbaser, lpis, vpt, has_gicv4_1, order)], has_gicv4_1, order, atomic, t0)[0]
 
 
 def save_pending_tables_many(
@@ -891,7 +871,7 @@ def save_pending_tables_many(
         with last.locked:
             ctx = last.jobs(jobs, has_gicv4_1)
             if ctx is not None:
-                return _save_locked(jobs, has_gicv4_1, order, atomic, False, t0, ctx)
+                return _save_locked(ctx, has_gicv4_1, order, atomic, t0)
     seen: dict[int, int] = {}
     for j, job in enumerate(jobs):
         if not isinstance(job, (tuple, list)) or len(job) != 4:
@@ -904,8 +884,9 @@ def save_pending_tables_many(
             raise ValueError(f"jobs[{j}] shares its GuestMemory with jobs[{other}]; one GuestMemory per VM")
     locked = _Locked([job[0] for job in jobs], [job[2] for job in jobs])
     with locked:
-        reports = _save_locked(jobs, has_gicv4_1, order, atomic, False, t0)
-        _LAST_MANY[key] = _Many(jobs, has_gicv4_1, order, locked)
+        ctx = [_job(mem, pb, lp, vpt, has_gicv4_1, order, f"jobs[{j}]: ") for j, (mem, pb, lp, vpt) in enumerate(jobs)]
+        reports = _save_locked(ctx, has_gicv4_1, order, atomic, t0)
+        _LAST_MANY[key] = _Many(ctx, locked)
     return reports
 
 
@@ -917,15 +898,13 @@ class _Many:
 
     __slots__ = ("refs", "locked")
 
-    def __init__(self, jobs: Sequence[_JobArgs], has_gicv4_1: bool, order: str, locked: _Locked) -> None:
-        self.refs = [weakref.ref(_job_of(job[2], has_gicv4_1, order)) for job in jobs]
+    def __init__(self, ctx: list[_Job], locked: _Locked) -> None:
+        self.refs = [weakref.ref(c) for c in ctx]
         self.locked = locked
 
     def jobs(self, jobs: Sequence[object], has_gicv4_1: bool) -> list[_Job] | None:
-        """The cached jobs when ``jobs`` are the same objects and every job is still valid for
-        them (call holding ``locked``)."""
-        if len(jobs) != len(self.refs):
-            return None
+        """The cached jobs when ``jobs`` (as many as ``refs``) are the same objects and every job
+        is still valid for them (call holding ``locked``)."""
         out = []
         for job, r in zip(jobs, self.refs, strict=True):
             c = r()
@@ -938,13 +917,8 @@ class _Many:
 _LAST_MANY: dict[tuple[bool, str], _Many] = {}  # (has_gicv4_1, order) -> the last many-VM save
 
 
-def _save_locked(jobs: Sequence[_JobArgs], has_gicv4_1: bool, order: str, atomic: bool, single: bool,
-                 t0: float, ctx: list[_Job] | None = None) -> list[SaveReport]:
-    if ctx is None:
-        ctx = [
-            _job(mem, pb, lp, vpt, has_gicv4_1, order, "" if single else f"jobs[{j}]: ")
-            for j, (mem, pb, lp, vpt) in enumerate(jobs)
-        ]
+def _save_locked(ctx: list[_Job], has_gicv4_1: bool, order: str, atomic: bool, t0: float) -> list[SaveReport]:
+    """Save the VMs of ``ctx`` (validated jobs; the caller holds their locks)."""
     key_intid = order == "intid"
     # The fault scan reads the flag snapshots; where no access can fault (the usual case) there
     # is no scan, and the run kernel takes the snapshots itself, in the same parallel call.
