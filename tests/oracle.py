@@ -436,6 +436,16 @@ def assert_engine_matches(op: str, scn: Scenario, *, live=None, **kw) -> tuple[r
     return r, got
 
 
+def assert_large_matches(scn: Scenario, shape: str) -> None:
+    """The checks of a large scenario of ``shape`` (``strategies.gen_large_scenario``): saves in
+    three modes, restores (atomic except for a late fault, and running on past errors), a scan."""
+    for order, atomic, v41 in (("intid", True, True), ("insertion", False, True), ("intid", False, False)):
+        assert_engine_matches("save", scn, order=order, atomic=atomic, has_gicv4_1=v41)
+    assert_engine_matches("sync_pending_status", scn, atomic=shape != "late_fault")
+    assert_engine_matches("sync_pending_status", scn, stop_on_error=False)
+    assert_engine_matches("sync_pending_table", scn, vcpu=int(scn.target_vcpu[-1]) % scn.n_vcpus, atomic=False)
+
+
 def assert_save_many_matches(scns: list[Scenario], **kw) -> list:
     """``save_pending_tables_many`` over several VMs == the reference run VM by VM.
 

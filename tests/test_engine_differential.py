@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from oracle import Scenario, SlotSpec, assert_engine_matches, assert_save_many_matches
+from oracle import Scenario, SlotSpec, assert_engine_matches, assert_large_matches, assert_save_many_matches
 from reference import pendbase, ref_save
 from strategies import LARGE_SHAPES, gen_large_scenario, gen_scenario, scenarios
 
@@ -261,12 +261,7 @@ def test_sync_table_hypothesis(scn, data):
 def test_large_tables(shape):
     """Tens of thousands of LPIs: run compression, several parallel work units, write-back
     queues, tables over several slots, a fault late in the walk."""
-    scn = gen_large_scenario(_rng(10, LARGE_SHAPES.index(shape)), 50_000, shape)
-    for order, atomic, v41 in (("intid", True, True), ("insertion", False, True), ("intid", False, False)):
-        assert_engine_matches("save", scn, order=order, atomic=atomic, has_gicv4_1=v41)
-    assert_engine_matches("sync_pending_status", scn, atomic=shape != "late_fault")
-    assert_engine_matches("sync_pending_status", scn, stop_on_error=False)
-    assert_engine_matches("sync_pending_table", scn, vcpu=int(scn.target_vcpu[-1]) % scn.n_vcpus, atomic=False)
+    assert_large_matches(gen_large_scenario(_rng(10, LARGE_SHAPES.index(shape)), 50_000, shape), shape)
 
 
 # ------------------------------------------------------------------ dtype variants

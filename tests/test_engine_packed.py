@@ -20,7 +20,7 @@ import pytest
 import reference as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from oracle import Scenario, assert_engine_matches, assert_save_many_matches
+from oracle import Scenario, assert_engine_matches, assert_large_matches, assert_save_many_matches
 from strategies import LARGE_SHAPES, gen_large_scenario, gen_scenario, scenarios
 from test_engine_layouts import clone_memory
 from test_engine_words import _layout
@@ -81,12 +81,7 @@ def test_packed_hypothesis(scn, data):
 def test_packed_large_tables(shape):
     """Tens of thousands of LPIs: several work units, runs over two slots (the byte-merging
     kernel), a late fault."""
-    scn = _packed(gen_large_scenario(_rng(3, LARGE_SHAPES.index(shape)), 50_000, shape))
-    for order, atomic, v41 in (("intid", True, True), ("insertion", False, True), ("intid", False, False)):
-        assert_engine_matches("save", scn, order=order, atomic=atomic, has_gicv4_1=v41)
-    assert_engine_matches("sync_pending_status", scn, atomic=shape != "late_fault")
-    assert_engine_matches("sync_pending_status", scn, stop_on_error=False)
-    assert_engine_matches("sync_pending_table", scn, vcpu=int(scn.target_vcpu[-1]) % scn.n_vcpus, atomic=False)
+    assert_large_matches(_packed(gen_large_scenario(_rng(3, LARGE_SHAPES.index(shape)), 50_000, shape)), shape)
 
 
 # ------------------------------------------------------------------ the word paths
@@ -218,15 +213,8 @@ def test_set_flags_in_both_kinds_of_table(packed):
     assert np.array_equal(t.pending_latch, before[0]) and np.array_equal(t.hw, before[1])  # nothing changed
 
 
-def test_packed_setters_validate_and_change_nothing_on_error():
-    t = vlpi.LPITable([8192, 8193], [0, 0], [True, False], packed=True)
-    t.pending_latch = [False, True]
-    assert t.pending_latch.tolist() == [False, True]
-    with pytest.raises(ValueError, match="pending_latch"):
-        t.pending_latch = [True]
-    with pytest.raises(TypeError, match="hw"):
-        t.hw = [0.5, 1.0]
-    assert t.pending_latch.tolist() == [False, True] and t.hw.tolist() == [False, False]
+def test_packed_must_be_a_bool():
+    # (the flag setters of both kinds of table: test_lpi.test_flag_setters_validate_and_change_nothing_on_error)
     with pytest.raises(TypeError, match="packed must be a bool"):
         vlpi.LPITable([8192], [0], packed="yes")
 

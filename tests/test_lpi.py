@@ -78,14 +78,16 @@ def test_flags_copied_when_not_usable_in_place():
     assert t2.pending_latch.flags.writeable
 
 
-def test_pending_latch_setter_validates():
-    t = LPITable([8192, 8193], [0, 0])
+@pytest.mark.parametrize("packed", [False, True], ids=["bytes", "packed"])
+def test_flag_setters_validate_and_change_nothing_on_error(packed):
+    t = LPITable([8192, 8193], [0, 0], [False, True], packed=packed)
     t.pending_latch = [True, False]
     assert t.pending_latch.tolist() == [True, False]
     with pytest.raises(ValueError, match="pending_latch"):
         t.pending_latch = [True]
     with pytest.raises(TypeError, match="hw"):
         t.hw = [0.5, 1.0]
+    assert t.pending_latch.tolist() == [True, False] and t.hw.tolist() == [False, False]
 
 
 def test_set_targets_index_mask_and_invalidation():
