@@ -107,6 +107,17 @@ def _rows(index: npt.ArrayLike, n: int, who: str, negative: bool) -> npt.NDArray
     return idx
 
 
+def _check_flag_values(a: npt.NDArray[Any], label: str) -> None:
+    """Flags are bool, or integers that are all 0 or 1; errors name ``label`` and the first bad entry."""
+    if a.dtype == np.bool_:
+        return
+    if not np.issubdtype(a.dtype, np.integer):
+        raise TypeError(f"{label} must be bool or 0/1 integers, got dtype {a.dtype}")
+    bad = np.flatnonzero((a != 0) & (a != 1))
+    if bad.size:
+        raise ValueError(f"{label}[{bad[0]}] = {a[bad[0]]}: flags must be 0 or 1")
+
+
 def _flag_array(x: npt.ArrayLike | None, name: str, n: int) -> BoolArray | U8Array:
     """bool/uint8 flags; a contiguous writeable bool or 0/1 uint8 array is used in place.
 
@@ -120,18 +131,13 @@ def _flag_array(x: npt.ArrayLike | None, name: str, n: int) -> BoolArray | U8Arr
         raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
     if a.shape[0] != n:
         raise ValueError(f"{name} has {a.shape[0]} entries but intid has {n}")
+    _check_flag_values(a, name)
     if a.dtype == np.bool_:
         raw = a.view(np.uint8) if a.flags.c_contiguous else a.astype(np.uint8)
         if n and raw.max() > 1:  # a bool byte that is not 0/1 (e.g. np.frombuffer): normalise
             a = a != 0
-    elif np.issubdtype(a.dtype, np.integer):
-        bad = np.flatnonzero((a != 0) & (a != 1))
-        if bad.size:
-            raise ValueError(f"{name}[{bad[0]}] = {a[bad[0]]}: flags must be 0 or 1")
-        if a.dtype != np.uint8:
-            a = a.astype(bool)
-    else:
-        raise TypeError(f"{name} must be bool or 0/1 integers, got dtype {a.dtype}")
+    elif a.dtype != np.uint8:
+        a = a.astype(bool)
     if not (a.flags.c_contiguous and a.flags.writeable):
         a = np.ascontiguousarray(a).copy()
     return a
@@ -227,10 +233,9 @@ class LPITable:
         self._packed = bool(packed)
         self._words: U64Array | None = None  # packed: latch words, then hw words
         if self._packed:
-            nbw = flag_word_count(n)
-            self._words = np.zeros(2 * nbw, np.uint64)
-            _pack_into(self._words[:nbw], latch)
-            _pack_into(self._words[nbw:], hwa)
+            self._words = np.zeros(2 * flag_word_count(n), np.uint64)
+            _pack_into(self._flag_bits(0), latch)
+            _pack_into(self._flag_bits(1), hwa)
             latch = hwa = np.zeros(0, bool)  # the bits are the state
         self._pending_latch = latch
         self._hw = hwa
@@ -283,13 +288,12 @@ class LPITable:
                 yield self._pending_latch.view(np.uint8), self._hw.view(np.uint8)
                 return
             n = len(self)
-            nbw = flag_word_count(n)
-            latch = _unpack(self._words[:nbw], n)
+            latch = _unpack(self._flag_bits(0), n)
             try:
-                yield latch, _unpack(self._words[nbw:], n)
+                yield latch, _unpack(self._flag_bits(1), n)
             finally:
                 if write_latch:
-                    _pack_into(self._words[:nbw], latch)
+                    _pack_into(self._flag_bits(0), latch)
 
     # ------------------------------------------------------------ accessors
     @property
@@ -308,12 +312,17 @@ class LPITable:
         """True when ``pending_latch`` and ``hw`` are held as bits (see the class notes)."""
         return self._packed
 
+    def _flag_bits(self, which: int) -> U64Array:
+        """A packed table's words of ``pending_latch`` (0) or ``hw`` (1), a writable view."""
+        assert self._words is not None, "a byte table has no flag bits"
+        nbw = flag_word_count(len(self))
+        return self._words[which * nbw : (which + 1) * nbw]
+
     def _flag_view(self, which: int) -> BoolArray | U8Array:
         if self._words is None:
             return self._pending_latch if which == 0 else self._hw
-        nbw = flag_word_count(len(self))
         with self._lock:  # a whole state, never half of a set_flags
-            a = _unpack(self._words[which * nbw : (which + 1) * nbw], len(self)).view(np.bool_)
+            a = _unpack(self._flag_bits(which), len(self)).view(np.bool_)
         a.flags.writeable = False
         return a
 
@@ -326,8 +335,7 @@ class LPITable:
                 else:
                     self._hw = a
             else:
-                nbw = flag_word_count(len(self))
-                _pack_into(self._words[which * nbw : (which + 1) * nbw], a)
+                _pack_into(self._flag_bits(which), a)
 
     @property
     def pending_latch(self) -> BoolArray | U8Array:
@@ -376,25 +384,21 @@ class LPITable:
         for which, (name, v) in enumerate((("pending_latch", pending_latch), ("hw", hw))):
             if v is None:
                 continue
-            a = np.asarray(v)
-            if isinstance(v, (str, bytes)) or not (a.dtype == np.bool_ or np.issubdtype(a.dtype, np.integer)):
+            if isinstance(v, (str, bytes)):
                 raise TypeError(f"set_flags: {name} must be bool or 0/1 integers, got {type(v).__name__}")
+            a = np.asarray(v)
+            _check_flag_values(np.atleast_1d(a), f"set_flags: {name}")  # indices of the values given
             try:
                 a = np.broadcast_to(a, idx.shape)
             except ValueError:
                 raise ValueError(f"set_flags: {name} has shape {a.shape}, not broadcastable to {idx.shape}") from None
-            if a.dtype != np.bool_:
-                bad = np.flatnonzero((a != 0) & (a != 1))
-                if bad.size:
-                    raise ValueError(f"set_flags: {name}[{bad[0]}] = {a[bad[0]]}: flags must be 0 or 1")
             vals.append((which, a != 0))
         with self._lock:
             for which, a in vals:
                 if self._words is None:
                     (self._pending_latch if which == 0 else self._hw)[index if isinstance(index, slice) else idx] = a
                 else:
-                    nbw = flag_word_count(n)
-                    w = self._words[which * nbw : (which + 1) * nbw]
+                    w = self._flag_bits(which)
                     cur = _unpack(w, n)
                     cur[idx] = a
                     _pack_into(w, cur)
