@@ -1036,8 +1036,7 @@ def merge_units_serial(vmt: U64Array, units: I64Array, out_pages: U64Array, out_
 
 
 @jit
-def collect(units: I64Array, out_cnt: I64Array, out_pages: U64Array,
-            n_jobs: IntLike) -> tuple[I64Array, I64Array, I64Array]:
+def collect(units: I64Array, out_cnt: I64Array, out_pages: U64Array, n_jobs: IntLike) -> _Collected:
     """Per-job counts and deduplicated dirty pages from the per-unit outputs (units are grouped
     by job and in address order, so a job's repeated page is always the previous one).
     Returns (counts [n_jobs, 4], pages, offsets [n_jobs + 1])."""
